@@ -1,0 +1,18 @@
+//! certrotd keeps a Kubernetes node's certificates from ever expiring.
+//!
+//! The flow, which the module layout follows:
+//! discover (`inventory`) → assess (`policy`) → issue (`issuer`) → install (`store`, `rotation`).
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod duration;
+pub mod inventory;
+pub mod issuer;
+pub mod pki;
+pub mod policy;
+pub mod report;
+pub mod root;
+pub mod rotation;
+pub mod sandbox;
+pub mod store;

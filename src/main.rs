@@ -1,0 +1,2 @@
+//! certrotd's binary: parse the command line and dispatch.
+fn main() {}

@@ -10,14 +10,17 @@
 //! touch held: a regular file (copied), a symlink (its target) or nothing. Its manifest is rewritten
 //! atomically after each save, so what is on disk is always a complete, checkable backup.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use aws_lc_rs::digest;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
 /// What marks a temp file as ours; it sits between the original name and the random suffix.
 const TEMP_MARKER: &[u8] = b".certrotd-tmp.";
@@ -27,6 +30,16 @@ const TEMP_RANDOM_HEX: usize = 16;
 const TEMP_NAME_KEEP: usize = 200;
 /// How many links [`write_atomic`] follows before calling it a loop (Linux's own limit).
 const MAX_LINKS: usize = 40;
+/// Longest rotation id accepted; ids become directory names and appear in CLI output.
+const MAX_ID_LEN: usize = 128;
+/// Name of the manifest inside each backup directory.
+const MANIFEST: &str = "manifest.json";
+/// Manifest format version, so a future format change is detected instead of misread.
+const MANIFEST_VERSION: u32 = 1;
+/// Mode of the backups root, each backup directory and every copy: backups hold private keys.
+const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Mode of copies and manifests inside a backup.
+const PRIVATE_FILE_MODE: u32 = 0o600;
 
 /// Errors of the store; each names the operation and the path, never file contents.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +161,8 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Sto
 enum Meta {
     /// Those of the file being replaced; for a new file this mode and the process's owner.
     Preserve { new_mode: u32 },
+    /// Exactly these (restore puts back what the backup recorded).
+    Exact { mode: u32, uid: u32, gid: u32 },
 }
 
 /// Atomically replaces the file at `path` with `contents`.
@@ -263,6 +278,7 @@ fn install_file(dest: &Path, contents: &[u8], meta: Meta) -> Result<()> {
         Err(e) => return Err(io_err("inspect", dest)(e)),
     };
     let (mode, owner) = match (meta, &existing) {
+        (Meta::Exact { mode, uid, gid }, _) => (mode, Some((uid, gid))),
         (Meta::Preserve { .. }, Some(m)) => (m.mode(), Some((m.uid(), m.gid()))),
         (Meta::Preserve { new_mode }, None) => (new_mode, None),
     };
@@ -389,11 +405,42 @@ fn create_temp_symlink(dir: &Path, name: &[u8], target: &Path) -> Result<PathBuf
     Err(io_err("create temp symlink", &tmp)(e))
 }
 
+/// Removes `path` (a file or symlink) if present and makes the removal durable.
+/// Returns whether something was removed.
+fn remove_durably(path: &Path) -> Result<bool> {
+    const OP: &str = "remove";
+    let (dir, _) = dir_and_name(OP, path)?;
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_dir() => {
+            return Err(StoreError::Unsupported {
+                op: OP,
+                path: path.to_path_buf(),
+                found: "directory",
+            });
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_err("inspect", path)(e)),
+    }
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_err(OP, path)(e)),
+    }
+    fsync_dir(dir)?;
+    Ok(true)
+}
+
 /// Fsyncs a directory, making renames, creations and removals in it durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("fsync directory", dir))
+}
+
+/// Sets a path's permission bits.
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", path))
 }
 
 /// Removes the temp files and temp symlinks certrotd left in `dir` when it crashed mid-write, and
@@ -453,6 +500,623 @@ fn checkpoint(_stage: &'static str, _tmp: &Path) -> io::Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------------
+// Backups
+// ---------------------------------------------------------------------------------------------
+
+/// Checks that a rotation id is safe to use as a directory name under the backups root.
+///
+/// Accepted: 1 to 128 characters from `[A-Za-z0-9._-]`, starting with a letter or digit (so never
+/// `.`, `..`, a hidden name or something that looks like a CLI flag), and no `..` anywhere.
+pub fn validate_rotation_id(id: &str) -> Result<()> {
+    let refuse = |reason| {
+        Err(StoreError::InvalidId {
+            id: id.chars().take(MAX_ID_LEN + 8).collect(),
+            reason,
+        })
+    };
+    if id.is_empty() {
+        return refuse("it is empty");
+    }
+    if id.len() > MAX_ID_LEN {
+        return refuse("it is longer than 128 characters");
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return refuse("only letters, digits, '.', '_' and '-' are allowed");
+    }
+    if !id.as_bytes()[0].is_ascii_alphanumeric() {
+        return refuse("it must start with a letter or digit");
+    }
+    if id.contains("..") {
+        return refuse("it must not contain '..'");
+    }
+    Ok(())
+}
+
+/// What a path held before the rotation, as recorded in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SavedState {
+    /// A regular file, copied into the backup.
+    File {
+        /// Permission bits (including set-id and sticky bits).
+        mode: u32,
+        /// Owner user id.
+        uid: u32,
+        /// Owner group id.
+        gid: u32,
+        /// Hex SHA-256 of the content, checked before every restore.
+        sha256: String,
+        /// Name of the copy inside the backup directory.
+        stored: String,
+    },
+    /// A symlink; only its target text is recorded (the file it points to is a path of its own).
+    Symlink {
+        /// The link's target, exactly as `readlink` returned it.
+        target: PathBuf,
+        /// Owner user id of the link.
+        uid: u32,
+        /// Owner group id of the link.
+        gid: u32,
+    },
+    /// Nothing was there: the rotation creates it, and restore removes it.
+    Absent,
+}
+
+/// One saved path of a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupEntry {
+    /// The absolute path as it was saved.
+    pub path: PathBuf,
+    /// What it held before the rotation.
+    #[serde(flatten)]
+    pub state: SavedState,
+}
+
+/// The on-disk manifest of one backup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Manifest {
+    version: u32,
+    rotation_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    entries: Vec<BackupEntry>,
+}
+
+/// What [`Backup::restore`] did, path by path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// Paths rewritten with their backed-up file or symlink.
+    pub restored: Vec<PathBuf>,
+    /// Paths the rotation had created, now removed.
+    pub removed: Vec<PathBuf>,
+    /// Paths already identical to the backup (e.g. on a retried restore), left alone.
+    pub unchanged: Vec<PathBuf>,
+}
+
+/// One backup as [`list`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupSummary {
+    /// The rotation id.
+    pub id: String,
+    /// When the backup was created.
+    pub created_at: OffsetDateTime,
+    /// How many paths it saved.
+    pub entries: usize,
+}
+
+/// The backup of one rotation: a 0700 directory `<backups_root>/<rotation id>` holding a manifest
+/// and a copy of every regular file saved.
+#[derive(Debug)]
+pub struct Backup {
+    dir: PathBuf,
+    manifest: Manifest,
+}
+
+impl Backup {
+    /// Creates an empty backup for `rotation_id`, failing if one already exists. `now` is recorded
+    /// as its creation time.
+    pub fn create(backups_root: &Path, rotation_id: &str, now: OffsetDateTime) -> Result<Backup> {
+        validate_rotation_id(rotation_id)?;
+        ensure_private_dir_all(backups_root)?;
+        let dir = backups_root.join(rotation_id);
+        match DirBuilder::new().mode(PRIVATE_DIR_MODE).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(StoreError::BackupExists {
+                    id: rotation_id.to_owned(),
+                    path: dir,
+                });
+            }
+            Err(e) => return Err(io_err("create backup directory", &dir)(e)),
+        }
+        // The umask may have narrowed the mode; set it exactly.
+        set_mode(&dir, PRIVATE_DIR_MODE)?;
+        let backup = Backup {
+            dir,
+            manifest: Manifest {
+                version: MANIFEST_VERSION,
+                rotation_id: rotation_id.to_owned(),
+                created_at: now,
+                entries: Vec::new(),
+            },
+        };
+        backup.write_manifest()?;
+        fsync_dir(backups_root)?;
+        Ok(backup)
+    }
+
+    /// Opens the existing backup of `rotation_id` (e.g. for `certrotd restore <id>` or crash recovery).
+    pub fn open(backups_root: &Path, rotation_id: &str) -> Result<Backup> {
+        validate_rotation_id(rotation_id)?;
+        let dir = backups_root.join(rotation_id);
+        let manifest_path = dir.join(MANIFEST);
+        let manifest = match read_manifest(&manifest_path)? {
+            Some(m) => m,
+            None => {
+                return Err(StoreError::BackupNotFound {
+                    id: rotation_id.to_owned(),
+                    path: dir,
+                });
+            }
+        };
+        if manifest.rotation_id != rotation_id {
+            return Err(StoreError::ManifestInvalid {
+                path: manifest_path,
+                reason: format!(
+                    "it belongs to rotation {:?}, not {rotation_id:?}",
+                    manifest.rotation_id
+                ),
+            });
+        }
+        Ok(Backup { dir, manifest })
+    }
+
+    /// The rotation id.
+    pub fn id(&self) -> &str {
+        &self.manifest.rotation_id
+    }
+
+    /// The backup's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// When the backup was created.
+    pub fn created_at(&self) -> OffsetDateTime {
+        self.manifest.created_at
+    }
+
+    /// Every saved path, in the order saved.
+    pub fn entries(&self) -> &[BackupEntry] {
+        &self.manifest.entries
+    }
+
+    /// The entry saved for `path`, if any.
+    pub fn entry(&self, path: &Path) -> Option<&BackupEntry> {
+        self.manifest.entries.iter().find(|e| e.path == path)
+    }
+
+    /// Records what `path` holds now, before the rotation touches it; when this returns, the copy
+    /// and the manifest are durable. Saving a path again keeps the first record.
+    ///
+    /// `path` must be absolute. A symlink is saved as a link (its target text), not followed: when
+    /// the rotation will write *through* a link with [`write_atomic`], save the target's path too.
+    pub fn save(&mut self, path: &Path) -> Result<()> {
+        const OP: &str = "back up";
+        if !path.is_absolute() {
+            return Err(StoreError::BadPath {
+                op: OP,
+                path: path.to_path_buf(),
+                reason: "backups need an absolute path",
+            });
+        }
+        dir_and_name(OP, path)?;
+        if self.entry(path).is_some() {
+            return Ok(());
+        }
+        let state = match fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_file() => self.copy_in(path)?,
+            Ok(m) if m.file_type().is_symlink() => SavedState::Symlink {
+                target: fs::read_link(path).map_err(io_err("read symlink", path))?,
+                uid: m.uid(),
+                gid: m.gid(),
+            },
+            Ok(m) => {
+                return Err(StoreError::Unsupported {
+                    op: OP,
+                    path: path.to_path_buf(),
+                    found: kind_name(m.file_type()),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => SavedState::Absent,
+            Err(e) => return Err(io_err("inspect", path)(e)),
+        };
+        self.manifest.entries.push(BackupEntry {
+            path: path.to_path_buf(),
+            state,
+        });
+        if let Err(e) = self.write_manifest() {
+            // Memory must not claim what the disk does not hold.
+            self.manifest.entries.pop();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Copies the regular file at `path` into the backup and describes it.
+    fn copy_in(&self, path: &Path) -> Result<SavedState> {
+        // O_NOFOLLOW: the path was a regular file a moment ago; if it became a link, refuse
+        // rather than back up whatever the link points at.
+        let mut file = OpenOptions::new()
+            .read(true)
+            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+            .open(path)
+            .map_err(io_err("open for backup", path))?;
+        let meta = file.metadata().map_err(io_err("inspect", path))?;
+        if !meta.file_type().is_file() {
+            return Err(StoreError::Unsupported {
+                op: "back up",
+                path: path.to_path_buf(),
+                found: kind_name(meta.file_type()),
+            });
+        }
+        let mut contents = Vec::with_capacity(meta.len() as usize);
+        file.read_to_end(&mut contents)
+            .map_err(io_err("read for backup", path))?;
+        let stored = stored_name(self.manifest.entries.len(), path);
+        install_file(
+            &self.dir.join(&stored),
+            &contents,
+            Meta::Preserve {
+                new_mode: PRIVATE_FILE_MODE,
+            },
+        )?;
+        Ok(SavedState::File {
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            sha256: sha256_hex(&contents),
+            stored,
+        })
+    }
+
+    /// Is what is at `path` now identical to what was saved (same kind; for a file the same
+    /// content, mode and owner; for a symlink the same target and owner; or still absent)?
+    ///
+    /// Crash recovery uses it to tell a path's old state from the rotation's new one.
+    pub fn matches_current(&self, path: &Path) -> Result<bool> {
+        let entry = self.entry(path).ok_or_else(|| StoreError::NotSaved {
+            id: self.id().to_owned(),
+            path: path.to_path_buf(),
+        })?;
+        matches_on_disk(entry)
+    }
+
+    /// Puts every saved path back as it was: files (content, mode, owner) first, then symlinks,
+    /// then removal of what the rotation created, so no link is ever left pointing at nothing.
+    ///
+    /// Every copy is checked against its digest before anything is touched; a corrupt copy stops
+    /// the restore with [`StoreError::Corrupt`]. Paths already as saved are left alone, so a restore
+    /// interrupted by a crash can simply be run again.
+    pub fn restore(&self) -> Result<RestoreReport> {
+        let mut copies = Vec::new();
+        for entry in &self.manifest.entries {
+            if let SavedState::File { sha256, stored, .. } = &entry.state {
+                let stored_path = self.stored_path(stored)?;
+                let data =
+                    fs::read(&stored_path).map_err(io_err("read backup copy", &stored_path))?;
+                if !sha256_hex(&data).eq_ignore_ascii_case(sha256) {
+                    return Err(StoreError::Corrupt {
+                        path: entry.path.clone(),
+                        stored: stored_path,
+                    });
+                }
+                copies.push((entry, data));
+            }
+        }
+
+        let mut report = RestoreReport::default();
+        for (entry, data) in &copies {
+            let SavedState::File { mode, uid, gid, .. } = entry.state else {
+                continue;
+            };
+            if matches_on_disk(entry)? {
+                report.unchanged.push(entry.path.clone());
+            } else {
+                install_file(&entry.path, data, Meta::Exact { mode, uid, gid })?;
+                report.restored.push(entry.path.clone());
+            }
+        }
+        for entry in &self.manifest.entries {
+            if let SavedState::Symlink { target, uid, gid } = &entry.state {
+                if matches_on_disk(entry)? {
+                    report.unchanged.push(entry.path.clone());
+                } else {
+                    install_symlink(&entry.path, target, Some((*uid, *gid)))?;
+                    report.restored.push(entry.path.clone());
+                }
+            }
+        }
+        for entry in &self.manifest.entries {
+            if entry.state == SavedState::Absent {
+                if remove_durably(&entry.path)? {
+                    report.removed.push(entry.path.clone());
+                } else {
+                    report.unchanged.push(entry.path.clone());
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// The path of a copy, refusing names that could lead outside the backup directory.
+    fn stored_path(&self, stored: &str) -> Result<PathBuf> {
+        if !is_stored_name(stored) {
+            return Err(StoreError::ManifestInvalid {
+                path: self.dir.join(MANIFEST),
+                reason: format!("copy name {stored:?} is not one this store writes"),
+            });
+        }
+        Ok(self.dir.join(stored))
+    }
+
+    /// Atomically rewrites the manifest (which fsyncs it and the backup directory).
+    fn write_manifest(&self) -> Result<()> {
+        let path = self.dir.join(MANIFEST);
+        let json =
+            serde_json::to_vec_pretty(&self.manifest).map_err(|source| StoreError::Manifest {
+                op: "encode",
+                path: path.clone(),
+                source,
+            })?;
+        install_file(
+            &path,
+            &json,
+            Meta::Preserve {
+                new_mode: PRIVATE_FILE_MODE,
+            },
+        )
+    }
+}
+
+/// Compares what is at an entry's path now with what the entry recorded.
+fn matches_on_disk(entry: &BackupEntry) -> Result<bool> {
+    let path = &entry.path;
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_err("inspect", path)(e)),
+    };
+    Ok(match (&entry.state, meta) {
+        (SavedState::Absent, meta) => meta.is_none(),
+        (
+            SavedState::File {
+                mode,
+                uid,
+                gid,
+                sha256,
+                ..
+            },
+            Some(m),
+        ) if m.file_type().is_file() => {
+            (m.mode() & 0o7777, m.uid(), m.gid()) == (*mode, *uid, *gid)
+                && sha256_hex(&read_no_follow(path)?).eq_ignore_ascii_case(sha256)
+        }
+        (SavedState::Symlink { target, uid, gid }, Some(m)) if m.file_type().is_symlink() => {
+            (m.uid(), m.gid()) == (*uid, *gid)
+                && fs::read_link(path).map_err(io_err("read symlink", path))? == *target
+        }
+        _ => false,
+    })
+}
+
+/// Reads a regular file without following a link that may have replaced it.
+fn read_no_follow(path: &Path) -> Result<Vec<u8>> {
+    let mut data = Vec::new();
+    OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+        .open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .map_err(io_err("read", path))?;
+    Ok(data)
+}
+
+/// Hex SHA-256 of `data`.
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(digest::digest(&digest::SHA256, data).as_ref())
+}
+
+/// The name of the `index`th copy: a sequence number for uniqueness, then the original file name
+/// (made safe) so an operator can find a file by eye.
+fn stored_name(index: usize, path: &Path) -> String {
+    let original = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let safe: String = original
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    // "..", which is_stored_name refuses, can only come from the original name; flatten it.
+    format!("{index:04}-{}", safe.replace("..", "__"))
+}
+
+/// Could [`stored_name`] have made this name? Guards restore against a tampered manifest.
+fn is_stored_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes[0].is_ascii_digit()
+        && !name.contains("..")
+        && name != MANIFEST
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Reads and checks a manifest; `None` if it does not exist.
+fn read_manifest(path: &Path) -> Result<Option<Manifest>> {
+    let data = match fs::read(path) {
+        Ok(d) => d,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(io_err("read backup manifest", path)(e)),
+    };
+    let manifest: Manifest =
+        serde_json::from_slice(&data).map_err(|source| StoreError::Manifest {
+            op: "parse",
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let invalid = |reason: String| {
+        Err(StoreError::ManifestInvalid {
+            path: path.to_path_buf(),
+            reason,
+        })
+    };
+    if manifest.version != MANIFEST_VERSION {
+        return invalid(format!("unknown manifest version {}", manifest.version));
+    }
+    for entry in &manifest.entries {
+        if !entry.path.is_absolute() {
+            return invalid(format!("entry {} is not absolute", entry.path.display()));
+        }
+        if let SavedState::File { stored, .. } = &entry.state
+            && !is_stored_name(stored)
+        {
+            return invalid(format!("copy name {stored:?} is not one this store writes"));
+        }
+    }
+    Ok(Some(manifest))
+}
+
+/// Creates `dir` (and missing parents) with mode 0700 and makes sure `dir` itself is 0700.
+fn ensure_private_dir_all(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(PRIVATE_DIR_MODE)
+            .create(dir)
+            .map_err(io_err("create backups directory", dir))?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fsync_dir(parent)?;
+        }
+    }
+    let mode = fs::metadata(dir)
+        .map_err(io_err("inspect", dir))?
+        .permissions()
+        .mode();
+    if mode & 0o7777 != PRIVATE_DIR_MODE {
+        set_mode(dir, PRIVATE_DIR_MODE)?;
+    }
+    Ok(())
+}
+
+/// Lists the complete backups under `backups_root`, oldest first (a missing root means none).
+///
+/// A directory without a manifest (a crash inside [`Backup::create`]) is skipped; a manifest that
+/// cannot be parsed is an error naming it, so a damaged backup is reported, not silently ignored.
+pub fn list(backups_root: &Path) -> Result<Vec<BackupSummary>> {
+    let (complete, _) = scan(backups_root)?;
+    Ok(complete)
+}
+
+/// Complete backups (oldest first) and ids of directories with no manifest.
+fn scan(backups_root: &Path) -> Result<(Vec<BackupSummary>, Vec<String>)> {
+    let mut complete = Vec::new();
+    let mut incomplete = Vec::new();
+    let entries = match fs::read_dir(backups_root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((complete, incomplete)),
+        Err(e) => return Err(io_err("list backups in", backups_root)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_err("list backups in", backups_root))?;
+        let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        // Anything not named like a rotation id was not made by this store; leave it alone.
+        if validate_rotation_id(&id).is_err() {
+            continue;
+        }
+        let path = entry.path();
+        if !entry
+            .file_type()
+            .map_err(io_err("inspect", &path))?
+            .is_dir()
+        {
+            continue;
+        }
+        let manifest_path = path.join(MANIFEST);
+        match read_manifest(&manifest_path)? {
+            Some(m) if m.rotation_id == id => complete.push(BackupSummary {
+                id,
+                created_at: m.created_at,
+                entries: m.entries.len(),
+            }),
+            Some(m) => {
+                return Err(StoreError::ManifestInvalid {
+                    path: manifest_path,
+                    reason: format!("it belongs to rotation {:?}, not {id:?}", m.rotation_id),
+                });
+            }
+            None => incomplete.push(id),
+        }
+    }
+    complete.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    incomplete.sort();
+    Ok((complete, incomplete))
+}
+
+/// Deletes all but the newest `keep` backups, never one whose id is in `protect` (the rotation in
+/// progress), plus unprotected directories left without a manifest by a crash. Returns the ids
+/// deleted, incomplete ones first, then oldest first.
+pub fn prune(backups_root: &Path, keep: usize, protect: &[&str]) -> Result<Vec<String>> {
+    let (complete, incomplete) = scan(backups_root)?;
+    let surplus = complete.len().saturating_sub(keep);
+    let doomed = incomplete
+        .into_iter()
+        .chain(complete.into_iter().take(surplus).map(|s| s.id))
+        .filter(|id| !protect.contains(&id.as_str()));
+    let mut deleted = Vec::new();
+    for id in doomed {
+        delete_backup(backups_root, &id)?;
+        deleted.push(id);
+    }
+    Ok(deleted)
+}
+
+/// Deletes one backup so that a crash half-way leaves a manifest-less directory (which [`list`]
+/// skips and [`prune`] finishes), never a manifest describing copies that are gone.
+fn delete_backup(backups_root: &Path, id: &str) -> Result<()> {
+    let dir = backups_root.join(id);
+    let manifest = dir.join(MANIFEST);
+    match fs::remove_file(&manifest) {
+        Ok(()) => fsync_dir(&dir)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("remove backup manifest", &manifest)(e)),
+    }
+    fs::remove_dir_all(&dir).map_err(io_err("remove backup directory", &dir))?;
+    fsync_dir(backups_root)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -460,13 +1124,12 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
     use tempfile::TempDir;
+    use time::macros::datetime;
+
+    const T0: OffsetDateTime = datetime!(2025-01-01 00:00 UTC);
 
     fn fail_at(stage: Option<&'static str>) {
         FAIL_AT.with(|f| f.set(stage));
-    }
-
-    fn set_mode(p: &Path, mode: u32) -> io::Result<()> {
-        fs::set_permissions(p, fs::Permissions::from_mode(mode))
     }
 
     fn mode_of(p: &Path) -> u32 {
@@ -703,5 +1366,364 @@ mod tests {
         let tmp = temp_path(Path::new("/x"), &long);
         assert!(tmp.file_name().unwrap().len() <= 255);
         assert!(is_temp_name(tmp.file_name().unwrap().as_bytes()));
+    }
+
+    /// A small node: a key (0600, foreign owner), a cert, a symlink, and a path to be created.
+    struct Node {
+        _t: TempDir,
+        root: PathBuf,
+        key: PathBuf,
+        crt: PathBuf,
+        link: PathBuf,
+        new: PathBuf,
+    }
+
+    fn node() -> Node {
+        let t = TempDir::new().unwrap();
+        let pki = t.path().join("pki");
+        fs::create_dir(&pki).unwrap();
+        let key = pki.join("apiserver.key");
+        let crt = pki.join("apiserver.crt");
+        let link = pki.join("kubelet-client-current.pem");
+        let new = pki.join("kubelet-client-2026.pem");
+        fs::write(&key, b"old key").unwrap();
+        set_mode(&key, 0o600).unwrap();
+        let (uid, gid) = foreign_owner();
+        std::os::unix::fs::chown(&key, Some(uid), Some(gid)).unwrap();
+        fs::write(&crt, b"old cert").unwrap();
+        set_mode(&crt, 0o644).unwrap();
+        symlink("kubelet-client-2025.pem", &link).unwrap();
+        Node {
+            root: t.path().join("state/backups"),
+            _t: t,
+            key,
+            crt,
+            link,
+            new,
+        }
+    }
+
+    fn rotate(n: &Node) {
+        write_atomic(&n.key, b"new key", 0o600).unwrap();
+        write_atomic(&n.crt, b"new cert", 0o644).unwrap();
+        write_atomic(&n.new, b"new kubelet", 0o600).unwrap();
+        replace_symlink(&n.link, &n.new).unwrap();
+    }
+
+    fn backup_all(n: &Node, id: &str) -> Backup {
+        let mut b = Backup::create(&n.root, id, T0).unwrap();
+        for p in [&n.key, &n.crt, &n.link, &n.new] {
+            b.save(p).unwrap();
+        }
+        b
+    }
+
+    #[test]
+    fn backup_and_restore_round_trip() {
+        let n = node();
+        let b = backup_all(&n, "r1");
+        assert_eq!(mode_of(&n.root), 0o700);
+        assert_eq!(mode_of(b.dir()), 0o700);
+        for e in b.entries() {
+            if let SavedState::File { stored, .. } = &e.state {
+                assert_eq!(mode_of(&b.dir().join(stored)), 0o600);
+            }
+        }
+        assert!(matches!(
+            b.entries()[0].state,
+            SavedState::File { mode: 0o600, .. }
+        ));
+        assert!(matches!(b.entries()[2].state, SavedState::Symlink { .. }));
+        assert_eq!(b.entries()[3].state, SavedState::Absent);
+        for p in [&n.key, &n.crt, &n.link, &n.new] {
+            assert!(b.matches_current(p).unwrap(), "{}", p.display());
+        }
+
+        rotate(&n);
+        for p in [&n.key, &n.crt, &n.link, &n.new] {
+            assert!(!b.matches_current(p).unwrap(), "{}", p.display());
+        }
+
+        // Restore from a freshly opened backup, as crash recovery would.
+        let b = Backup::open(&n.root, "r1").unwrap();
+        let report = b.restore().unwrap();
+        assert_eq!(
+            report.restored,
+            [n.key.clone(), n.crt.clone(), n.link.clone()]
+        );
+        assert_eq!(report.removed, std::slice::from_ref(&n.new));
+        assert!(report.unchanged.is_empty());
+
+        assert_eq!(fs::read(&n.key).unwrap(), b"old key");
+        assert_eq!(mode_of(&n.key), 0o600);
+        assert_eq!(owner_of(&n.key), foreign_owner());
+        assert_eq!(fs::read(&n.crt).unwrap(), b"old cert");
+        assert_eq!(mode_of(&n.crt), 0o644);
+        assert_eq!(
+            fs::read_link(&n.link).unwrap(),
+            Path::new("kubelet-client-2025.pem")
+        );
+        assert!(!n.new.exists());
+        for p in [&n.key, &n.crt, &n.link, &n.new] {
+            assert!(b.matches_current(p).unwrap());
+        }
+
+        // Running it again (a retry after a crash mid-restore) changes nothing.
+        let again = b.restore().unwrap();
+        assert!(again.restored.is_empty() && again.removed.is_empty());
+        assert_eq!(again.unchanged.len(), 4);
+    }
+
+    #[test]
+    fn restore_puts_back_mode_and_owner_changed_by_rotation() {
+        let n = node();
+        let b = backup_all(&n, "r1");
+        set_mode(&n.key, 0o644).unwrap();
+        if is_root() {
+            std::os::unix::fs::chown(&n.key, Some(0), Some(0)).unwrap();
+        }
+        assert!(!b.matches_current(&n.key).unwrap());
+        b.restore().unwrap();
+        assert_eq!(mode_of(&n.key), 0o600);
+        assert_eq!(owner_of(&n.key), foreign_owner());
+    }
+
+    #[test]
+    fn restore_replaces_a_link_left_where_a_file_was() {
+        let n = node();
+        let b = backup_all(&n, "r1");
+        fs::remove_file(&n.crt).unwrap();
+        symlink("elsewhere.crt", &n.crt).unwrap();
+        b.restore().unwrap();
+        assert!(fs::symlink_metadata(&n.crt).unwrap().is_file());
+        assert_eq!(fs::read(&n.crt).unwrap(), b"old cert");
+    }
+
+    #[test]
+    fn failed_save_records_nothing_and_can_be_retried() {
+        let n = node();
+        let mut b = Backup::create(&n.root, "r1", T0).unwrap();
+        fail_at(Some("synced"));
+        assert!(b.save(&n.key).is_err());
+        fail_at(None);
+        assert!(b.entries().is_empty());
+        assert!(Backup::open(&n.root, "r1").unwrap().entries().is_empty());
+        b.save(&n.key).unwrap();
+        assert_eq!(Backup::open(&n.root, "r1").unwrap().entries().len(), 1);
+    }
+
+    #[test]
+    fn interrupted_restore_can_be_run_again() {
+        let n = node();
+        let b = backup_all(&n, "r1");
+        rotate(&n);
+        fail_at(Some("written"));
+        assert!(b.restore().is_err());
+        fail_at(None);
+        // Nothing half-written: the key is still wholly the new one.
+        assert_eq!(fs::read(&n.key).unwrap(), b"new key");
+        b.restore().unwrap();
+        for p in [&n.key, &n.crt, &n.link, &n.new] {
+            assert!(b.matches_current(p).unwrap(), "{}", p.display());
+        }
+    }
+
+    #[test]
+    fn saving_twice_keeps_the_first_record() {
+        let n = node();
+        let mut b = Backup::create(&n.root, "r1", T0).unwrap();
+        b.save(&n.crt).unwrap();
+        write_atomic(&n.crt, b"new cert", 0o644).unwrap();
+        b.save(&n.crt).unwrap();
+        assert_eq!(b.entries().len(), 1);
+        let b = Backup::open(&n.root, "r1").unwrap();
+        assert_eq!(b.entries().len(), 1);
+        b.restore().unwrap();
+        assert_eq!(fs::read(&n.crt).unwrap(), b"old cert");
+    }
+
+    #[test]
+    fn tampered_copy_is_refused_and_nothing_is_touched() {
+        let n = node();
+        let b = backup_all(&n, "r1");
+        rotate(&n);
+        let SavedState::File { stored, .. } = &b.entries()[1].state else {
+            panic!("crt should be a file entry");
+        };
+        let stored_path = b.dir().join(stored);
+        fs::write(&stored_path, b"garbage").unwrap();
+
+        let err = b.restore().unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains(&*stored_path.to_string_lossy()), "{text}");
+        assert!(text.contains(&*n.crt.to_string_lossy()), "{text}");
+        // Verification happens before any write: the key is still the new one.
+        assert_eq!(fs::read(&n.key).unwrap(), b"new key");
+        assert_eq!(fs::read(&n.crt).unwrap(), b"new cert");
+    }
+
+    #[test]
+    fn missing_copy_is_an_error_naming_it() {
+        let n = node();
+        let b = backup_all(&n, "r1");
+        let SavedState::File { stored, .. } = &b.entries()[0].state else {
+            panic!("key should be a file entry");
+        };
+        fs::remove_file(b.dir().join(stored)).unwrap();
+        let err = b.restore().unwrap_err();
+        assert!(err.to_string().contains(stored.as_str()), "{err}");
+    }
+
+    #[test]
+    fn tampered_manifest_cannot_point_outside_the_backup() {
+        let n = node();
+        let b = backup_all(&n, "r1");
+        let mpath = b.dir().join(MANIFEST);
+        let text = fs::read_to_string(&mpath).unwrap();
+        let SavedState::File { stored, .. } = &b.entries()[0].state else {
+            panic!("key should be a file entry");
+        };
+        fs::write(&mpath, text.replace(stored.as_str(), "../../../etc/shadow")).unwrap();
+        let err = Backup::open(&n.root, "r1").unwrap_err();
+        assert!(matches!(err, StoreError::ManifestInvalid { .. }), "{err}");
+        fs::write(&mpath, b"{ not json").unwrap();
+        let err = Backup::open(&n.root, "r1").unwrap_err();
+        assert!(
+            matches!(err, StoreError::Manifest { op: "parse", .. }),
+            "{err}"
+        );
+        assert!(list(&n.root).is_err());
+    }
+
+    #[test]
+    fn manifest_records_what_the_brief_asks() {
+        let n = node();
+        let b = backup_all(&n, "r1");
+        let v: serde_json::Value =
+            serde_json::from_slice(&fs::read(b.dir().join(MANIFEST)).unwrap()).unwrap();
+        assert_eq!(v["rotation_id"], "r1");
+        assert_eq!(v["created_at"], "2025-01-01T00:00:00Z");
+        let key = &v["entries"][0];
+        assert_eq!(key["kind"], "file");
+        assert_eq!(key["path"], n.key.to_str().unwrap());
+        assert_eq!(key["mode"], 0o600);
+        assert_eq!(key["sha256"], sha256_hex(b"old key"));
+        assert_eq!(v["entries"][2]["kind"], "symlink");
+        assert_eq!(v["entries"][2]["target"], "kubelet-client-2025.pem");
+        assert_eq!(v["entries"][3]["kind"], "absent");
+    }
+
+    #[test]
+    fn save_refuses_relative_paths_and_directories() {
+        let n = node();
+        let mut b = Backup::create(&n.root, "r1", T0).unwrap();
+        assert!(matches!(
+            b.save(Path::new("pki/ca.crt")).unwrap_err(),
+            StoreError::BadPath { .. }
+        ));
+        let dir = n.key.parent().unwrap();
+        assert!(matches!(
+            b.save(dir).unwrap_err(),
+            StoreError::Unsupported {
+                found: "directory",
+                ..
+            }
+        ));
+        assert!(b.entries().is_empty());
+        assert!(matches!(
+            b.matches_current(&n.key).unwrap_err(),
+            StoreError::NotSaved { .. }
+        ));
+    }
+
+    #[test]
+    fn create_refuses_an_existing_id_and_open_a_missing_one() {
+        let n = node();
+        Backup::create(&n.root, "r1", T0).unwrap();
+        assert!(matches!(
+            Backup::create(&n.root, "r1", T0).unwrap_err(),
+            StoreError::BackupExists { .. }
+        ));
+        assert!(matches!(
+            Backup::open(&n.root, "r2").unwrap_err(),
+            StoreError::BackupNotFound { .. }
+        ));
+    }
+
+    #[test]
+    fn create_tightens_an_existing_root_to_0700() {
+        let t = TempDir::new().unwrap();
+        let root = t.path().join("backups");
+        fs::create_dir(&root).unwrap();
+        set_mode(&root, 0o755).unwrap();
+        Backup::create(&root, "r1", T0).unwrap();
+        assert_eq!(mode_of(&root), 0o700);
+    }
+
+    #[test]
+    fn bad_ids_are_rejected_everywhere() {
+        let t = TempDir::new().unwrap();
+        let root = t.path().join("backups");
+        for id in [
+            "",
+            ".",
+            "..",
+            "../escape",
+            "a/b",
+            "/etc",
+            "a..b",
+            ".hidden",
+            "-rf",
+            "a b",
+            "a\0b",
+            "é",
+            &"x".repeat(129),
+        ] {
+            assert!(
+                matches!(validate_rotation_id(id), Err(StoreError::InvalidId { .. })),
+                "{id:?}"
+            );
+            assert!(Backup::create(&root, id, T0).is_err(), "{id:?}");
+            assert!(
+                matches!(Backup::open(&root, id), Err(StoreError::InvalidId { .. })),
+                "{id:?}"
+            );
+        }
+        assert!(!t.path().join("escape").exists());
+        for id in ["20250101T000000Z-abc", "r1", "a.b_c-d", &"x".repeat(128)] {
+            validate_rotation_id(id).unwrap();
+        }
+    }
+
+    #[test]
+    fn list_is_oldest_first_and_prune_keeps_newest_and_protected() {
+        let t = TempDir::new().unwrap();
+        let root = t.path().join("backups");
+        assert!(list(&root).unwrap().is_empty());
+        let ids = ["e", "d", "c", "b", "a"];
+        for (i, id) in ids.iter().enumerate() {
+            let mut b = Backup::create(&root, id, T0 + time::Duration::hours(i as i64)).unwrap();
+            b.save(&t.path().join("absent")).unwrap();
+        }
+        // A crash inside create leaves a directory with no manifest; someone else's file is ignored.
+        fs::create_dir(root.join("crashed")).unwrap();
+        fs::write(root.join("README"), b"not a backup").unwrap();
+
+        let listed = list(&root).unwrap();
+        let order: Vec<&str> = listed.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(order, ids);
+        assert_eq!(listed[0].entries, 1);
+        assert_eq!(listed[0].created_at, T0);
+
+        let deleted = prune(&root, 2, &["e"]).unwrap();
+        assert_eq!(deleted, ["crashed", "d", "c"]);
+        let order: Vec<String> = list(&root).unwrap().into_iter().map(|s| s.id).collect();
+        assert_eq!(order, ["e", "b", "a"]);
+        assert_eq!(names_in(&root), ["README", "a", "b", "e"]);
+
+        assert!(prune(&root, 5, &[]).unwrap().is_empty());
+        assert_eq!(prune(&root, 0, &["a"]).unwrap(), ["e", "b"]);
+        assert_eq!(names_in(&root), ["README", "a"]);
     }
 }

@@ -1,1 +1,1365 @@
-//! TODO
+//! Configuration: TOML files → validated [`Settings`].
+//!
+//! Loading goes in stages, as in zincati:
+//! 1. each file (the main file, then `conf.d/*.toml` in lexical order) is deserialized on its own
+//!    into a layer of optional values, so a syntax error, a wrong type or an unknown key is
+//!    reported against the file that has it, even if a later file would override the key;
+//! 2. the layers are merged in order, key by key (tables merge, arrays replace), each value
+//!    remembering the file and the bytes it was written at;
+//! 3. the merged layer is resolved against the defaults and validated, and a value that breaks a
+//!    rule is reported at the file, line and column where it was written.
+//!
+//! Adding a table `[x]` takes an `XSettings` with its `Default`, an `XLayer` with one
+//! `Option<Val<_>>` per key plus `merge` and `resolve`, and one line each in [`Settings`],
+//! `FileLayer`, `FileLayer::merge` and `Sources::resolve`.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use toml::Spanned;
+
+use crate::duration;
+
+/// The main configuration file's node path; `--root` moves it inside the root.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/certrotd/certrotd.toml";
+
+/// Where certrotd keeps its state unless `state_dir` says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/certrotd";
+
+/// The directory, next to the main file, whose `*.toml` drop-ins override it.
+pub const DROP_IN_DIR: &str = "conf.d";
+
+/// The validated configuration certrotd runs with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Settings {
+    /// The directory the node's files are under: absolute, symlinks resolved.
+    pub root: PathBuf,
+    /// This node's Kubernetes name: `node_name` as written, or the lowercased hostname.
+    pub node_name: String,
+    /// Which distribution's file layout to expect.
+    pub layout: LayoutChoice,
+    /// Where certrotd keeps its own state, as a node path (see [`Settings::in_root`]).
+    pub state_dir: PathBuf,
+    /// `[inventory]`: what to watch beyond the layout's own files.
+    pub inventory: InventorySettings,
+    /// `[policy]`: when to warn and when to renew.
+    pub policy: PolicySettings,
+    /// `[renew]`: what renewed certificates look like.
+    pub renew: RenewSettings,
+    /// The configuration files read, in the order they were applied.
+    #[serde(skip)]
+    pub sources: Vec<PathBuf>,
+}
+
+impl Default for Settings {
+    /// The documented defaults, with `node_name` resolved as `load` resolves it.
+    fn default() -> Self {
+        Settings {
+            root: PathBuf::from("/"),
+            // An unusable hostname is reported by `load`; a default has nowhere to report it.
+            node_name: machine_node_name().unwrap_or_default(),
+            layout: LayoutChoice::default(),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            inventory: InventorySettings::default(),
+            policy: PolicySettings::default(),
+            renew: RenewSettings::default(),
+            sources: Vec::new(),
+        }
+    }
+}
+
+impl Settings {
+    /// Maps a node path (e.g. `/etc/kubernetes/pki`) to where it is under `root`.
+    ///
+    /// Purely lexical: it neither resolves symlinks nor refuses `..`, so it is for paths this
+    /// crate built or validated; following untrusted paths safely is the sandbox's job.
+    pub fn in_root(&self, node_path: impl AsRef<Path>) -> PathBuf {
+        let relative: PathBuf = node_path
+            .as_ref()
+            .components()
+            .filter(|c| !matches!(c, Component::RootDir | Component::Prefix(_)))
+            .collect();
+        if relative.as_os_str().is_empty() {
+            // `join("")` would append a trailing slash.
+            self.root.clone()
+        } else {
+            self.root.join(relative)
+        }
+    }
+}
+
+/// Which distribution's file layout the node has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayoutChoice {
+    /// Detect it from the files present.
+    #[default]
+    Auto,
+    /// kubeadm: `/etc/kubernetes/pki` and friends.
+    Kubeadm,
+    /// RKE2: `/var/lib/rancher/rke2`.
+    Rke2,
+    /// k3s: `/var/lib/rancher/k3s`.
+    K3s,
+}
+
+impl LayoutChoice {
+    /// The name as written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LayoutChoice::Auto => "auto",
+            LayoutChoice::Kubeadm => "kubeadm",
+            LayoutChoice::Rke2 => "rke2",
+            LayoutChoice::K3s => "k3s",
+        }
+    }
+}
+
+impl fmt::Display for LayoutChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether a renewed certificate gets a new private key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyPolicy {
+    /// Generate a new key with each renewal.
+    #[default]
+    New,
+    /// Keep the existing key, as `kubeadm certs renew` does.
+    Reuse,
+}
+
+impl KeyPolicy {
+    /// The name as written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyPolicy::New => "new",
+            KeyPolicy::Reuse => "reuse",
+        }
+    }
+}
+
+impl fmt::Display for KeyPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[inventory]`: what to watch beyond the layout's own files.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct InventorySettings {
+    /// Further certificate files: absolute node paths or glob patterns.
+    pub extra_paths: Vec<String>,
+}
+
+/// `[policy]`: when to warn and when to renew, counted back from a certificate's NotAfter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicySettings {
+    /// Start warning this long before expiry.
+    #[serde(with = "duration::human")]
+    pub notify_before: Duration,
+    /// Renew this long before expiry, within the usual coordination.
+    #[serde(with = "duration::human")]
+    pub renew_before: Duration,
+    /// Renew at once, whatever else waits, this long before expiry.
+    #[serde(with = "duration::human")]
+    pub emergency_before: Duration,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        PolicySettings {
+            notify_before: days(60),
+            renew_before: days(30),
+            emergency_before: days(7),
+        }
+    }
+}
+
+/// `[renew]`: what renewed certificates look like and what is kept of the old ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RenewSettings {
+    /// Lifetime of a renewed leaf (the issuer clamps it to the CA's NotAfter).
+    #[serde(with = "duration::human")]
+    pub validity: Duration,
+    /// Whether renewal generates a new key.
+    pub key_policy: KeyPolicy,
+    /// How many rotation backups to keep under `state_dir/backups`.
+    pub backups_keep: usize,
+}
+
+impl Default for RenewSettings {
+    fn default() -> Self {
+        RenewSettings {
+            validity: days(365),
+            key_policy: KeyPolicy::default(),
+            backups_keep: 10,
+        }
+    }
+}
+
+const fn days(n: u64) -> Duration {
+    Duration::from_secs(n * 24 * 60 * 60)
+}
+
+/// What [`load`] reads: the command line's `--config` and `--root`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions<'a> {
+    /// `--config`: the main file, which must then exist. Without it the main file is
+    /// [`DEFAULT_CONFIG_PATH`] inside the root, and may be absent.
+    pub config: Option<&'a Path>,
+    /// `--root`: overrides the files' `root`, and is where the default main file is looked for.
+    pub root: Option<&'a Path>,
+}
+
+/// A place in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line and column (counted in characters), when the error has a place in the file.
+    pub line_column: Option<(usize, usize)>,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, column)) = self.line_column {
+            write!(f, ":{line}:{column}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why the configuration could not be loaded.
+///
+/// The underlying error is part of the message rather than a `source()`, so that printing the
+/// chain does not say it twice.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A configuration file or the drop-in directory could not be read.
+    #[error("reading {what} {}: {error}", path.display())]
+    Read {
+        /// What was being read: "config file", "drop-in directory", ...
+        what: &'static str,
+        /// The path that could not be read.
+        path: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
+    /// A file's syntax, a value's type, an unknown key, or a value that breaks a rule.
+    #[error("{}{message}", at.as_ref().map(|at| format!("{at}: ")).unwrap_or_default())]
+    Invalid {
+        /// Where the offending value was written; `None` when it came from the command line,
+        /// the machine or the defaults.
+        at: Option<Location>,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// Where the offending value was written, if it was written in a file.
+    pub fn location(&self) -> Option<&Location> {
+        match self {
+            ConfigError::Read { .. } => None,
+            ConfigError::Invalid { at, .. } => at.as_ref(),
+        }
+    }
+}
+
+/// Reads the main file and its drop-ins and validates the result.
+///
+/// No main file (unless `--config` named it) and no drop-ins give the defaults.
+pub fn load(opts: &LoadOptions) -> Result<Settings, ConfigError> {
+    let main = match opts.config {
+        Some(path) => absolute(path, "config file")?,
+        None => absolute(opts.root.unwrap_or(Path::new("/")), "root directory")?
+            .join(DEFAULT_CONFIG_PATH.trim_start_matches('/')),
+    };
+    let mut sources = Sources::default();
+    match fs::read(&main) {
+        Ok(bytes) => sources.add(main.clone(), bytes)?,
+        Err(error) if error.kind() == io::ErrorKind::NotFound && opts.config.is_none() => {}
+        Err(error) => {
+            return Err(ConfigError::Read {
+                what: "config file",
+                path: main,
+                error,
+            });
+        }
+    }
+    let drop_in_dir = main.parent().unwrap_or(Path::new("/")).join(DROP_IN_DIR);
+    for path in drop_ins(&drop_in_dir)? {
+        let bytes = fs::read(&path).map_err(|error| ConfigError::Read {
+            what: "drop-in",
+            path: path.clone(),
+            error,
+        })?;
+        sources.add(path, bytes)?;
+    }
+
+    let mut merged = FileLayer::default();
+    for (index, (path, text)) in sources.files.iter().enumerate() {
+        let layer: FileLayer = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            at: Some(Location {
+                file: path.clone(),
+                line_column: e.span().map(|span| line_column(text, span.start)),
+            }),
+            message: e.message().trim_end().to_owned(),
+        })?;
+        merged.merge(layer, index);
+    }
+    sources.resolve(&merged, opts)
+}
+
+/// Makes a path absolute without resolving symlinks, so that `sources` and a relative `root`
+/// follow the path the operator gave.
+fn absolute(path: &Path, what: &'static str) -> Result<PathBuf, ConfigError> {
+    std::path::absolute(path).map_err(|error| ConfigError::Read {
+        what,
+        path: path.to_path_buf(),
+        error,
+    })
+}
+
+/// The drop-ins in `dir`, in lexical order of their names; none if `dir` does not exist.
+fn drop_ins(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let read_error = |error| ConfigError::Read {
+        what: "drop-in directory",
+        path: dir.to_path_buf(),
+        error,
+    };
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(read_error(error)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let name = entry.map_err(read_error)?.file_name();
+        let bytes = name.as_encoded_bytes();
+        // Hidden names are editors' leftovers, e.g. emacs's `.#10-x.toml` lock links.
+        if bytes.starts_with(b".") || !bytes.ends_with(b".toml") {
+            continue;
+        }
+        let path = dir.join(&name);
+        // Follows symlinks: drop-ins are often links into a config-management tree, and a
+        // dangling one is an error worth seeing rather than a drop-in silently missing.
+        let metadata = fs::metadata(&path).map_err(|error| ConfigError::Read {
+            what: "drop-in",
+            path: path.clone(),
+            error,
+        })?;
+        if metadata.is_file() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names.into_iter().map(|name| dir.join(name)).collect())
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
+}
+
+/// This machine's hostname as kubelet turns it into a node name: trimmed and lowercased.
+fn machine_node_name() -> Result<String, String> {
+    let hostname = nix::unistd::gethostname().map_err(|e| format!("reading the hostname: {e}"))?;
+    let hostname = hostname
+        .into_string()
+        .map_err(|raw| format!("the hostname {raw:?} is not UTF-8"))?;
+    Ok(hostname.trim().to_lowercase())
+}
+
+/// Checks a Kubernetes node name: an RFC 1123 subdomain, as the API server requires.
+fn check_node_name(name: &str) -> Result<(), String> {
+    if name.len() > 253 {
+        return Err("longer than 253 characters".to_owned());
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err("empty label (a leading, trailing or doubled '.')".to_owned());
+        }
+        if label.len() > 63 {
+            return Err(format!("label {label:?} is longer than 63 characters"));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err("only lowercase letters, digits, '-' and '.' are allowed".to_owned());
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!(
+                "label {label:?} must start and end with a letter or digit"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a node path: absolute, and unable to climb out of the root.
+fn check_node_path(path: &Path) -> Result<(), String> {
+    if !path.has_root() {
+        return Err("must be an absolute node path, such as /var/lib/certrotd".to_owned());
+    }
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err("must not contain '..': node paths stay inside root".to_owned());
+    }
+    Ok(())
+}
+
+/// Where a value was written: which file (an index into the files read) and which bytes.
+#[derive(Debug, Clone)]
+struct Origin {
+    file: usize,
+    span: Range<usize>,
+}
+
+/// A value as a file wrote it, and where.
+#[derive(Debug, Clone)]
+struct Val<T> {
+    value: T,
+    at: Origin,
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Val<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let spanned = Spanned::<T>::deserialize(deserializer)?;
+        Ok(Val {
+            // Deserialization cannot know the file; `over` sets it when the layer is merged.
+            at: Origin {
+                file: usize::MAX,
+                span: spanned.span(),
+            },
+            value: spanned.into_inner(),
+        })
+    }
+}
+
+/// Merges one key: a value the later file wrote replaces the earlier one.
+fn over<T>(slot: &mut Option<Val<T>>, later: Option<Val<T>>, file: usize) {
+    if let Some(mut value) = later {
+        value.at.file = file;
+        *slot = Some(value);
+    }
+}
+
+/// A duration as written; parsed during resolution, where the error can name the key.
+#[derive(Debug, Clone)]
+struct DurationText(String);
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl Visitor<'_> for TextVisitor {
+            type Value = DurationText;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(r#"a duration such as "30d" or "1d 12h""#)
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<DurationText, E> {
+                Ok(DurationText(s.to_owned()))
+            }
+        }
+        deserializer.deserialize_str(TextVisitor)
+    }
+}
+
+/// One file's worth of settings, every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a certrotd configuration table")]
+struct FileLayer {
+    root: Option<Val<PathBuf>>,
+    node_name: Option<Val<String>>,
+    layout: Option<Val<LayoutChoice>>,
+    state_dir: Option<Val<PathBuf>>,
+    #[serde(default)]
+    inventory: InventoryLayer,
+    #[serde(default)]
+    policy: PolicyLayer,
+    #[serde(default)]
+    renew: RenewLayer,
+}
+
+impl FileLayer {
+    fn merge(&mut self, later: FileLayer, file: usize) {
+        over(&mut self.root, later.root, file);
+        over(&mut self.node_name, later.node_name, file);
+        over(&mut self.layout, later.layout, file);
+        over(&mut self.state_dir, later.state_dir, file);
+        self.inventory.merge(later.inventory, file);
+        self.policy.merge(later.policy, file);
+        self.renew.merge(later.renew, file);
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [inventory] table")]
+struct InventoryLayer {
+    extra_paths: Option<Val<Vec<Spanned<String>>>>,
+}
+
+impl InventoryLayer {
+    fn merge(&mut self, later: InventoryLayer, file: usize) {
+        over(&mut self.extra_paths, later.extra_paths, file);
+    }
+
+    fn resolve(&self, sources: &Sources) -> Result<InventorySettings, ConfigError> {
+        let mut settings = InventorySettings::default();
+        if let Some(paths) = &self.extra_paths {
+            for path in &paths.value {
+                let at = Origin {
+                    file: paths.at.file,
+                    span: path.span(),
+                };
+                let text = path.get_ref();
+                check_node_path(Path::new(text))
+                    .and_then(|()| glob::Pattern::new(text).map_err(|e| e.to_string()))
+                    .map_err(|e| {
+                        sources.invalid(&at, format!("inventory.extra_paths: {text:?}: {e}"))
+                    })?;
+                settings.extra_paths.push(text.clone());
+            }
+        }
+        Ok(settings)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [policy] table")]
+struct PolicyLayer {
+    notify_before: Option<Val<DurationText>>,
+    renew_before: Option<Val<DurationText>>,
+    emergency_before: Option<Val<DurationText>>,
+}
+
+impl PolicyLayer {
+    fn merge(&mut self, later: PolicyLayer, file: usize) {
+        over(&mut self.notify_before, later.notify_before, file);
+        over(&mut self.renew_before, later.renew_before, file);
+        over(&mut self.emergency_before, later.emergency_before, file);
+    }
+
+    fn resolve(&self, sources: &Sources) -> Result<PolicySettings, ConfigError> {
+        let defaults = PolicySettings::default();
+        let settings = PolicySettings {
+            notify_before: sources.duration(
+                "policy.notify_before",
+                &self.notify_before,
+                defaults.notify_before,
+            )?,
+            renew_before: sources.duration(
+                "policy.renew_before",
+                &self.renew_before,
+                defaults.renew_before,
+            )?,
+            emergency_before: sources.duration(
+                "policy.emergency_before",
+                &self.emergency_before,
+                defaults.emergency_before,
+            )?,
+        };
+        sources.ensure_shorter(
+            Side::new(
+                "policy.renew_before",
+                settings.renew_before,
+                &self.renew_before,
+            ),
+            Side::new(
+                "policy.notify_before",
+                settings.notify_before,
+                &self.notify_before,
+            ),
+            "warnings start before renewal does",
+        )?;
+        sources.ensure_shorter(
+            Side::new(
+                "policy.emergency_before",
+                settings.emergency_before,
+                &self.emergency_before,
+            ),
+            Side::new(
+                "policy.renew_before",
+                settings.renew_before,
+                &self.renew_before,
+            ),
+            "emergency renewal is for what ordinary renewal did not reach in time",
+        )?;
+        Ok(settings)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [renew] table")]
+struct RenewLayer {
+    validity: Option<Val<DurationText>>,
+    key_policy: Option<Val<KeyPolicy>>,
+    backups_keep: Option<Val<usize>>,
+}
+
+impl RenewLayer {
+    fn merge(&mut self, later: RenewLayer, file: usize) {
+        over(&mut self.validity, later.validity, file);
+        over(&mut self.key_policy, later.key_policy, file);
+        over(&mut self.backups_keep, later.backups_keep, file);
+    }
+
+    fn resolve(&self, sources: &Sources) -> Result<RenewSettings, ConfigError> {
+        let defaults = RenewSettings::default();
+        let settings = RenewSettings {
+            validity: sources.duration("renew.validity", &self.validity, defaults.validity)?,
+            key_policy: self
+                .key_policy
+                .as_ref()
+                .map_or(defaults.key_policy, |v| v.value),
+            backups_keep: self
+                .backups_keep
+                .as_ref()
+                .map_or(defaults.backups_keep, |v| v.value),
+        };
+        if let Some(keep) = self.backups_keep.as_ref().filter(|v| v.value == 0) {
+            return Err(sources.invalid(
+                &keep.at,
+                "renew.backups_keep = 0: at least 1 backup must be kept, or a failed rotation \
+                 could not be rolled back",
+            ));
+        }
+        Ok(settings)
+    }
+}
+
+/// One side of a rule between two durations: key, value, and where it was set (`None`: default).
+struct Side<'a> {
+    key: &'static str,
+    value: Duration,
+    at: Option<&'a Origin>,
+}
+
+impl<'a> Side<'a> {
+    fn new<T>(key: &'static str, value: Duration, written: &'a Option<Val<T>>) -> Self {
+        Side {
+            key,
+            value,
+            at: written.as_ref().map(|v| &v.at),
+        }
+    }
+}
+
+/// The files read, with their text, to turn spans into lines and columns.
+#[derive(Default)]
+struct Sources {
+    files: Vec<(PathBuf, String)>,
+}
+
+impl Sources {
+    fn add(&mut self, path: PathBuf, bytes: Vec<u8>) -> Result<(), ConfigError> {
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let valid = e.utf8_error().valid_up_to();
+            let prefix = String::from_utf8_lossy(&e.as_bytes()[..valid]);
+            ConfigError::Invalid {
+                at: Some(Location {
+                    file: path.clone(),
+                    line_column: Some(line_column(&prefix, valid)),
+                }),
+                message: "not UTF-8, which TOML requires".to_owned(),
+            }
+        })?;
+        self.files.push((path, text));
+        Ok(())
+    }
+
+    fn location(&self, at: &Origin) -> Location {
+        let (file, text) = &self.files[at.file];
+        Location {
+            file: file.clone(),
+            line_column: Some(line_column(text, at.span.start)),
+        }
+    }
+
+    fn invalid(&self, at: &Origin, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            at: Some(self.location(at)),
+            message: message.into(),
+        }
+    }
+
+    fn duration(
+        &self,
+        key: &str,
+        written: &Option<Val<DurationText>>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(written) = written else {
+            return Ok(default);
+        };
+        let text = &written.value.0;
+        duration::parse(text).map_err(|e| {
+            self.invalid(
+                &written.at,
+                format!("{key}: invalid duration {text:?}: {e}"),
+            )
+        })
+    }
+
+    /// Requires `shorter` to be strictly shorter than `longer`.
+    ///
+    /// The error points at whichever of the two was written last, since that is the edit that
+    /// broke the rule (e.g. a drop-in raising `renew_before` past the main file's
+    /// `notify_before`), and names where the other one came from.
+    fn ensure_shorter(&self, shorter: Side, longer: Side, why: &str) -> Result<(), ConfigError> {
+        if shorter.value < longer.value {
+            return Ok(());
+        }
+        let last_written = |side: &Side| side.at.map(|at| (at.file, at.span.start));
+        let blame_longer = last_written(&longer) > last_written(&shorter);
+        let describe = |side: &Side, blamed: bool| {
+            let written = format!("{} = {:?}", side.key, duration::format(side.value));
+            match side.at {
+                _ if blamed => written,
+                Some(at) => format!("{written} (set at {})", self.location(at)),
+                None => format!("{written} (the default)"),
+            }
+        };
+        let blamed = if blame_longer { &longer } else { &shorter };
+        Err(ConfigError::Invalid {
+            at: blamed.at.map(|at| self.location(at)),
+            message: format!(
+                "{} must be shorter than {}: {why}",
+                describe(&shorter, !blame_longer),
+                describe(&longer, blame_longer)
+            ),
+        })
+    }
+
+    fn resolve(&self, layer: &FileLayer, opts: &LoadOptions) -> Result<Settings, ConfigError> {
+        let root = self.root(opts.root, &layer.root)?;
+        let node_name = self.node_name(&layer.node_name)?;
+        let layout = layer
+            .layout
+            .as_ref()
+            .map_or(LayoutChoice::default(), |v| v.value);
+        let state_dir = match &layer.state_dir {
+            None => PathBuf::from(DEFAULT_STATE_DIR),
+            Some(written) => {
+                check_node_path(&written.value).map_err(|e| {
+                    self.invalid(
+                        &written.at,
+                        format!("state_dir = {:?}: {e}", written.value.display()),
+                    )
+                })?;
+                written.value.clone()
+            }
+        };
+        let inventory = layer.inventory.resolve(self)?;
+        let policy = layer.policy.resolve(self)?;
+        let renew = layer.renew.resolve(self)?;
+        self.ensure_shorter(
+            Side::new(
+                "policy.renew_before",
+                policy.renew_before,
+                &layer.policy.renew_before,
+            ),
+            Side::new("renew.validity", renew.validity, &layer.renew.validity),
+            "otherwise a renewed certificate would be due for renewal again at once",
+        )?;
+        Ok(Settings {
+            root,
+            node_name,
+            layout,
+            state_dir,
+            inventory,
+            policy,
+            renew,
+            sources: self.files.iter().map(|(path, _)| path.clone()).collect(),
+        })
+    }
+
+    fn root(
+        &self,
+        command_line: Option<&Path>,
+        written: &Option<Val<PathBuf>>,
+    ) -> Result<PathBuf, ConfigError> {
+        if let Some(root) = command_line {
+            return real_dir(root).map_err(|e| ConfigError::Invalid {
+                at: None,
+                message: format!("--root {}: {e}", root.display()),
+            });
+        }
+        let Some(written) = written else {
+            return Ok(PathBuf::from("/"));
+        };
+        if written.value.as_os_str().is_empty() {
+            return Err(self.invalid(&written.at, r#"root = "": write "/" for the whole machine"#));
+        }
+        // Relative to the file that says it, so a tree unpacked anywhere (a test fixture, an
+        // image being prepared) can carry a config that finds it.
+        let base = self.files[written.at.file]
+            .0
+            .parent()
+            .unwrap_or(Path::new("/"));
+        let root = base.join(&written.value);
+        real_dir(&root).map_err(|e| {
+            self.invalid(
+                &written.at,
+                format!("root = {:?} ({}): {e}", written.value, root.display()),
+            )
+        })
+    }
+
+    fn node_name(&self, written: &Option<Val<String>>) -> Result<String, ConfigError> {
+        if let Some(name) = written.as_ref().filter(|v| !v.value.is_empty()) {
+            check_node_name(&name.value).map_err(|e| {
+                self.invalid(
+                    &name.at,
+                    format!(
+                        "node_name = {:?} is not a valid Kubernetes node name: {e}",
+                        name.value
+                    ),
+                )
+            })?;
+            return Ok(name.value.clone());
+        }
+        let at = written.as_ref().map(|v| self.location(&v.at));
+        let invalid = |message| ConfigError::Invalid {
+            at: at.clone(),
+            message,
+        };
+        let hostname = machine_node_name()
+            .map_err(|e| invalid(format!("node_name is empty and {e}; set node_name")))?;
+        check_node_name(&hostname).map_err(|e| {
+            invalid(format!(
+                "node_name is empty and the hostname {hostname:?} is not a valid Kubernetes \
+                 node name ({e}); set node_name"
+            ))
+        })?;
+        Ok(hostname)
+    }
+}
+
+/// Resolves a path to an existing directory, symlinks and all.
+fn real_dir(path: &Path) -> Result<PathBuf, String> {
+    let real = fs::canonicalize(path).map_err(|e| e.to_string())?;
+    if real.is_dir() {
+        Ok(real)
+    } else {
+        Err("not a directory".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tempfile::TempDir;
+
+    /// A scratch root holding `etc/certrotd/certrotd.toml` and `etc/certrotd/conf.d/`.
+    struct Tree {
+        dir: TempDir,
+    }
+
+    impl Tree {
+        fn new() -> Self {
+            Tree {
+                dir: TempDir::new().unwrap(),
+            }
+        }
+
+        fn root(&self) -> PathBuf {
+            fs::canonicalize(self.dir.path()).unwrap()
+        }
+
+        /// Writes `text` at `relative` (under `etc/certrotd/`) and returns the path.
+        fn write(&self, relative: &str, text: impl AsRef<[u8]>) -> PathBuf {
+            let path = self.dir.path().join("etc/certrotd").join(relative);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, text).unwrap();
+            path
+        }
+
+        /// Loads as `certrotd --root <tree>` would.
+        fn load(&self) -> Result<Settings, ConfigError> {
+            load(&LoadOptions {
+                config: None,
+                root: Some(self.dir.path()),
+            })
+        }
+
+        fn defaults(&self, sources: Vec<PathBuf>) -> Settings {
+            Settings {
+                root: self.root(),
+                sources,
+                ..Settings::default()
+            }
+        }
+    }
+
+    fn at(error: &ConfigError) -> (PathBuf, (usize, usize)) {
+        let location = error
+            .location()
+            .unwrap_or_else(|| panic!("no location: {error}"));
+        (location.file.clone(), location.line_column.unwrap())
+    }
+
+    #[test]
+    fn no_files_give_the_defaults() {
+        let tree = Tree::new();
+        assert_eq!(tree.load().unwrap(), tree.defaults(vec![]));
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let d = Settings::default();
+        assert_eq!(d.root, Path::new("/"));
+        assert_eq!(d.layout, LayoutChoice::Auto);
+        assert_eq!(d.state_dir, Path::new("/var/lib/certrotd"));
+        assert!(d.inventory.extra_paths.is_empty());
+        assert_eq!(d.policy.notify_before, days(60));
+        assert_eq!(d.policy.renew_before, days(30));
+        assert_eq!(d.policy.emergency_before, days(7));
+        assert_eq!(d.renew.validity, days(365));
+        assert_eq!(d.renew.key_policy, KeyPolicy::New);
+        assert_eq!(d.renew.backups_keep, 10);
+        assert_eq!(d.node_name, machine_node_name().unwrap());
+    }
+
+    #[test]
+    fn drop_in_overrides_the_main_file_key_by_key() {
+        let tree = Tree::new();
+        let main = tree.write(
+            "certrotd.toml",
+            "layout = \"kubeadm\"\n[policy]\nnotify_before = \"90d\"\nrenew_before = \"40d\"\n\
+             [renew]\nvalidity = \"400d\"\n",
+        );
+        let drop_in = tree.write("conf.d/10-site.toml", "[policy]\nrenew_before = \"45d\"\n");
+        let settings = tree.load().unwrap();
+        assert_eq!(settings.sources, vec![main, drop_in]);
+        assert_eq!(settings.layout, LayoutChoice::Kubeadm);
+        assert_eq!(settings.policy.notify_before, days(90));
+        assert_eq!(settings.policy.renew_before, days(45));
+        assert_eq!(settings.policy.emergency_before, days(7));
+        assert_eq!(settings.renew.validity, days(400));
+    }
+
+    #[test]
+    fn later_drop_in_wins_and_only_toml_files_count() {
+        let tree = Tree::new();
+        let second = tree.write("conf.d/20-b.toml", "[renew]\nkey_policy = \"new\"\n");
+        let first = tree.write(
+            "conf.d/10-a.toml",
+            "[renew]\nkey_policy = \"reuse\"\nbackups_keep = 3\n",
+        );
+        tree.write("conf.d/.#30-c.toml", "garbage =");
+        tree.write("conf.d/30-c.toml.dpkg-old", "garbage =");
+        tree.write("conf.d/README", "garbage =");
+        fs::create_dir(tree.dir.path().join("etc/certrotd/conf.d/40-dir.toml")).unwrap();
+        let settings = tree.load().unwrap();
+        // No main file: the drop-ins still apply.
+        assert_eq!(settings.sources, vec![first, second]);
+        assert_eq!(settings.renew.key_policy, KeyPolicy::New);
+        assert_eq!(settings.renew.backups_keep, 3);
+    }
+
+    #[test]
+    fn arrays_replace_rather_than_append() {
+        let tree = Tree::new();
+        tree.write(
+            "certrotd.toml",
+            "[inventory]\nextra_paths = [\"/etc/ssl/a.crt\", \"/etc/ssl/b.crt\"]\n",
+        );
+        tree.write(
+            "conf.d/10.toml",
+            "[inventory]\nextra_paths = [\"/etc/ssl/private/*.crt\"]\n",
+        );
+        let settings = tree.load().unwrap();
+        assert_eq!(settings.inventory.extra_paths, ["/etc/ssl/private/*.crt"]);
+    }
+
+    #[test]
+    fn unknown_keys_name_file_line_and_column() {
+        let tree = Tree::new();
+        tree.write("certrotd.toml", "[policy]\nrenew_before = \"20d\"\n");
+        let drop_in = tree.write("conf.d/10-x.toml", "\n[policy]\n  renew_befor = \"3d\"\n");
+        let error = tree.load().unwrap_err();
+        assert_eq!(at(&error), (drop_in.clone(), (3, 3)));
+        let text = error.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "{}:3:3: unknown field `renew_befor`, expected one of",
+                drop_in.display()
+            )),
+            "{text}"
+        );
+
+        tree.write("conf.d/10-x.toml", "[polcy]\n");
+        let error = tree.load().unwrap_err();
+        assert_eq!(at(&error), (drop_in.clone(), (1, 2)));
+        assert!(
+            error.to_string().contains("unknown field `polcy`"),
+            "{error}"
+        );
+
+        tree.write("conf.d/10-x.toml", "state-dir = \"/x\"\n");
+        assert_eq!(at(&tree.load().unwrap_err()), (drop_in, (1, 1)));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_even_if_a_later_file_sets_the_right_one() {
+        let tree = Tree::new();
+        let main = tree.write("certrotd.toml", "[renew]\nbackups_kept = 3\n");
+        tree.write("conf.d/10.toml", "[renew]\nbackups_keep = 3\n");
+        assert_eq!(at(&tree.load().unwrap_err()), (main, (2, 1)));
+    }
+
+    #[test]
+    fn bad_duration_names_field_text_and_place() {
+        let tree = Tree::new();
+        let main = tree.write("certrotd.toml", "[policy]\nrenew_before = \"30x\"\n");
+        let error = tree.load().unwrap_err();
+        assert_eq!(at(&error), (main.clone(), (2, 16)));
+        let text = error.to_string();
+        assert!(text.contains("policy.renew_before"), "{text}");
+        assert!(text.contains("\"30x\""), "{text}");
+
+        tree.write("certrotd.toml", "[renew]\nvalidity = 365\n");
+        let error = tree.load().unwrap_err();
+        assert_eq!(at(&error), (main, (2, 12)));
+        assert!(error.to_string().contains("a duration such as"), "{error}");
+    }
+
+    #[test]
+    fn wrong_types_and_enum_values_name_the_place() {
+        let tree = Tree::new();
+        let main = tree.write("certrotd.toml", "[renew]\nbackups_keep = \"ten\"\n");
+        let error = tree.load().unwrap_err();
+        assert_eq!(at(&error), (main.clone(), (2, 16)));
+        assert!(error.to_string().contains("invalid type"), "{error}");
+
+        tree.write("certrotd.toml", "[renew]\nbackups_keep = -1\n");
+        assert_eq!(at(&tree.load().unwrap_err()), (main.clone(), (2, 16)));
+
+        tree.write("certrotd.toml", "layout = \"openshift\"\n");
+        let error = tree.load().unwrap_err();
+        assert_eq!(at(&error), (main.clone(), (1, 10)));
+        assert!(error.to_string().contains("`kubeadm`"), "{error}");
+
+        tree.write("certrotd.toml", "policy = 3\n");
+        let error = tree.load().unwrap_err();
+        assert_eq!(at(&error), (main, (1, 10)));
+        assert!(
+            error.to_string().ends_with("expected the [policy] table"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn renew_before_not_shorter_than_notify_before_blames_the_file_that_set_it() {
+        let tree = Tree::new();
+        tree.write("certrotd.toml", "[renew]\nvalidity = \"400d\"\n");
+        let drop_in = tree.write("conf.d/50.toml", "[policy]\nrenew_before = \"60d\"\n");
+        let error = tree.load().unwrap_err();
+        assert_eq!(at(&error), (drop_in, (2, 16)));
+        let text = error.to_string();
+        assert!(
+            text.contains(
+                "policy.renew_before = \"60d\" must be shorter than \
+                 policy.notify_before = \"60d\" (the default)"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_ordering_rule_blames_the_value_written_last() {
+        let tree = Tree::new();
+        let main = tree.write("certrotd.toml", "[policy]\nrenew_before = \"40d\"\n");
+        let drop_in = tree.write("conf.d/50.toml", "[policy]\nnotify_before = \"35d\"\n");
+        let error = tree.load().unwrap_err();
+        assert_eq!(at(&error), (drop_in, (2, 17)));
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("(set at {}:2:16)", main.display())),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_other_rules_hold() {
+        let tree = Tree::new();
+        let main = tree.write("certrotd.toml", "[policy]\nemergency_before = \"30d\"\n");
+        let error = tree.load().unwrap_err();
+        assert_eq!(at(&error), (main.clone(), (2, 20)));
+        assert!(
+            error.to_string().contains("policy.emergency_before"),
+            "{error}"
+        );
+
+        tree.write("certrotd.toml", "[renew]\nvalidity = \"30d\"\n");
+        let error = tree.load().unwrap_err();
+        assert_eq!(at(&error), (main.clone(), (2, 12)));
+        assert!(error.to_string().contains("renew.validity"), "{error}");
+
+        tree.write("certrotd.toml", "[renew]\nbackups_keep = 0\n");
+        let error = tree.load().unwrap_err();
+        assert_eq!(at(&error), (main.clone(), (2, 16)));
+
+        tree.write("certrotd.toml", "state_dir = \"var/lib/certrotd\"\n");
+        assert_eq!(at(&tree.load().unwrap_err()), (main.clone(), (1, 13)));
+        tree.write("certrotd.toml", "state_dir = \"/var/../etc\"\n");
+        assert_eq!(at(&tree.load().unwrap_err()), (main.clone(), (1, 13)));
+
+        tree.write(
+            "certrotd.toml",
+            "[inventory]\nextra_paths = [\"/ok/*.crt\",\n  \"/bad/[.crt\"]\n",
+        );
+        let error = tree.load().unwrap_err();
+        assert_eq!(at(&error), (main.clone(), (3, 3)));
+        assert!(error.to_string().contains("\"/bad/[.crt\""), "{error}");
+        tree.write(
+            "certrotd.toml",
+            "[inventory]\nextra_paths = [\"etc/ssl/*.crt\"]\n",
+        );
+        assert_eq!(at(&tree.load().unwrap_err()), (main, (2, 16)));
+    }
+
+    #[test]
+    fn node_name_is_checked_and_defaults_to_the_hostname() {
+        let tree = Tree::new();
+        let main = tree.write("certrotd.toml", "node_name = \"worker-1.example\"\n");
+        assert_eq!(tree.load().unwrap().node_name, "worker-1.example");
+        for bad in ["Worker-1", "worker_1", "-worker", "worker..1", "worker."] {
+            tree.write("certrotd.toml", format!("node_name = \"{bad}\"\n"));
+            let error = tree.load().unwrap_err();
+            assert_eq!(at(&error), (main.clone(), (1, 13)), "{bad}");
+        }
+        tree.write("certrotd.toml", "node_name = \"\"\n");
+        assert_eq!(tree.load().unwrap().node_name, machine_node_name().unwrap());
+    }
+
+    #[test]
+    fn syntax_error_in_a_drop_in_names_that_drop_in() {
+        let tree = Tree::new();
+        tree.write("certrotd.toml", "layout = \"k3s\"\n");
+        tree.write("conf.d/10-ok.toml", "layout = \"rke2\"\n");
+        let broken = tree.write("conf.d/20-broken.toml", "# note\nlayout = rke2\n");
+        let error = tree.load().unwrap_err();
+        assert_eq!(at(&error).0, broken);
+        assert_eq!(at(&error).1.0, 2);
+    }
+
+    #[test]
+    fn non_utf8_file_is_an_error_at_the_bad_byte() {
+        let tree = Tree::new();
+        let main = tree.write("certrotd.toml", b"# caf\xe9\n");
+        assert_eq!(at(&tree.load().unwrap_err()), (main, (1, 6)));
+    }
+
+    #[test]
+    fn relative_root_is_relative_to_the_file_that_sets_it() {
+        let tree = Tree::new();
+        fs::create_dir(tree.dir.path().join("node")).unwrap();
+        // Set in a drop-in, so the base is conf.d, not the main file's directory.
+        tree.write("certrotd.toml", "");
+        tree.write("conf.d/10.toml", "root = \"../../../node\"\n");
+        let config = tree.dir.path().join("etc/certrotd/certrotd.toml");
+        let opts = LoadOptions {
+            config: Some(&config),
+            root: None,
+        };
+        assert_eq!(load(&opts).unwrap().root, tree.root().join("node"));
+
+        let drop_in = tree.write("conf.d/10.toml", "root = \"../missing\"\n");
+        let error = load(&opts).unwrap_err();
+        assert_eq!(at(&error), (drop_in.clone(), (1, 8)));
+        tree.write(
+            "conf.d/10.toml",
+            "root = \"../../certrotd/certrotd.toml\"\n",
+        );
+        let error = load(&opts).unwrap_err();
+        assert!(error.to_string().contains("not a directory"), "{error}");
+    }
+
+    #[test]
+    fn command_line_root_wins_over_the_files() {
+        let tree = Tree::new();
+        tree.write("certrotd.toml", "root = \"/nonexistent/certrotd-test\"\n");
+        assert_eq!(tree.load().unwrap().root, tree.root());
+
+        let missing = tree.dir.path().join("missing");
+        let error = load(&LoadOptions {
+            config: None,
+            root: Some(&missing),
+        })
+        .unwrap_err();
+        assert!(error.location().is_none());
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("--root {}:", missing.display())),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn explicit_config_that_does_not_exist_is_an_error_naming_it() {
+        let tree = Tree::new();
+        let missing = tree.dir.path().join("nope.toml");
+        let error = load(&LoadOptions {
+            config: Some(&missing),
+            root: None,
+        })
+        .unwrap_err();
+        assert!(matches!(error, ConfigError::Read { .. }));
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("reading config file {}: ", missing.display())),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn in_root_joins_node_paths() {
+        let mut settings = Settings::default();
+        assert_eq!(
+            settings.in_root("/var/lib/certrotd"),
+            Path::new("/var/lib/certrotd")
+        );
+        assert_eq!(settings.in_root("/"), Path::new("/"));
+        settings.root = PathBuf::from("/srv/node");
+        assert_eq!(
+            settings.in_root("/etc/kubernetes/pki/ca.crt"),
+            Path::new("/srv/node/etc/kubernetes/pki/ca.crt")
+        );
+        assert_eq!(
+            settings.in_root("//etc/kubernetes"),
+            Path::new("/srv/node/etc/kubernetes")
+        );
+        assert_eq!(settings.in_root("etc"), Path::new("/srv/node/etc"));
+        assert_eq!(settings.in_root("/"), Path::new("/srv/node"));
+        assert_eq!(settings.in_root(""), Path::new("/srv/node"));
+    }
+
+    fn shipped_config() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/certrotd.toml")
+    }
+
+    #[test]
+    fn shipped_config_loads_to_the_defaults() {
+        let path = shipped_config();
+        let settings = load(&LoadOptions {
+            config: Some(&path),
+            root: None,
+        })
+        .unwrap();
+        assert_eq!(
+            settings,
+            Settings {
+                sources: vec![path],
+                ..Settings::default()
+            }
+        );
+    }
+
+    #[test]
+    fn shipped_config_documents_every_key_with_its_default() {
+        // Uncommenting every `#key = value` line must change nothing and cover every key.
+        let text = fs::read_to_string(shipped_config()).unwrap();
+        let uncommented: String = text
+            .lines()
+            .map(|line| match line.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase()) => rest,
+                _ => line,
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let tree = Tree::new();
+        let main = tree.write("certrotd.toml", &uncommented);
+        let mut expected = Settings {
+            sources: vec![main],
+            ..Settings::default()
+        };
+        let mut settings = tree.load().unwrap();
+        // `root = "/"` is in the file but `--root` (the scratch tree) wins.
+        settings.root = PathBuf::from("/");
+        expected.root = PathBuf::from("/");
+        assert_eq!(settings, expected);
+
+        let keys = |table: &toml::Table| -> Vec<String> {
+            let mut keys = Vec::new();
+            for (key, value) in table {
+                match value.as_table() {
+                    Some(sub) => keys.extend(sub.keys().map(|k| format!("{key}.{k}"))),
+                    None => keys.push(key.clone()),
+                }
+            }
+            keys.sort();
+            keys
+        };
+        let documented: toml::Table = toml::from_str(&uncommented).unwrap();
+        let all: toml::Table =
+            toml::from_str(&toml::to_string(&Settings::default()).unwrap()).unwrap();
+        assert_eq!(keys(&documented), keys(&all));
+    }
+
+    #[test]
+    fn serialized_settings_load_back() {
+        let tree = Tree::new();
+        let defaults = Settings::default();
+        let written = Settings {
+            node_name: "node-a".to_owned(),
+            inventory: InventorySettings {
+                extra_paths: vec!["/etc/ssl/*.pem".to_owned()],
+            },
+            policy: PolicySettings {
+                emergency_before: Duration::from_secs(36 * 3600),
+                ..defaults.policy
+            },
+            renew: RenewSettings {
+                key_policy: KeyPolicy::Reuse,
+                ..defaults.renew
+            },
+            ..defaults
+        };
+        let main = tree.write("certrotd.toml", toml::to_string(&written).unwrap());
+        let read = tree.load().unwrap();
+        assert_eq!(
+            read,
+            Settings {
+                root: tree.root(),
+                sources: vec![main],
+                ..written
+            }
+        );
+    }
+
+    #[test]
+    fn line_column_counts_characters() {
+        let text = "a = 1\nété = \"x\"\n";
+        assert_eq!(line_column(text, 0), (1, 1));
+        assert_eq!(line_column(text, 6), (2, 1));
+        let value = text.find('"').unwrap();
+        assert_eq!(line_column(text, value), (2, 7));
+        assert_eq!(line_column(text, text.len()), (3, 1));
+        assert_eq!(line_column(text, 7), (2, 1));
+    }
+}

@@ -189,7 +189,11 @@ mod tests {
         assert_eq!(parse("  "), Err("empty duration".to_owned()));
         assert!(parse("-5d").unwrap_err().contains("negative"));
         assert!(parse("30").unwrap_err().contains("needs a unit"));
-        assert!(parse("30x").unwrap_err().contains("unknown time unit \"x\""));
+        assert!(
+            parse("30x")
+                .unwrap_err()
+                .contains("unknown time unit \"x\"")
+        );
         assert!(parse("d").unwrap_err().contains("expected a number"));
         assert!(parse("1d, 2h").unwrap_err().contains("expected a number"));
         assert!(parse("99999999999999999999d").is_err());
@@ -225,7 +229,10 @@ mod tests {
         assert_eq!(format_residual(365 * 86_400 - 1), "364d");
         assert_eq!(format_residual(365 * 86_400), "1y");
         assert_eq!(format_residual(10 * 365 * 86_400 - 1), "9y");
-        assert_eq!(format_residual(i64::MAX), format!("{}y", i64::MAX / (365 * 86_400)));
+        assert_eq!(
+            format_residual(i64::MAX),
+            format!("{}y", i64::MAX / (365 * 86_400))
+        );
     }
 
     #[test]
@@ -239,8 +246,14 @@ mod tests {
         assert_eq!(t.d, Duration::from_secs(36 * 3600));
         assert_eq!(toml::to_string(&t).unwrap().trim(), r#"d = "1d 12h""#);
         let err = toml::from_str::<T>(r#"d = "3 parsecs""#).unwrap_err();
-        assert!(err.message().contains(r#"invalid duration "3 parsecs""#), "{err}");
+        assert!(
+            err.message().contains(r#"invalid duration "3 parsecs""#),
+            "{err}"
+        );
         let err = toml::from_str::<T>("d = 30").unwrap_err();
-        assert!(err.message().contains(r#"a duration such as "30d""#), "{err}");
+        assert!(
+            err.message().contains(r#"a duration such as "30d""#),
+            "{err}"
+        );
     }
 }

@@ -1,0 +1,179 @@
+//! Shared test harness: node roots from fixtures and sandboxes, and openssl as an independent judge.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use certrotd::inventory::{self, Inventory};
+use certrotd::pki::layout::Layout;
+use certrotd::root::Root;
+
+/// The real-world certificate sets (read in place, never copied into the project).
+pub fn fixtures() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let candidates = [here.join("../shared/fixtures"), here.join("../../shared/fixtures")];
+    candidates
+        .iter()
+        .find(|p| p.is_dir())
+        .cloned()
+        .unwrap_or_else(|| panic!("../shared/fixtures not found next to {}", here.display()))
+}
+
+/// Copies a directory tree (files, dirs and symlinks), keeping modes.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let ft = e.file_type().unwrap();
+        let dst = to.join(e.file_name());
+        if ft.is_dir() {
+            copy_tree(&e.path(), &dst);
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(e.path()).unwrap(), &dst).unwrap();
+        } else {
+            std::fs::copy(e.path(), &dst).unwrap();
+        }
+    }
+}
+
+/// A node root holding a kubeadm fixture at /etc/kubernetes, as its README says to place it.
+pub fn kubeadm_fixture_root(name: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_tree(&fixtures().join(name), &tmp.path().join("etc/kubernetes"));
+    tmp
+}
+
+/// Scans a root.
+pub fn scan(root: &Path, layouts: Option<Vec<Layout>>, extra: &[&str]) -> Inventory {
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    inventory::scan(&inventory::Request {
+        root: &Root::new(root),
+        layouts,
+        extra_paths: &extra,
+    })
+}
+
+/// Runs openssl and returns stdout; panics with stderr on failure.
+pub fn openssl(args: &[&str], stdin: Option<&[u8]>) -> String {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl must be installed (make test installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.unwrap_or_default())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// What openssl says about a DER certificate: (CN, [O…], notBefore unix, notAfter unix, serial hex).
+pub struct OpensslView {
+    pub cn: Option<String>,
+    pub organizations: Vec<String>,
+    pub issuer_cn: Option<String>,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub serial: String,
+}
+
+pub fn openssl_view(der: &[u8]) -> OpensslView {
+    let text = openssl(
+        &[
+            "x509", "-inform", "DER", "-noout", "-subject", "-issuer", "-dates", "-serial",
+            "-nameopt", "multiline,utf8,-esc_msb",
+        ],
+        Some(der),
+    );
+    let mut view = OpensslView {
+        cn: None,
+        organizations: vec![],
+        issuer_cn: None,
+        not_before: 0,
+        not_after: 0,
+        serial: String::new(),
+    };
+    let mut section = "";
+    for line in text.lines() {
+        let t = line.trim();
+        if line.starts_with("subject=") {
+            section = "subject";
+        } else if line.starts_with("issuer=") {
+            section = "issuer";
+        } else if let Some(v) = t.strip_prefix("commonName") {
+            let v = v.trim_start().trim_start_matches('=').trim().to_string();
+            match section {
+                "subject" => view.cn = Some(v),
+                _ => view.issuer_cn = Some(v),
+            }
+        } else if let Some(v) = t.strip_prefix("organizationName") {
+            if section == "subject" {
+                view.organizations
+                    .push(v.trim_start().trim_start_matches('=').trim().to_string());
+            }
+        } else if let Some(v) = t.strip_prefix("notBefore=") {
+            view.not_before = openssl_date(v);
+        } else if let Some(v) = t.strip_prefix("notAfter=") {
+            view.not_after = openssl_date(v);
+        } else if let Some(v) = t.strip_prefix("serial=") {
+            view.serial = normalize_serial(v);
+        }
+    }
+    view
+}
+
+pub fn normalize_serial(s: &str) -> String {
+    let t = s.trim().trim_start_matches('0').to_ascii_lowercase();
+    if t.is_empty() { "0".into() } else { t }
+}
+
+fn openssl_date(s: &str) -> i64 {
+    // "Mar 23 22:47:03 2022 GMT" (day padded with a space)
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| *m == parts[0])
+    .unwrap() as u8
+        + 1;
+    let day: u8 = parts[1].parse().unwrap();
+    let hms: Vec<u8> = parts[2].split(':').map(|x| x.parse().unwrap()).collect();
+    let year: i32 = parts[3].parse().unwrap();
+    let date =
+        time::Date::from_calendar_date(year, time::Month::try_from(month).unwrap(), day).unwrap();
+    date.with_hms(hms[0], hms[1], hms[2])
+        .unwrap()
+        .assume_utc()
+        .unix_timestamp()
+}
+
+/// Asserts that certrotd's parse of every certificate in the inventory agrees with openssl's.
+pub fn assert_agrees_with_openssl(inv: &Inventory) {
+    let mut checked = 0;
+    for e in &inv.entries {
+        for c in e.cert.iter().chain(e.chain.iter()) {
+            let v = openssl_view(&c.der);
+            assert_eq!(c.subject_cn, v.cn, "{}: CN", e.name);
+            assert_eq!(c.organizations, v.organizations, "{}: O", e.name);
+            assert_eq!(c.not_before.unix_timestamp(), v.not_before, "{}: notBefore", e.name);
+            assert_eq!(c.not_after.unix_timestamp(), v.not_after, "{}: notAfter", e.name);
+            assert_eq!(normalize_serial(&c.serial), v.serial, "{}: serial", e.name);
+            assert!(c.issuer.contains(v.issuer_cn.as_deref().unwrap_or("")), "{}: issuer", e.name);
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no certificate was compared");
+}

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian machine lacks to build and test certrotd: the real components the
+# tests start (etcd, a systemd manager over D-Bus, cfssl) and the independent judges (openssl,
+# kubectl). Idempotent: does nothing when everything is present.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "$1" ]; }
+want() { have "$1" || need+=("$2"); }
+
+want protoc protobuf-compiler
+want etcd etcd-server
+want etcdctl etcd-client
+want cfssl golang-cfssl
+want openssl openssl
+want dbus-daemon dbus
+want /lib/systemd/systemd systemd
+want setpriv util-linux
+want unshare util-linux
+
+kubectl_pkg=""
+if ! have kubectl; then kubectl_pkg=yes; fi
+
+if [ ${#need[@]} -eq 0 ] && [ -z "$kubectl_pkg" ]; then
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO=sudo; else
+    echo "install-deps: missing ${need[*]} ${kubectl_pkg:+kubectl}; run as root to install them" >&2
+    exit 1
+  fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+if [ ${#need[@]} -gt 0 ]; then
+  # shellcheck disable=SC2068
+  $SUDO apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
+fi
+if [ -n "$kubectl_pkg" ]; then
+  # Debian ships kubectl in kubernetes-client; some images carry a newer 'kubectl' package.
+  $SUDO apt-get install -y -qq --no-install-recommends kubectl >/dev/null 2>&1 \
+    || $SUDO apt-get install -y -qq --no-install-recommends kubernetes-client >/dev/null
+fi
+echo "install-deps: installed ${need[*]} ${kubectl_pkg:+kubectl}"

@@ -1,1 +1,79 @@
-//! TODO
+//! The command line (clap definitions only; behaviour lives in `commands`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// certrotd keeps a Kubernetes node's certificates from ever expiring.
+#[derive(Debug, Parser)]
+#[command(name = "certrotd", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command that reads the node takes.
+#[derive(Debug, Clone, Args, Default)]
+pub struct NodeArgs {
+    /// Treat DIR as the node's `/` (default: the config's `root`, else `/`).
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Configuration file (default: <root>/etc/certrotd/certrotd.toml, plus its conf.d/*.toml).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    /// kubeadm-style tables.
+    #[default]
+    Table,
+    /// One JSON object.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Inventory every certificate on the node and report its state (exit 1 when anything is
+    /// expired, invalid or due for renewal).
+    Check {
+        /// Node and configuration.
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Configuration commands.
+    Config {
+        /// What to do with the configuration.
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Write a complete kubeadm-shaped control-plane node under DIR to try certrotd on.
+    Sandbox {
+        /// Where to write it (created if missing; must not already hold a PKI).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Lifetime of the leaf certificates (e.g. 365d, 10m).
+        #[arg(long, value_name = "DURATION", default_value = "365d")]
+        leaf_ttl: String,
+        /// The node's name.
+        #[arg(long, default_value = "sandbox-cp1")]
+        node_name: String,
+    },
+}
+
+/// `certrotd config …`
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Load and validate the configuration, then print the effective settings.
+    Check {
+        /// Node and configuration.
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+}

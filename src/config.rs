@@ -119,6 +119,17 @@ impl LayoutChoice {
             LayoutChoice::K3s => "k3s",
         }
     }
+
+    /// The layouts to scan: `None` means detect them.
+    pub fn layouts(self) -> Option<Vec<crate::pki::layout::Layout>> {
+        use crate::pki::layout::Layout;
+        match self {
+            LayoutChoice::Auto => None,
+            LayoutChoice::Kubeadm => Some(vec![Layout::Kubeadm]),
+            LayoutChoice::Rke2 => Some(vec![Layout::Rke2]),
+            LayoutChoice::K3s => Some(vec![Layout::K3s]),
+        }
+    }
 }
 
 impl fmt::Display for LayoutChoice {

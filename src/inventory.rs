@@ -375,7 +375,11 @@ fn load(root: &Root, job: &Job) -> Vec<Entry> {
         Ok(p) => p,
         Err(e) => {
             let path = root.join(&job.node_path);
-            return vec![broken(job, path, format!("{}: {e}", job.node_path.display()))];
+            return vec![broken(
+                job,
+                path,
+                format!("{}: {e}", job.node_path.display()),
+            )];
         }
     };
     let data = match pem::read_capped(&real) {
@@ -457,7 +461,11 @@ fn cert_entries(
     };
     let mut certs = Vec::new();
     let mut problems = Vec::new();
-    for (i, b) in blocks.iter().filter(|b| b.label == "CERTIFICATE").enumerate() {
+    for (i, b) in blocks
+        .iter()
+        .filter(|b| b.label == "CERTIFICATE")
+        .enumerate()
+    {
         match Cert::from_der(&b.der) {
             Ok(c) => certs.push(c),
             Err(e) => problems.push(format!("{}: certificate #{}: {e}", path.display(), i + 1)),
@@ -521,6 +529,7 @@ fn check_key(
     blocks: &[Block],
     key: KeyRef,
 ) -> (KeyState, Option<PathBuf>, Option<String>) {
+    let separate_file = matches!(key, KeyRef::File(_));
     let (key_blocks, key_path): (Vec<Block>, PathBuf) = match key {
         KeyRef::SameFile => (
             blocks
@@ -546,8 +555,13 @@ fn check_key(
         }
     };
     if key_blocks.iter().all(|b| !is_key_label(&b.label)) {
-        if must_have_key(job, cert) {
-            let problem = format!("{}: no private key found", key_path.display());
+        // A file standing where the key belongs that holds no key is always wrong.
+        if must_have_key(job, cert) || separate_file {
+            let why = PrivateKey::from_blocks(&key_blocks)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            let problem = format!("{}: {why}", key_path.display());
             return (KeyState::Broken, Some(key_path), Some(problem));
         }
         return (KeyState::Absent, None, None);
@@ -583,7 +597,13 @@ fn must_have_key(job: &Job, cert: &Cert) -> bool {
 fn load_kubeconfig(root: &Root, job: &Job, real: &Path, data: &[u8]) -> Vec<Entry> {
     let kc = match kubeconfig::parse(&job.node_path, data) {
         Ok(kc) => kc,
-        Err(e) => return vec![broken(job, real.to_owned(), format!("{}: {e}", real.display()))],
+        Err(e) => {
+            return vec![broken(
+                job,
+                real.to_owned(),
+                format!("{}: {e}", real.display()),
+            )];
+        }
     };
     let mut out = Vec::new();
     let single = kc.users.len() == 1;
@@ -614,8 +634,14 @@ fn load_kubeconfig(root: &Root, job: &Job, real: &Path, data: &[u8]) -> Vec<Entr
             kubeconfig: real.to_owned(),
             cluster: cluster.name.clone(),
         };
-        let mut entries =
-            cert_entries(root, &ca_job, real.to_owned(), bytes, origin, KeyRef::SameFile);
+        let mut entries = cert_entries(
+            root,
+            &ca_job,
+            real.to_owned(),
+            bytes,
+            origin,
+            KeyRef::SameFile,
+        );
         // Only CA certificates matter here; anything else in the field is ignored.
         entries.retain(|e| e.is_ca());
         for e in &mut entries {
@@ -633,12 +659,7 @@ fn load_kubeconfig(root: &Root, job: &Job, real: &Path, data: &[u8]) -> Vec<Entr
     out
 }
 
-fn user_entries(
-    root: &Root,
-    job: &Job,
-    kubeconfig: &Path,
-    user: &kubeconfig::User,
-) -> Vec<Entry> {
+fn user_entries(root: &Root, job: &Job, kubeconfig: &Path, user: &kubeconfig::User) -> Vec<Entry> {
     let key = match &user.key {
         Some(KcSource::Embedded(b)) => KeyRef::Data(b.clone(), kubeconfig.to_owned()),
         Some(KcSource::File(p)) => KeyRef::File(p.clone()),
@@ -764,7 +785,10 @@ fn dedup_cas(entries: Vec<Entry>) -> Vec<Entry> {
     entries
         .into_iter()
         .filter(|e| {
-            let copy = matches!(e.origin, Origin::Bundled { .. } | Origin::KubeconfigCa { .. });
+            let copy = matches!(
+                e.origin,
+                Origin::Bundled { .. } | Origin::KubeconfigCa { .. }
+            );
             match (&e.cert, copy) {
                 (Some(c), true) => !file_cas.contains(&c.der) && seen_copies.insert(c.der.clone()),
                 _ => true,
@@ -788,10 +812,10 @@ fn unique_names(entries: &mut [Entry]) {
 /// Finds each certificate's signer among the node's CAs by verifying the signature, then works out
 /// which certificates cannot be renewed here.
 fn resolve_signers(entries: &mut [Entry]) {
-    let mut by_subject: HashMap<&[u8], Vec<usize>> = HashMap::new();
+    let mut by_subject: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, e) in entries.iter().enumerate() {
         if let Some(c) = &e.cert {
-            by_subject.entry(&c.subject_der).or_default().push(i);
+            by_subject.entry(&c.subject).or_default().push(i);
         }
     }
     // CAs first, so that a leaf that happens to share a subject is tried last.
@@ -804,14 +828,19 @@ fn resolve_signers(entries: &mut [Entry]) {
             return (None, None);
         };
         let candidates = by_subject
-            .get(cert.issuer_der.as_slice())
+            .get(cert.issuer.as_str())
             .map(Vec::as_slice)
             .unwrap_or(&[]);
         let signer = candidates
             .iter()
             .copied()
             .filter(|&j| j == i || entries[j].is_ca())
-            .find(|&j| entries[j].cert.as_ref().is_some_and(|ca| cert.is_signed_by(ca)));
+            .find(|&j| {
+                entries[j]
+                    .cert
+                    .as_ref()
+                    .is_some_and(|ca| cert.is_signed_by(ca))
+            });
         let problem = match (signer, candidates.is_empty()) {
             (None, false) => Some(format!(
                 "signature does not verify against {} on this node (issued by another CA with the same name)",

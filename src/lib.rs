@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod duration;
 pub mod inventory;

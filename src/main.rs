@@ -1,2 +1,39 @@
-//! certrotd's binary: parse the command line and dispatch.
-fn main() {}
+//! certrotd's binary: parse the command line, set up logging, dispatch, map errors to exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use time::OffsetDateTime;
+
+use certrotd::cli::{Cli, Command, ConfigAction};
+use certrotd::commands;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CERTROTD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let now = OffsetDateTime::now_utc();
+    let outcome = match &cli.command {
+        Command::Check { node, output } => commands::check::run(node, *output, now),
+        Command::Config {
+            action: ConfigAction::Check { node },
+        } => commands::config::check(node),
+        Command::Sandbox {
+            dir,
+            leaf_ttl,
+            node_name,
+        } => commands::sandbox::run(dir, leaf_ttl, node_name, now),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("certrotd: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}

@@ -145,7 +145,11 @@ mod tests {
         let mut broken = entry_expiring_in(90 * day, now);
         broken.problems.push("key mismatch".into());
         assert_eq!(assess(&broken, &w, now).status, Status::Invalid);
-        let future = assess(&entry_expiring_in(90 * day, now), &w, now - time::Duration::days(2));
+        let future = assess(
+            &entry_expiring_in(90 * day, now),
+            &w,
+            now - time::Duration::days(2),
+        );
         assert_eq!(future.status, Status::Invalid);
         assert!(future.problems[0].contains("not valid before"));
     }

@@ -14,17 +14,14 @@ use crate::policy::{self, Status, Windows};
 /// RFC 3339 in UTC, seconds precision (what `not_before`/`not_after` carry).
 pub fn rfc3339(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
-    let fmt = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
-    );
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
     t.format(&fmt).unwrap_or_else(|_| t.to_string())
 }
 
 /// kubeadm's EXPIRES column: `Nov 23, 2027 18:30 UTC`.
 fn kubeadm_time(t: OffsetDateTime) -> String {
-    let fmt = time::macros::format_description!(
-        "[month repr:short] [day], [year] [hour]:[minute] UTC"
-    );
+    let fmt =
+        time::macros::format_description!("[month repr:short] [day], [year] [hour]:[minute] UTC");
     t.to_offset(time::UtcOffset::UTC)
         .format(&fmt)
         .unwrap_or_else(|_| t.to_string())
@@ -130,8 +127,16 @@ impl CheckReport {
     /// The report as kubeadm-style tables.
     pub fn to_table(&self) -> String {
         let mut out = String::new();
-        let leaves: Vec<&CertReport> = self.certificates.iter().filter(|c| c.kind == "leaf").collect();
-        let cas: Vec<&CertReport> = self.certificates.iter().filter(|c| c.kind == "ca").collect();
+        let leaves: Vec<&CertReport> = self
+            .certificates
+            .iter()
+            .filter(|c| c.kind == "leaf")
+            .collect();
+        let cas: Vec<&CertReport> = self
+            .certificates
+            .iter()
+            .filter(|c| c.kind == "ca")
+            .collect();
         let yes_no = |b: bool| if b { "yes" } else { "no" }.to_owned();
         let expires = |c: &CertReport| c.not_after_kubeadm();
         let residual = |c: &CertReport| {

@@ -50,7 +50,10 @@ fn assert_kubeadm_node(inv: &Inventory) {
     for (name, _) in KUBEADM_SIGNERS {
         let e = inv.get(name).unwrap();
         assert_eq!(e.key, KeyState::Match, "{name}: key");
-        assert!(!e.externally_managed, "{name}: CA keys are all on this node");
+        assert!(
+            !e.externally_managed,
+            "{name}: CA keys are all on this node"
+        );
         assert!(e.problems.is_empty(), "{name}: {:?}", e.problems);
     }
     for ca in ["ca", "front-proxy-ca", "etcd-ca"] {
@@ -72,7 +75,10 @@ fn assert_kubeadm_node(inv: &Inventory) {
         inv.get("apiserver").unwrap().consumers,
         vec![Component::KubeApiserver]
     );
-    assert_eq!(inv.get("etcd-server").unwrap().consumers, vec![Component::Etcd]);
+    assert_eq!(
+        inv.get("etcd-server").unwrap().consumers,
+        vec![Component::Etcd]
+    );
     assert!(inv.get("admin.conf").unwrap().consumers.is_empty());
     assert_agrees_with_openssl(inv);
 }
@@ -110,11 +116,23 @@ fn kubeadm_v1_16_node() {
     assert!(matches!(k.origin, Origin::KubeconfigEmbedded { .. }));
     assert_eq!(k.key, KeyState::Match);
     assert_eq!(
-        inv.get("etcd-healthcheck-client").unwrap().cert.as_ref().unwrap().organizations,
+        inv.get("etcd-healthcheck-client")
+            .unwrap()
+            .cert
+            .as_ref()
+            .unwrap()
+            .organizations,
         vec!["system:masters"]
     );
     // v1.16 leaves carry no basic constraints at all.
-    assert!(!inv.get("apiserver").unwrap().cert.as_ref().unwrap().has_basic_constraints);
+    assert!(
+        !inv.get("apiserver")
+            .unwrap()
+            .cert
+            .as_ref()
+            .unwrap()
+            .has_basic_constraints
+    );
 }
 
 #[test]
@@ -124,11 +142,20 @@ fn rke2_files_and_mismatched_user_pair() {
     let inv = scan(
         tmp.path(),
         Some(vec![]),
-        &["/fx/*.crt", "/fx/*.kubeconfig", "/fx/new-config", "/fx/history-0efac49/*.crt"],
+        &[
+            "/fx/*.crt",
+            "/fx/*.kubeconfig",
+            "/fx/new-config",
+            "/fx/history-0efac49/*.crt",
+        ],
     );
     assert!(inv.warnings.is_empty(), "{:?}", inv.warnings);
     let carlos = inv.get("carlos.crt").unwrap();
-    assert_eq!(carlos.key, KeyState::Mismatch, "the committed key is not carlos.crt's");
+    assert_eq!(
+        carlos.key,
+        KeyState::Mismatch,
+        "the committed key is not carlos.crt's"
+    );
     assert!(carlos.problems.iter().any(|p| p.contains("does not match")));
     assert_eq!(carlos.signer.as_deref(), Some("server-ca.crt"));
     let history = inv.get("/fx/history-0efac49/carlos.crt").unwrap();
@@ -172,7 +199,10 @@ fn k3s_kubeconfig_with_bundle() {
 #[test]
 fn easyrsa_text_preamble_and_pkcs8_keys() {
     let tmp = tempfile::tempdir().unwrap();
-    copy_tree(&fixtures().join("variant-icp-easyrsa"), &tmp.path().join("fx"));
+    copy_tree(
+        &fixtures().join("variant-icp-easyrsa"),
+        &tmp.path().join("fx"),
+    );
     let inv = scan(tmp.path(), Some(vec![]), &["/fx/*.crt"]);
     assert_eq!(inv.entries.len(), 2);
     for e in &inv.entries {

@@ -21,7 +21,12 @@ fn local_ca(inv: &Inventory, name: &str) -> LocalCa {
     assert_eq!(e.key, KeyState::Match, "{name} key");
     let key_path = e.key_path.as_ref().unwrap();
     let blocks = pem::blocks(key_path, &std::fs::read(key_path).unwrap()).unwrap();
-    LocalCa::new(name, e.cert.clone().unwrap(), PrivateKey::from_blocks(&blocks).unwrap()).unwrap()
+    LocalCa::new(
+        name,
+        e.cert.clone().unwrap(),
+        PrivateKey::from_blocks(&blocks).unwrap(),
+    )
+    .unwrap()
 }
 
 /// openssl's text dump minus the lines that are allowed to change.
@@ -33,7 +38,9 @@ fn comparable_text(der: &[u8]) -> Vec<String> {
         let t = line.trim();
         // Serial, validity, key and signature bytes change by design; the key identifiers follow
         // the key.
-        if t.starts_with("Serial Number") || t.starts_with("Not Before") || t.starts_with("Not After")
+        if t.starts_with("Serial Number")
+            || t.starts_with("Not Before")
+            || t.starts_with("Not After")
         {
             skip_block = t.starts_with("Serial Number") && t.ends_with(':');
             continue;
@@ -47,8 +54,11 @@ fn comparable_text(der: &[u8]) -> Vec<String> {
             continue;
         }
         if skip_block {
-            if line.starts_with("        ") && !t.starts_with("X509v3") && !t.starts_with("Subject:")
-                && !t.starts_with("Signature Algorithm") && !t.starts_with("Issuer:")
+            if line.starts_with("        ")
+                && !t.starts_with("X509v3")
+                && !t.starts_with("Subject:")
+                && !t.starts_with("Signature Algorithm")
+                && !t.starts_with("Issuer:")
             {
                 continue;
             }
@@ -61,7 +71,11 @@ fn comparable_text(der: &[u8]) -> Vec<String> {
 
 fn renew_all_and_judge(inv: &Inventory, now: OffsetDateTime) -> usize {
     let mut renewed = 0;
-    for e in inv.entries.iter().filter(|e| !e.is_ca() && !e.externally_managed) {
+    for e in inv
+        .entries
+        .iter()
+        .filter(|e| !e.is_ca() && !e.externally_managed)
+    {
         let Some(signer) = &e.signer else { continue };
         let ca = local_ca(inv, signer);
         let old = e.cert.as_ref().unwrap();
@@ -86,11 +100,18 @@ fn renew_all_and_judge(inv: &Inventory, now: OffsetDateTime) -> usize {
         assert_eq!(new.sans, old.sans, "{}", e.name);
         assert_eq!(new.key_usages, old.key_usages, "{}", e.name);
         assert_eq!(new.ext_key_usages, old.ext_key_usages, "{}", e.name);
-        assert_eq!(new.has_basic_constraints, old.has_basic_constraints, "{}", e.name);
+        assert_eq!(
+            new.has_basic_constraints, old.has_basic_constraints,
+            "{}",
+            e.name
+        );
         assert_ne!(new.serial, old.serial);
         assert_ne!(new.public_key, old.public_key);
         assert!(new.is_signed_by(ca.ca()), "{}", e.name);
-        assert_eq!((new.not_before - (now - time::Duration::minutes(5))).whole_seconds(), 0);
+        assert_eq!(
+            (new.not_before - (now - time::Duration::minutes(5))).whole_seconds(),
+            0
+        );
         // openssl: verifies against the CA, and its text differs only where allowed.
         let dir = tempfile::tempdir().unwrap();
         let ca_pem = dir.path().join("ca.pem");
@@ -98,11 +119,21 @@ fn renew_all_and_judge(inv: &Inventory, now: OffsetDateTime) -> usize {
         std::fs::write(&ca_pem, encode::cert_pem(&ca.ca().der)).unwrap();
         std::fs::write(&leaf_pem, encode::cert_pem(&issued.der)).unwrap();
         let out = openssl(
-            &["verify", "-CAfile", ca_pem.to_str().unwrap(), leaf_pem.to_str().unwrap()],
+            &[
+                "verify",
+                "-CAfile",
+                ca_pem.to_str().unwrap(),
+                leaf_pem.to_str().unwrap(),
+            ],
             None,
         );
         assert!(out.trim().ends_with(": OK"), "{}: {out}", e.name);
-        assert_eq!(comparable_text(&issued.der), comparable_text(&old.der), "{}", e.name);
+        assert_eq!(
+            comparable_text(&issued.der),
+            comparable_text(&old.der),
+            "{}",
+            e.name
+        );
         renewed += 1;
     }
     renewed
@@ -128,7 +159,11 @@ fn kubeadm_v1_16_leaves_without_extensions_renew_faithfully() {
 fn rke2_ecdsa_ca_renews_an_rsa_v1_certificate() {
     let tmp = tempfile::tempdir().unwrap();
     copy_tree(&fixtures().join("rke2-kubelabs"), &tmp.path().join("fx"));
-    let inv = scan(tmp.path(), Some(vec![]), &["/fx/server-ca.crt", "/fx/history-0efac49/*.crt"]);
+    let inv = scan(
+        tmp.path(),
+        Some(vec![]),
+        &["/fx/server-ca.crt", "/fx/history-0efac49/*.crt"],
+    );
     assert_eq!(renew_all_and_judge(&inv, OffsetDateTime::now_utc()), 1);
 }
 
@@ -148,7 +183,10 @@ fn lifetime_is_clamped_to_the_ca() {
             now,
         })
         .unwrap();
-    assert_eq!(Cert::from_der(&issued.der).unwrap().not_after, ca.ca().not_after);
+    assert_eq!(
+        Cert::from_der(&issued.der).unwrap().not_after,
+        ca.ca().not_after
+    );
     assert!(issued.notes[0].contains("clamped"), "{:?}", issued.notes);
     let err = ca
         .issue(&IssueRequest {

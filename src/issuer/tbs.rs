@@ -49,7 +49,8 @@ pub fn renew(
         w.write_sequence(|w| {
             // v1 certificates (no extensions, as some hand-made ones are) stay v1.
             if old.version().0 > 0 {
-                w.next().write_tagged(Tag::context(0), |w| w.write_u32(old.version().0));
+                w.next()
+                    .write_tagged(Tag::context(0), |w| w.write_u32(old.version().0));
             }
             w.next().write_u64(changes.serial);
             w.next().write_der(&sig_alg);
@@ -71,14 +72,13 @@ pub fn renew(
             }
         })
     });
-    let signature = rcgen::SigningKey::sign(signer, &tbs)
-        .map_err(|e| IssueError::Sign(e.to_string()))?;
+    let signature =
+        rcgen::SigningKey::sign(signer, &tbs).map_err(|e| IssueError::Sign(e.to_string()))?;
     Ok(yasna::construct_der(|w| {
         w.write_sequence(|w| {
             w.next().write_der(&tbs);
             w.next().write_der(&sig_alg);
-            w.next()
-                .write_bitvec_bytes(&signature, signature.len() * 8);
+            w.next().write_bitvec_bytes(&signature, signature.len() * 8);
         })
     }))
 }
@@ -132,11 +132,10 @@ fn signature_algorithm(key: &rcgen::KeyPair) -> Result<Vec<u8>, IssueError> {
 fn extensions(old: &X509Certificate<'_>, c: &Changes<'_>) -> Result<Vec<Vec<u8>>, IssueError> {
     let mut out = Vec::new();
     for ext in old.extensions() {
-        let oid: Vec<u64> = ext
-            .oid
-            .iter()
-            .map(|it| it.collect())
-            .ok_or_else(|| IssueError::Template(format!("extension OID {} too large", ext.oid)))?;
+        let oid: Vec<u64> =
+            ext.oid.iter().map(|it| it.collect()).ok_or_else(|| {
+                IssueError::Template(format!("extension OID {} too large", ext.oid))
+            })?;
         let value: Vec<u8> = if oid == OID_SKID {
             yasna::construct_der(|w| w.write_bytes(&key_id(c.spki)))
         } else if oid == OID_AKID {
@@ -146,7 +145,8 @@ fn extensions(old: &X509Certificate<'_>, c: &Changes<'_>) -> Result<Vec<Vec<u8>>
                 Some(id) if akid_key_id(old).as_deref() == Some(id) => ext.value.to_vec(),
                 Some(id) => yasna::construct_der(|w| {
                     w.write_sequence(|w| {
-                        w.next().write_tagged_implicit(Tag::context(0), |w| w.write_bytes(id))
+                        w.next()
+                            .write_tagged_implicit(Tag::context(0), |w| w.write_bytes(id))
                     })
                 }),
                 None => ext.value.to_vec(),
@@ -168,12 +168,14 @@ fn extensions(old: &X509Certificate<'_>, c: &Changes<'_>) -> Result<Vec<Vec<u8>>
 }
 
 fn akid_key_id(old: &X509Certificate<'_>) -> Option<Vec<u8>> {
-    old.extensions().iter().find_map(|e| match e.parsed_extension() {
-        x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
-            a.key_identifier.as_ref().map(|k| k.0.to_vec())
-        }
-        _ => None,
-    })
+    old.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                a.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        })
 }
 
 /// RFC 5280 §4.2.1.2 method 1 (what Go, and so kubeadm, uses): SHA-1 of the subjectPublicKey bits.

@@ -152,9 +152,8 @@ impl Cert {
         }
         let used = der.len() - rest.len();
         let validity = x.validity();
-        let ts = |t: i64| {
-            OffsetDateTime::from_unix_timestamp(t).map_err(|e| CertError(e.to_string()))
-        };
+        let ts =
+            |t: i64| OffsetDateTime::from_unix_timestamp(t).map_err(|e| CertError(e.to_string()));
         let (is_ca, has_bc) = match x.basic_constraints() {
             Ok(Some(bc)) => (bc.value.ca, true),
             Ok(None) => (false, false),
@@ -193,10 +192,10 @@ impl Cert {
         })
     }
 
-    /// Whether `issuer` signed this certificate: names match and the signature verifies with the
-    /// issuer's key. Names alone are not enough: kubeadm v1.8 gave front-proxy-ca and ca one subject.
+    /// Whether `issuer` signed this certificate: names match (as text, so that a PrintableString and
+    /// a UTF8String of the same name compare equal) and the signature verifies with the issuer's key. Names alone are not enough: kubeadm v1.8 gave front-proxy-ca and ca one subject.
     pub fn is_signed_by(&self, issuer: &Cert) -> bool {
-        if self.issuer_der != issuer.subject_der {
+        if self.issuer != issuer.subject {
             return false;
         }
         let Ok((_, me)) = X509Certificate::from_der(&self.der) else {
@@ -332,17 +331,21 @@ fn key_algorithm(spki: &SubjectPublicKeyInfo<'_>) -> KeyAlgorithm {
 }
 
 fn subject_key_id(x: &X509Certificate<'_>) -> Option<Vec<u8>> {
-    x.extensions().iter().find_map(|e| match e.parsed_extension() {
-        x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
-        _ => None,
-    })
+    x.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+            _ => None,
+        })
 }
 
 fn authority_key_id(x: &X509Certificate<'_>) -> Option<Vec<u8>> {
-    x.extensions().iter().find_map(|e| match e.parsed_extension() {
-        x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
-            a.key_identifier.as_ref().map(|k| k.0.to_vec())
-        }
-        _ => None,
-    })
+    x.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                a.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        })
 }

@@ -86,7 +86,9 @@ pub fn parse(path: &Path, data: &[u8]) -> Result<Kubeconfig, KubeconfigError> {
     let doc: Value =
         serde_yaml_ng::from_slice(data).map_err(|e| KubeconfigError::Syntax(e.to_string()))?;
     if !doc.is_mapping() {
-        return Err(KubeconfigError::Syntax("the document is not a mapping".into()));
+        return Err(KubeconfigError::Syntax(
+            "the document is not a mapping".into(),
+        ));
     }
     let base = path.parent().unwrap_or(Path::new("/"));
     let mut out = Kubeconfig::default();
@@ -113,7 +115,11 @@ fn named_entries<'a>(doc: &'a Value, list: &str, inner: &str) -> Vec<(String, &'
         .map(|seq| {
             seq.iter()
                 .filter_map(|e| {
-                    let name = e.get("name").and_then(Value::as_str).unwrap_or("").to_owned();
+                    let name = e
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned();
                     e.get(inner).map(|v| (name, v))
                 })
                 .collect()
@@ -176,9 +182,9 @@ fn set_data(
     pem: &str,
     user: &str,
 ) -> Result<(), KubeconfigError> {
-    let slot = entry.get_mut(field).ok_or_else(|| {
-        KubeconfigError::Edit(format!("users[{user}] has no {field} to replace"))
-    })?;
+    let slot = entry
+        .get_mut(field)
+        .ok_or_else(|| KubeconfigError::Edit(format!("users[{user}] has no {field} to replace")))?;
     *slot = Value::String(base64::engine::general_purpose::STANDARD.encode(pem.as_bytes()));
     Ok(())
 }
@@ -231,8 +237,8 @@ current-context: kubernetes-admin@kubernetes
 
     #[test]
     fn replacing_keeps_everything_else() {
-        let out = replace_embedded_client(KC.as_bytes(), "kubernetes-admin", "NEW", Some("K2"))
-            .unwrap();
+        let out =
+            replace_embedded_client(KC.as_bytes(), "kubernetes-admin", "NEW", Some("K2")).unwrap();
         let kc = parse(Path::new("/x.conf"), out.as_bytes()).unwrap();
         assert_eq!(kc.users[0].cert, Source::Embedded(b"NEW".to_vec()));
         assert_eq!(kc.users[0].key, Some(Source::Embedded(b"K2".to_vec())));

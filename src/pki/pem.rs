@@ -46,7 +46,9 @@ pub enum ReadError {
         what: &'static str,
     },
     /// The file is larger than any certificate file.
-    #[error("{path}: file is {size} bytes, larger than the {max} bytes a certificate file may have")]
+    #[error(
+        "{path}: file is {size} bytes, larger than the {max} bytes a certificate file may have"
+    )]
     TooLarge {
         /// The path.
         path: PathBuf,
@@ -209,7 +211,10 @@ mod tests {
     #[test]
     fn text_before_blocks_and_crlf_are_understood() {
         let body = encode("CERTIFICATE", b"\x30\x03\x02\x01\x01");
-        let data = format!("Certificate:\n    Data: blah\n{}", body.replace('\n', "\r\n"));
+        let data = format!(
+            "Certificate:\n    Data: blah\n{}",
+            body.replace('\n', "\r\n")
+        );
         let b = blocks(Path::new("x"), data.as_bytes()).unwrap();
         assert_eq!(b.len(), 1);
         assert_eq!(b[0].label, "CERTIFICATE");

@@ -11,7 +11,10 @@ use certrotd::root::Root;
 /// The real-world certificate sets (read in place, never copied into the project).
 pub fn fixtures() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [here.join("../shared/fixtures"), here.join("../../shared/fixtures")];
+    let candidates = [
+        here.join("../shared/fixtures"),
+        here.join("../../shared/fixtures"),
+    ];
     candidates
         .iter()
         .find(|p| p.is_dir())
@@ -92,8 +95,16 @@ pub struct OpensslView {
 pub fn openssl_view(der: &[u8]) -> OpensslView {
     let text = openssl(
         &[
-            "x509", "-inform", "DER", "-noout", "-subject", "-issuer", "-dates", "-serial",
-            "-nameopt", "multiline,utf8,-esc_msb",
+            "x509",
+            "-inform",
+            "DER",
+            "-noout",
+            "-subject",
+            "-issuer",
+            "-dates",
+            "-serial",
+            "-nameopt",
+            "multiline,utf8,-esc_msb",
         ],
         Some(der),
     );
@@ -168,10 +179,24 @@ pub fn assert_agrees_with_openssl(inv: &Inventory) {
             let v = openssl_view(&c.der);
             assert_eq!(c.subject_cn, v.cn, "{}: CN", e.name);
             assert_eq!(c.organizations, v.organizations, "{}: O", e.name);
-            assert_eq!(c.not_before.unix_timestamp(), v.not_before, "{}: notBefore", e.name);
-            assert_eq!(c.not_after.unix_timestamp(), v.not_after, "{}: notAfter", e.name);
+            assert_eq!(
+                c.not_before.unix_timestamp(),
+                v.not_before,
+                "{}: notBefore",
+                e.name
+            );
+            assert_eq!(
+                c.not_after.unix_timestamp(),
+                v.not_after,
+                "{}: notAfter",
+                e.name
+            );
             assert_eq!(normalize_serial(&c.serial), v.serial, "{}: serial", e.name);
-            assert!(c.issuer.contains(v.issuer_cn.as_deref().unwrap_or("")), "{}: issuer", e.name);
+            assert!(
+                c.issuer.contains(v.issuer_cn.as_deref().unwrap_or("")),
+                "{}: issuer",
+                e.name
+            );
             checked += 1;
         }
     }

@@ -1,0 +1,47 @@
+//! `certrotd check`: the inventory as tables or JSON.
+
+use std::process::ExitCode;
+
+use time::OffsetDateTime;
+
+use super::{Outcome, load_settings};
+use crate::cli::{NodeArgs, Output};
+use crate::config::Settings;
+use crate::inventory::{self, Inventory};
+use crate::policy::Windows;
+use crate::report::CheckReport;
+use crate::root::Root;
+
+/// Scans the node the settings describe.
+pub fn inventory(settings: &Settings) -> Inventory {
+    let root = Root::new(&settings.root);
+    inventory::scan(&inventory::Request {
+        root: &root,
+        layouts: settings.layout.layouts(),
+        extra_paths: &settings.inventory.extra_paths,
+    })
+}
+
+/// The status windows of the settings.
+pub fn windows(settings: &Settings) -> Windows {
+    Windows {
+        notify_before: settings.policy.notify_before,
+        renew_before: settings.policy.renew_before,
+    }
+}
+
+/// Runs `certrotd check`.
+pub fn run(node: &NodeArgs, output: Output, now: OffsetDateTime) -> Outcome {
+    let settings = load_settings(node)?;
+    let inv = inventory(&settings);
+    let report = CheckReport::new(settings.root.clone(), &inv, &windows(&settings), now);
+    match output {
+        Output::Table => print!("{}", report.to_table()),
+        Output::Json => println!("{}", report.to_json()),
+    }
+    Ok(if report.needs_attention() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -9,13 +9,17 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::pki::cert::Cert;
-use crate::pki::key::{PrivateKey, is_key_label};
+use crate::pki::key::{PrivateKey, is_key_label, public_half};
 use crate::pki::kubeconfig::{self, Source as KcSource};
 use crate::pki::layout::{self, Component, FileShape, Known, Layout, Tree};
 use crate::pki::pem::{self, Block};
+use crate::pki::verify::KeyCache;
 use crate::root::Root;
 
 mod parallel;
+mod read;
+
+use read::NodeReader;
 
 /// Where an entry's certificate was found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -185,6 +189,8 @@ struct Job {
     consumers: Vec<Component>,
     /// Layout-known leaves must have their key; for other files a missing key is normal.
     expect_key: bool,
+    /// A glob may match directories; those are skipped, not reported.
+    from_glob: bool,
 }
 
 /// Scans a node root.
@@ -202,7 +208,8 @@ pub fn scan(req: &Request<'_>) -> Inventory {
         .into_iter()
         .partition(|j| matches!(j.shape, Some(FileShape::KeyPair { .. })));
     inv.key_pairs = pairs.iter().map(|j| load_key_pair(req.root, j)).collect();
-    let loaded = parallel::map(&files, |job| load(req.root, job));
+    let reader = NodeReader::new(req.root);
+    let loaded = parallel::map(&files, |job| load(&reader, job));
     inv.entries = dedup_cas(loaded.into_iter().flatten().collect());
     unique_names(&mut inv.entries);
     resolve_signers(&mut inv.entries);
@@ -250,6 +257,7 @@ fn known_job(k: Known) -> Job {
         shape: Some(k.shape),
         consumers: k.consumers,
         expect_key,
+        from_glob: false,
     }
 }
 
@@ -295,6 +303,7 @@ fn tree_jobs(root: &Root, tree: &Tree) -> Vec<Job> {
                 shape: Some(node_shape(root, shape)),
                 consumers: tree.consumers.clone(),
                 expect_key: false,
+                from_glob: false,
             });
         }
     }
@@ -336,9 +345,6 @@ fn extra_jobs(root: &Root, pattern: &str, warnings: &mut Vec<String>) -> Vec<Job
         let Some(node_path) = root.node_path(&path) else {
             continue;
         };
-        if path.is_dir() {
-            continue;
-        }
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -354,6 +360,7 @@ fn extra_jobs(root: &Root, pattern: &str, warnings: &mut Vec<String>) -> Vec<Job
             node_path,
             consumers: Vec::new(),
             expect_key: false,
+            from_glob: true,
         });
     }
     if out.is_empty() && !has_glob_chars(pattern) {
@@ -370,21 +377,15 @@ fn has_glob_chars(s: &str) -> bool {
 
 /// Loads one file into its entries: a certificate file gives one (plus its bundled CAs), a
 /// kubeconfig one per user plus its cluster CAs.
-fn load(root: &Root, job: &Job) -> Vec<Entry> {
-    let real = match root.resolve(&job.node_path) {
-        Ok(p) => p,
-        Err(e) => {
-            let path = root.join(&job.node_path);
-            return vec![broken(
-                job,
-                path,
-                format!("{}: {e}", job.node_path.display()),
-            )];
-        }
-    };
-    let data = match pem::read_capped(&real) {
+fn load(rd: &NodeReader<'_>, job: &Job) -> Vec<Entry> {
+    let (real, data) = rd.read(&job.node_path);
+    let data = match data {
         Ok(d) => d,
-        Err(e) => return vec![broken(job, real, read_problem(root, job, e))],
+        Err(pem::ReadError::NotAFile {
+            what: "a directory",
+            ..
+        }) if job.from_glob => return Vec::new(),
+        Err(e) => return vec![broken(job, real, read_problem(rd.root, job, e))],
     };
     let is_kubeconfig = match &job.shape {
         Some(FileShape::Kubeconfig) => true,
@@ -392,13 +393,13 @@ fn load(root: &Root, job: &Job) -> Vec<Entry> {
         None => kubeconfig::looks_like_kubeconfig(&data),
     };
     if is_kubeconfig {
-        return load_kubeconfig(root, job, &real, &data);
+        return load_kubeconfig(rd, job, &real, &data);
     }
     let key = match &job.shape {
         Some(FileShape::CertKey { key }) => KeyRef::File(key.clone()),
         _ => KeyRef::SameFile,
     };
-    cert_entries(root, job, real, &data, Origin::File, key)
+    cert_entries(rd, job, real, &data, Origin::File, key)
 }
 
 /// A read error as a problem; a dangling symlink says where it points.
@@ -444,7 +445,7 @@ enum KeyRef {
 /// Entries for the certificate blocks of one buffer: the first is the entry itself, further CA
 /// certificates become `Bundled` entries.
 fn cert_entries(
-    root: &Root,
+    rd: &NodeReader<'_>,
     job: &Job,
     path: PathBuf,
     data: &[u8],
@@ -486,7 +487,7 @@ fn cert_entries(
     entry.cert = certs.next();
     entry.chain = certs.collect();
     if let Some(cert) = &entry.cert {
-        let (state, key_path, problem) = check_key(root, job, cert, &path, &blocks, key);
+        let (state, key_path, problem) = check_key(rd, job, cert, &path, &blocks, key);
         entry.key = state;
         entry.key_path = key_path;
         entry.problems.extend(problem);
@@ -522,7 +523,7 @@ fn cert_entries(
 
 /// Finds and checks a certificate's private key. Returns the state, where the key is, and a problem.
 fn check_key(
-    root: &Root,
+    rd: &NodeReader<'_>,
     job: &Job,
     cert: &Cert,
     cert_path: &Path,
@@ -544,8 +545,8 @@ fn check_key(
             Err(e) => return (KeyState::Broken, Some(kubeconfig), Some(e.to_string())),
         },
         KeyRef::File(node) => {
-            let real = root.resolve(&node).unwrap_or_else(|_| root.join(&node));
-            match pem::read_capped(&real).and_then(|d| pem::blocks(&real, &d)) {
+            let (real, data) = rd.read(&node);
+            match data.and_then(|d| pem::blocks(&real, &d)) {
                 Ok(b) => (b, real),
                 Err(pem::ReadError::Missing { .. }) if !must_have_key(job, cert) => {
                     return (KeyState::Absent, None, None);
@@ -566,8 +567,8 @@ fn check_key(
         }
         return (KeyState::Absent, None, None);
     }
-    match PrivateKey::from_blocks(&key_blocks) {
-        Ok(k) if k.matches(cert) => (KeyState::Match, Some(key_path), None),
+    match public_half(&key_blocks) {
+        Ok(public) if public == cert.public_key => (KeyState::Match, Some(key_path), None),
         Ok(_) => {
             let problem = format!(
                 "{}: private key does not match the certificate",
@@ -594,7 +595,7 @@ fn must_have_key(job: &Job, cert: &Cert) -> bool {
     job.expect_key && !cert.is_ca
 }
 
-fn load_kubeconfig(root: &Root, job: &Job, real: &Path, data: &[u8]) -> Vec<Entry> {
+fn load_kubeconfig(rd: &NodeReader<'_>, job: &Job, real: &Path, data: &[u8]) -> Vec<Entry> {
     let kc = match kubeconfig::parse(&job.node_path, data) {
         Ok(kc) => kc,
         Err(e) => {
@@ -618,7 +619,7 @@ fn load_kubeconfig(root: &Root, job: &Job, real: &Path, data: &[u8]) -> Vec<Entr
             expect_key: true,
             ..job.clone()
         };
-        out.extend(user_entries(root, &named, real, user));
+        out.extend(user_entries(rd, &named, real, user));
     }
     for cluster in &kc.clusters {
         let KcSource::Embedded(bytes) = &cluster.ca else {
@@ -635,7 +636,7 @@ fn load_kubeconfig(root: &Root, job: &Job, real: &Path, data: &[u8]) -> Vec<Entr
             cluster: cluster.name.clone(),
         };
         let mut entries = cert_entries(
-            root,
+            rd,
             &ca_job,
             real.to_owned(),
             bytes,
@@ -659,7 +660,12 @@ fn load_kubeconfig(root: &Root, job: &Job, real: &Path, data: &[u8]) -> Vec<Entr
     out
 }
 
-fn user_entries(root: &Root, job: &Job, kubeconfig: &Path, user: &kubeconfig::User) -> Vec<Entry> {
+fn user_entries(
+    rd: &NodeReader<'_>,
+    job: &Job,
+    kubeconfig: &Path,
+    user: &kubeconfig::User,
+) -> Vec<Entry> {
     let key = match &user.key {
         Some(KcSource::Embedded(b)) => KeyRef::Data(b.clone(), kubeconfig.to_owned()),
         Some(KcSource::File(p)) => KeyRef::File(p.clone()),
@@ -671,7 +677,7 @@ fn user_entries(root: &Root, job: &Job, kubeconfig: &Path, user: &kubeconfig::Us
                 kubeconfig: kubeconfig.to_owned(),
                 user: user.name.clone(),
             };
-            cert_entries(root, job, kubeconfig.to_owned(), bytes, origin, key)
+            cert_entries(rd, job, kubeconfig.to_owned(), bytes, origin, key)
         }
         KcSource::File(node) => {
             let origin = Origin::KubeconfigReference {
@@ -682,17 +688,10 @@ fn user_entries(root: &Root, job: &Job, kubeconfig: &Path, user: &kubeconfig::Us
                 node_path: node.clone(),
                 ..job.clone()
             };
-            let real = match root.resolve(node) {
-                Ok(p) => p,
-                Err(e) => {
-                    let mut b = broken(job, root.join(node), format!("{}: {e}", node.display()));
-                    b.origin = origin;
-                    return vec![b];
-                }
-            };
-            match pem::read_capped(&real) {
+            let (real, data) = rd.read(node);
+            match data {
                 Ok(data) => {
-                    let mut entries = cert_entries(root, &ref_job, real, &data, origin, key);
+                    let mut entries = cert_entries(rd, &ref_job, real, &data, origin, key);
                     // Bundled CAs of a referenced file are listed with that file's own entry.
                     entries.truncate(1);
                     entries
@@ -702,7 +701,7 @@ fn user_entries(root: &Root, job: &Job, kubeconfig: &Path, user: &kubeconfig::Us
                         "{} (referenced by {}): {}",
                         node.display(),
                         kubeconfig.display(),
-                        read_problem(root, &ref_job, e)
+                        read_problem(rd.root, &ref_job, e)
                     );
                     let mut b = broken(job, real, problem);
                     b.origin = origin;
@@ -731,24 +730,21 @@ fn load_key_pair(root: &Root, job: &Job) -> KeyPairEntry {
     let private = pem::read_capped(&private_path)
         .and_then(|d| pem::blocks(&private_path, &d))
         .map_err(|e| e.to_string())
-        .and_then(|b| {
-            PrivateKey::from_blocks(&b).map_err(|e| format!("{}: {e}", private_path.display()))
-        });
+        .and_then(|b| public_half(&b).map_err(|e| format!("{}: {e}", private_path.display())));
     let public = pem::read_capped(&public_path)
         .and_then(|d| pem::blocks(&public_path, &d))
-        .map_err(|e| e.to_string());
+        .map_err(|e| e.to_string())
+        .and_then(|b| {
+            b.into_iter()
+                .find(|b| b.label == "PUBLIC KEY")
+                .ok_or_else(|| format!("{}: no PUBLIC KEY block", public_path.display()))
+        });
     match (&private, &public) {
-        (Ok(k), Ok(p)) => {
-            let spki = p.iter().find(|b| b.label == "PUBLIC KEY");
-            entry.key_match = spki.map(|b| {
-                use rcgen::PublicKeyData as _;
-                b.der == k.pair.subject_public_key_info()
-            });
-            if spki.is_none() {
-                entry
-                    .problems
-                    .push(format!("{}: no PUBLIC KEY block", public_path.display()));
-            } else if entry.key_match == Some(false) {
+        (Ok(private_half), Ok(spki)) => {
+            let public_bits = crate::pki::cert::spki_public_bits(&spki.der);
+            entry.key_algorithm = Some(crate::pki::cert::spki_algorithm(&spki.der).to_string());
+            entry.key_match = Some(public_bits.as_deref() == Some(private_half.as_slice()));
+            if entry.key_match == Some(false) {
                 entry.problems.push(format!(
                     "{}: public key does not belong to {}",
                     public_path.display(),
@@ -761,15 +757,7 @@ fn load_key_pair(root: &Root, job: &Job) -> KeyPairEntry {
             entry.problems.extend(public.as_ref().err().cloned());
         }
     }
-    if let Ok(k) = &private {
-        entry.key_algorithm = Some(key_pair_algorithm(&k.pair));
-    }
     entry
-}
-
-fn key_pair_algorithm(pair: &rcgen::KeyPair) -> String {
-    use rcgen::PublicKeyData as _;
-    crate::pki::cert::spki_algorithm(&pair.subject_public_key_info()).to_string()
 }
 
 /// A CA held in a bundle or a kubeconfig that is the same certificate as a CA file on the node is
@@ -823,6 +811,7 @@ fn resolve_signers(entries: &mut [Entry]) {
         v.sort_by_key(|&i| !entries[i].is_ca());
     }
     let indices: Vec<usize> = (0..entries.len()).collect();
+    let keys = KeyCache::default();
     let found: Vec<(Option<usize>, Option<String>)> = parallel::map(&indices, |&i| {
         let Some(cert) = &entries[i].cert else {
             return (None, None);
@@ -839,7 +828,7 @@ fn resolve_signers(entries: &mut [Entry]) {
                 entries[j]
                     .cert
                     .as_ref()
-                    .is_some_and(|ca| cert.is_signed_by(ca))
+                    .is_some_and(|ca| keys.verify(cert, j, ca))
             });
         let problem = match (signer, candidates.is_empty()) {
             (None, false) => Some(format!(

@@ -34,10 +34,9 @@ impl Root {
         for c in node_path.as_ref().components() {
             match c {
                 Component::Normal(part) => out.push(part),
-                Component::ParentDir => {
-                    if out != self.dir {
-                        out.pop();
-                    }
+                // `..` never climbs above the root.
+                Component::ParentDir if out != self.dir => {
+                    out.pop();
                 }
                 _ => {}
             }

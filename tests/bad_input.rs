@@ -1,5 +1,6 @@
 //! A corpus of broken input. Every case becomes a named problem on its entry (naming the file),
 //! nothing panics, nothing is written, and the rest of the node is still inventoried.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! The local issuer against real kubeadm and RKE2 CAs: every renewed certificate verifies with
 //! `openssl verify`, and differs from the old one only in serial, validity and key.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

@@ -122,6 +122,55 @@ pub struct Cert {
     pub subject_key_id: Option<Vec<u8>>,
     /// Authority key identifier.
     pub authority_key_id: Option<Vec<u8>>,
+    /// The algorithm the issuer signed with.
+    pub signature_alg: SignatureAlg,
+    /// The signature value.
+    pub signature: Vec<u8>,
+    /// Where the TBSCertificate lies in `der` (what the signature covers).
+    tbs_range: std::ops::Range<usize>,
+}
+
+/// The signature algorithms certrotd verifies itself (anything else goes through x509-parser).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SignatureAlg {
+    /// sha1WithRSAEncryption
+    RsaSha1,
+    /// sha256WithRSAEncryption
+    RsaSha256,
+    /// sha384WithRSAEncryption
+    RsaSha384,
+    /// sha512WithRSAEncryption
+    RsaSha512,
+    /// ecdsa-with-SHA256
+    EcdsaSha256,
+    /// ecdsa-with-SHA384
+    EcdsaSha384,
+    /// ecdsa-with-SHA512
+    EcdsaSha512,
+    /// Ed25519
+    Ed25519,
+    /// Anything else (RSA-PSS, …).
+    Other,
+}
+
+fn signature_alg(x: &X509Certificate<'_>) -> SignatureAlg {
+    use oid_registry as o;
+    let oid = &x.signature_algorithm.algorithm;
+    let table = [
+        (o::OID_PKCS1_SHA1WITHRSA, SignatureAlg::RsaSha1),
+        (o::OID_PKCS1_SHA256WITHRSA, SignatureAlg::RsaSha256),
+        (o::OID_PKCS1_SHA384WITHRSA, SignatureAlg::RsaSha384),
+        (o::OID_PKCS1_SHA512WITHRSA, SignatureAlg::RsaSha512),
+        (o::OID_SIG_ECDSA_WITH_SHA256, SignatureAlg::EcdsaSha256),
+        (o::OID_SIG_ECDSA_WITH_SHA384, SignatureAlg::EcdsaSha384),
+        (o::OID_SIG_ECDSA_WITH_SHA512, SignatureAlg::EcdsaSha512),
+        (o::OID_SIG_ED25519, SignatureAlg::Ed25519),
+    ];
+    table
+        .iter()
+        .find(|(o, _)| o == oid)
+        .map(|(_, a)| *a)
+        .unwrap_or(SignatureAlg::Other)
 }
 
 impl fmt::Debug for Cert {
@@ -189,22 +238,19 @@ impl Cert {
             public_key: x.public_key().subject_public_key.data.to_vec(),
             subject_key_id: subject_key_id(&x),
             authority_key_id: authority_key_id(&x),
+            signature_alg: signature_alg(&x),
+            signature: x.signature_value.data.to_vec(),
+            tbs_range: {
+                let raw = x.tbs_certificate.as_ref();
+                let start = raw.as_ptr() as usize - der.as_ptr() as usize;
+                start..start + raw.len()
+            },
         })
     }
 
-    /// Whether `issuer` signed this certificate: names match (as text, so that a PrintableString and
-    /// a UTF8String of the same name compare equal) and the signature verifies with the issuer's key. Names alone are not enough: kubeadm v1.8 gave front-proxy-ca and ca one subject.
-    pub fn is_signed_by(&self, issuer: &Cert) -> bool {
-        if self.issuer != issuer.subject {
-            return false;
-        }
-        let Ok((_, me)) = X509Certificate::from_der(&self.der) else {
-            return false;
-        };
-        let Ok((_, spki)) = SubjectPublicKeyInfo::from_der(&issuer.spki_der) else {
-            return false;
-        };
-        me.verify_signature(Some(&spki)).is_ok()
+    /// The TBSCertificate bytes (what the signature covers).
+    pub fn tbs(&self) -> &[u8] {
+        &self.der[self.tbs_range.clone()]
     }
 
     /// Whether the certificate names itself as issuer and its own key verifies it.
@@ -299,6 +345,14 @@ pub fn spki_algorithm(spki_der: &[u8]) -> KeyAlgorithm {
     SubjectPublicKeyInfo::from_der(spki_der)
         .map(|(_, spki)| key_algorithm(&spki))
         .unwrap_or(KeyAlgorithm::Unknown)
+}
+
+/// The public key bits of a DER SubjectPublicKeyInfo (what a private key's public half is compared
+/// with).
+pub fn spki_public_bits(spki_der: &[u8]) -> Option<Vec<u8>> {
+    SubjectPublicKeyInfo::from_der(spki_der)
+        .ok()
+        .map(|(_, spki)| spki.subject_public_key.data.to_vec())
 }
 
 fn key_algorithm(spki: &SubjectPublicKeyInfo<'_>) -> KeyAlgorithm {

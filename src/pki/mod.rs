@@ -7,3 +7,4 @@ pub mod key;
 pub mod kubeconfig;
 pub mod layout;
 pub mod pem;
+pub mod verify;

@@ -4,7 +4,6 @@
 //! CRLF line endings, bundles of several blocks, and sometimes DER where PEM was expected. All of those
 //! are understood here; what cannot be understood becomes a [`ReadError`] that names the file.
 
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -65,6 +64,12 @@ pub enum ReadError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The last component is a symlink (only from [`read_capped_nofollow`]).
+    #[error("{path}: is a symbolic link")]
+    Symlink {
+        /// The path.
+        path: PathBuf,
+    },
     /// The file is empty.
     #[error("{path}: file is empty")]
     Empty {
@@ -89,23 +94,50 @@ pub enum ReadError {
     },
 }
 
-/// Reads a regular file, refusing directories, devices, FIFOs and oversized files before opening
-/// them (opening a FIFO would block the whole inventory).
+/// Reads a regular file, refusing directories, devices, FIFOs and oversized files. The file is
+/// opened non-blocking and checked with `fstat` before any read, so a FIFO cannot block the
+/// inventory, and a large tree costs as few system calls per file as possible.
 pub fn read_capped(path: &Path) -> Result<Vec<u8>, ReadError> {
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
+    read_file(path, true)
+}
+
+/// [`read_capped`], but refusing to follow a symlink in the last component
+/// ([`ReadError::Symlink`]), for callers that resolve links themselves.
+pub fn read_capped_nofollow(path: &Path) -> Result<Vec<u8>, ReadError> {
+    read_file(path, false)
+}
+
+fn read_file(path: &Path, follow: bool) -> Result<Vec<u8>, ReadError> {
+    use nix::fcntl::OFlag;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let flags = if follow {
+        OFlag::O_NONBLOCK
+    } else {
+        OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW
+    };
+    let io = |source| ReadError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits())
+        .open(path)
+    {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(ReadError::Missing {
                 path: path.to_owned(),
             });
         }
-        Err(source) => {
-            return Err(ReadError::Io {
+        Err(e) if !follow && e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Err(ReadError::Symlink {
                 path: path.to_owned(),
-                source,
             });
         }
+        Err(e) => return Err(io(e)),
     };
+    let meta = file.metadata().map_err(io)?;
     let ft = meta.file_type();
     if !ft.is_file() {
         let what = if ft.is_dir() {
@@ -125,16 +157,18 @@ pub fn read_capped(path: &Path) -> Result<Vec<u8>, ReadError> {
             max: MAX_FILE_BYTES,
         });
     }
-    let io = |source| ReadError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut buf = Vec::with_capacity(meta.len() as usize);
-    File::open(path)
-        .map_err(io)?
-        .take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut buf)
-        .map_err(io)?;
+    // The size is known: read exactly into place (read_to_end would stat the file again).
+    let mut buf = vec![0u8; meta.len() as usize];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    buf.truncate(filled);
     if buf.is_empty() {
         return Err(ReadError::Empty {
             path: path.to_owned(),

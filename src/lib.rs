@@ -13,6 +13,7 @@ pub mod issuer;
 pub mod pki;
 pub mod policy;
 pub mod report;
+pub mod restart;
 pub mod root;
 pub mod rotation;
 pub mod sandbox;

@@ -1,6 +1,8 @@
 //! Shared test harness: node roots from fixtures and sandboxes, and openssl as an independent judge.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod systemd;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

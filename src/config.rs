@@ -184,6 +184,23 @@ pub struct PolicySettings {
     /// Renew at once, whatever else waits, this long before expiry.
     #[serde(with = "duration::human")]
     pub emergency_before: Duration,
+    /// Each node delays its renewals by a stable share of this, so that a fleet whose
+    /// certificates were all issued together does not renew in the same minute.
+    #[serde(with = "duration::human")]
+    pub jitter: Duration,
+    /// Disruptive rotations start only inside these windows (empty: any time), unless a
+    /// certificate is within `emergency_before` or expired.
+    pub maintenance_windows: Vec<String>,
+    /// The time zone of the windows: "UTC" or an IANA name such as "Europe/Berlin".
+    pub timezone: String,
+}
+
+impl PolicySettings {
+    /// The maintenance windows, parsed (validated when the configuration loads).
+    pub fn windows(&self) -> crate::window::Windows {
+        crate::window::Windows::parse(&self.maintenance_windows, &self.timezone)
+            .unwrap_or_else(|_| crate::window::Windows::always())
+    }
 }
 
 impl Default for PolicySettings {
@@ -192,6 +209,9 @@ impl Default for PolicySettings {
             notify_before: days(60),
             renew_before: days(30),
             emergency_before: days(7),
+            jitter: Duration::from_secs(3600),
+            maintenance_windows: Vec::new(),
+            timezone: "UTC".to_owned(),
         }
     }
 }
@@ -562,6 +582,9 @@ struct PolicyLayer {
     notify_before: Option<Val<DurationText>>,
     renew_before: Option<Val<DurationText>>,
     emergency_before: Option<Val<DurationText>>,
+    jitter: Option<Val<DurationText>>,
+    maintenance_windows: Option<Val<Vec<String>>>,
+    timezone: Option<Val<String>>,
 }
 
 impl PolicyLayer {
@@ -569,6 +592,13 @@ impl PolicyLayer {
         over(&mut self.notify_before, later.notify_before, file);
         over(&mut self.renew_before, later.renew_before, file);
         over(&mut self.emergency_before, later.emergency_before, file);
+        over(&mut self.jitter, later.jitter, file);
+        over(
+            &mut self.maintenance_windows,
+            later.maintenance_windows,
+            file,
+        );
+        over(&mut self.timezone, later.timezone, file);
     }
 
     fn resolve(&self, sources: &Sources) -> Result<PolicySettings, ConfigError> {
@@ -589,7 +619,42 @@ impl PolicyLayer {
                 &self.emergency_before,
                 defaults.emergency_before,
             )?,
+            jitter: sources.duration("policy.jitter", &self.jitter, defaults.jitter)?,
+            maintenance_windows: self
+                .maintenance_windows
+                .as_ref()
+                .map_or(defaults.maintenance_windows, |v| v.value.clone()),
+            timezone: self
+                .timezone
+                .as_ref()
+                .map_or(defaults.timezone, |v| v.value.clone()),
         };
+        if let Err(e) =
+            crate::window::Windows::parse(&settings.maintenance_windows, &settings.timezone)
+        {
+            // Point at whichever of the two keys was written (the windows first).
+            let at = self
+                .maintenance_windows
+                .as_ref()
+                .map(|v| &v.at)
+                .or(self.timezone.as_ref().map(|v| &v.at));
+            return Err(match at {
+                Some(at) => sources.invalid(at, format!("policy: {e}")),
+                None => ConfigError::Invalid {
+                    at: None,
+                    message: format!("policy: {e}"),
+                },
+            });
+        }
+        sources.ensure_shorter(
+            Side::new("policy.jitter", settings.jitter, &self.jitter),
+            Side::new(
+                "policy.renew_before",
+                settings.renew_before,
+                &self.renew_before,
+            ),
+            "jitter delays renewal within its window",
+        )?;
         sources.ensure_shorter(
             Side::new(
                 "policy.renew_before",

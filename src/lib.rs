@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod decide;
 pub mod duration;
 pub mod inventory;
 pub mod issuer;
@@ -18,3 +19,4 @@ pub mod root;
 pub mod rotation;
 pub mod sandbox;
 pub mod store;
+pub mod window;

@@ -1,0 +1,470 @@
+//! Decide: a pure function of the inventory, the policy and `now` that says, for every certificate,
+//! what happens next and when, which notices are due, which certificates to renew now, and when
+//! the daemon must wake up again. Nothing here reads the clock, the disk or the network: the daemon
+//! passes everything in, and the tests move time by hand.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::inventory::{Entry, Inventory};
+use crate::policy::{self, Status, Windows as StatusWindows};
+use crate::window::Windows;
+
+/// The policy as the decision needs it.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Start telling operators this long before expiry.
+    pub notify_before: Duration,
+    /// Renew this long before expiry.
+    pub renew_before: Duration,
+    /// Past this, renewal no longer waits for a window or a healthy cluster.
+    pub emergency_before: Duration,
+    /// Largest per-certificate delay added to `renew_before`'s moment.
+    pub jitter: Duration,
+    /// When disruptive work may start.
+    pub windows: Windows,
+    /// This node's name (the jitter is derived from it).
+    pub node: String,
+}
+
+impl Policy {
+    /// The policy of a configuration.
+    pub fn from_settings(s: &crate::config::Settings) -> Policy {
+        Policy {
+            notify_before: s.policy.notify_before,
+            renew_before: s.policy.renew_before,
+            emergency_before: s.policy.emergency_before,
+            jitter: s.policy.jitter,
+            windows: s.policy.windows(),
+            node: s.node_name.clone(),
+        }
+    }
+}
+
+/// A threshold a certificate crosses on its way to expiry; each is announced once per certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Threshold {
+    /// Inside `notify_before`.
+    Notify,
+    /// Inside `emergency_before`.
+    Emergency,
+    /// Past NotAfter.
+    Expired,
+}
+
+/// A notice to put in the journal and in status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// The certificate.
+    pub name: String,
+    /// Its serial (a renewed certificate is announced afresh).
+    pub serial: String,
+    /// Which threshold it crossed.
+    pub threshold: Threshold,
+    /// Its NotAfter.
+    pub not_after: OffsetDateTime,
+    /// The sentence for operators.
+    pub message: String,
+}
+
+/// What happens next to one certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextAction {
+    /// Nothing is planned (well inside its lifetime, or a CA).
+    None,
+    /// A notice will be due at `at`.
+    Notify,
+    /// Renewal is planned at `at`.
+    Renew,
+    /// Renewal is due now.
+    RenewNow,
+    /// It needs renewal but certrotd cannot do it (why).
+    Blocked(String),
+}
+
+impl std::fmt::Display for NextAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NextAction::None => f.write_str("none"),
+            NextAction::Notify => f.write_str("notify"),
+            NextAction::Renew => f.write_str("renew"),
+            NextAction::RenewNow => f.write_str("renew-now"),
+            NextAction::Blocked(why) => write!(f, "blocked: {why}"),
+        }
+    }
+}
+
+/// The decision for one certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertDecision {
+    /// The certificate.
+    pub name: String,
+    /// Its status now.
+    pub status: Status,
+    /// What happens next.
+    pub next: NextAction,
+    /// When.
+    pub at: Option<OffsetDateTime>,
+}
+
+/// The whole decision at `now`.
+#[derive(Debug, Clone, Default)]
+pub struct Decision {
+    /// Per certificate, in inventory order.
+    pub certs: Vec<CertDecision>,
+    /// Notices not announced before.
+    pub notices: Vec<Notice>,
+    /// Certificates to renew now.
+    pub due: Vec<String>,
+    /// Whether any of `due` is inside `emergency_before` or expired (no window, no health gate).
+    pub emergency: bool,
+    /// Whether any of `due` is already expired (the health gate is skipped: rotating is the cure).
+    pub expired: bool,
+    /// Certificates due but held back by the maintenance windows.
+    pub deferred: Vec<String>,
+    /// When the daemon must look again (`None`: only an event can change anything).
+    pub next_wake: Option<OffsetDateTime>,
+}
+
+/// Decides at `now`. `announced` holds the notices already made, as (name, serial, threshold).
+pub fn decide(
+    inv: &Inventory,
+    policy: &Policy,
+    announced: &BTreeSet<(String, String, Threshold)>,
+    kubelet_rotates: bool,
+    now: OffsetDateTime,
+) -> Decision {
+    let mut d = Decision::default();
+    let windows_open = policy.windows.is_open(now);
+    let mut wake: Vec<OffsetDateTime> = Vec::new();
+    let status_windows = StatusWindows {
+        notify_before: policy.notify_before,
+        renew_before: policy.renew_before,
+    };
+    for e in &inv.entries {
+        let status = policy::assess(e, &status_windows, now).status;
+        let Some(cert) = &e.cert else {
+            d.certs.push(CertDecision {
+                name: e.name.clone(),
+                status,
+                next: NextAction::Blocked(first_problem(e)),
+                at: None,
+            });
+            continue;
+        };
+        let t = Times::of(e, cert.not_after, policy, kubelet_rotates);
+        // Notices, once per certificate, serial and threshold.
+        for (threshold, from) in [
+            (Threshold::Notify, t.notify),
+            (Threshold::Emergency, t.emergency),
+            (Threshold::Expired, cert.not_after),
+        ] {
+            if now >= from {
+                let key = (e.name.clone(), cert.serial.clone(), threshold);
+                if !announced.contains(&key) {
+                    d.notices
+                        .push(notice(e, &cert.serial, threshold, cert.not_after, now));
+                }
+            } else {
+                wake.push(from);
+            }
+        }
+        let (next, at) = if e.is_ca() {
+            // CA rotation is a deliberate, cluster-wide act; certrotd announces, never starts it.
+            (NextAction::None, None)
+        } else if let Some(why) = blocked(e) {
+            if now >= t.notify {
+                (NextAction::Blocked(why), None)
+            } else {
+                (NextAction::Notify, Some(t.notify))
+            }
+        } else if now >= t.renew {
+            let urgent = now >= t.emergency;
+            if urgent || windows_open {
+                d.due.push(e.name.clone());
+                d.emergency |= urgent;
+                d.expired |= now >= cert.not_after;
+                (NextAction::RenewNow, Some(now))
+            } else {
+                let open = policy.windows.next_open(now);
+                d.deferred.push(e.name.clone());
+                // Whichever comes first: the window opens, or the emergency overrides it.
+                let at = open.map_or(t.emergency, |o| o.min(t.emergency));
+                wake.push(at);
+                (NextAction::Renew, Some(at))
+            }
+        } else {
+            wake.push(t.renew);
+            (NextAction::Renew, Some(t.renew))
+        };
+        d.certs.push(CertDecision {
+            name: e.name.clone(),
+            status,
+            next,
+            at,
+        });
+    }
+    d.next_wake = wake.into_iter().filter(|w| *w > now).min();
+    d
+}
+
+/// The moments that matter for one certificate.
+struct Times {
+    notify: OffsetDateTime,
+    renew: OffsetDateTime,
+    emergency: OffsetDateTime,
+}
+
+impl Times {
+    fn of(e: &Entry, not_after: OffsetDateTime, p: &Policy, kubelet_rotates: bool) -> Times {
+        let back =
+            |d: Duration| not_after - time::Duration::try_from(d).unwrap_or(time::Duration::MAX);
+        let emergency = back(p.emergency_before);
+        let renew = if kubelet_rotates && is_kubelet_client(e) {
+            // The kubelet renews its own client certificate (at 70–90% of its lifetime); certrotd
+            // takes over only when it is about to expire, so the two never fight.
+            emergency
+        } else {
+            back(p.renew_before) + jitter(&p.node, e, p.jitter)
+        };
+        Times {
+            notify: back(p.notify_before),
+            renew: renew.min(emergency),
+            emergency,
+        }
+    }
+}
+
+fn is_kubelet_client(e: &Entry) -> bool {
+    e.name == "kubelet-client-current"
+        || e.node_path.starts_with(crate::pki::layout::KUBELET_PKI)
+            && e.node_path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("kubelet-client"))
+}
+
+/// A stable share of `max` for this node and certificate: the same across restarts (so a node
+/// does not keep postponing), different between nodes (so they do not all renew together).
+fn jitter(node: &str, e: &Entry, max: Duration) -> time::Duration {
+    if max.is_zero() {
+        return time::Duration::ZERO;
+    }
+    let serial = e.cert.as_ref().map(|c| c.serial.as_str()).unwrap_or("");
+    let seed = format!("{node}\0{}\0{serial}", e.name);
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, seed.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    let share = u64::from_be_bytes(first) as f64 / u64::MAX as f64;
+    time::Duration::seconds_f64(max.as_secs_f64() * share)
+}
+
+/// Why certrotd cannot renew this certificate itself, if it cannot.
+fn blocked(e: &Entry) -> Option<String> {
+    if !e.problems.is_empty() {
+        return Some(first_problem(e));
+    }
+    // The kubelet's self-signed serving certificate has no CA key by design; it is regenerated.
+    if e.externally_managed && e.name != "kubelet-serving" {
+        return Some(match &e.signer {
+            Some(ca) => format!("externally managed: the key of CA {ca} is not on this node"),
+            None => "externally managed: its CA is not on this node".to_owned(),
+        });
+    }
+    None
+}
+
+fn first_problem(e: &Entry) -> String {
+    e.problems
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "unreadable".to_owned())
+}
+
+fn notice(
+    e: &Entry,
+    serial: &str,
+    threshold: Threshold,
+    not_after: OffsetDateTime,
+    now: OffsetDateTime,
+) -> Notice {
+    let when = crate::report::rfc3339(not_after);
+    let left = crate::duration::format_residual((not_after - now).whole_seconds());
+    let message = match threshold {
+        Threshold::Notify => format!("certificate {} expires in {left} ({when})", e.name),
+        Threshold::Emergency => format!(
+            "certificate {} expires in {left} ({when}): renewal is urgent",
+            e.name
+        ),
+        Threshold::Expired => format!("certificate {} EXPIRED at {when}", e.name),
+    };
+    Notice {
+        name: e.name.clone(),
+        serial: serial.to_owned(),
+        threshold,
+        not_after,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::{self, SandboxOptions};
+
+    const DAY: i64 = 86400;
+
+    fn node() -> (tempfile::TempDir, Inventory, OffsetDateTime) {
+        let tmp = tempfile::tempdir().unwrap();
+        let issued = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let opts = SandboxOptions {
+            key: crate::pki::encode::KeySpec::EcdsaP256,
+            ..SandboxOptions::default()
+        };
+        sandbox::write(tmp.path(), &opts, issued).unwrap();
+        let root = crate::root::Root::new(tmp.path());
+        let inv = crate::inventory::scan(&crate::inventory::Request {
+            root: &root,
+            layouts: None,
+            extra_paths: &[],
+        });
+        (tmp, inv, issued)
+    }
+
+    fn policy(windows: &[&str]) -> Policy {
+        Policy {
+            notify_before: Duration::from_secs(60 * DAY as u64),
+            renew_before: Duration::from_secs(30 * DAY as u64),
+            emergency_before: Duration::from_secs(7 * DAY as u64),
+            jitter: Duration::from_secs(3600),
+            windows: Windows::parse(
+                &windows.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                "UTC",
+            )
+            .unwrap(),
+            node: "cp1".into(),
+        }
+    }
+
+    fn leaf_expiry(inv: &Inventory) -> OffsetDateTime {
+        inv.get("apiserver")
+            .unwrap()
+            .cert
+            .as_ref()
+            .unwrap()
+            .not_after
+    }
+
+    #[test]
+    fn a_fresh_node_sleeps_until_the_first_notice() {
+        let (_t, inv, issued) = node();
+        let d = decide(&inv, &policy(&[]), &BTreeSet::new(), true, issued);
+        assert!(d.due.is_empty() && d.notices.is_empty());
+        let expiry = leaf_expiry(&inv);
+        assert_eq!(d.next_wake, Some(expiry - time::Duration::days(60)));
+        let api = d.certs.iter().find(|c| c.name == "apiserver").unwrap();
+        assert_eq!(api.next, NextAction::Renew);
+        let at = api.at.unwrap();
+        let earliest = expiry - time::Duration::days(30);
+        assert!(
+            at >= earliest && at < earliest + time::Duration::hours(1),
+            "{at}"
+        );
+    }
+
+    #[test]
+    fn notices_are_made_once_per_certificate_and_threshold() {
+        let (_t, inv, _) = node();
+        let now = leaf_expiry(&inv) - time::Duration::days(45);
+        let d = decide(&inv, &policy(&[]), &BTreeSet::new(), true, now);
+        assert!(d.due.is_empty());
+        assert!(d.notices.iter().all(|n| n.threshold == Threshold::Notify));
+        assert!(d.notices.iter().any(|n| n.name == "apiserver"));
+        let announced: BTreeSet<_> = d
+            .notices
+            .iter()
+            .map(|n| (n.name.clone(), n.serial.clone(), n.threshold))
+            .collect();
+        let again = decide(
+            &inv,
+            &policy(&[]),
+            &announced,
+            true,
+            now + time::Duration::hours(1),
+        );
+        assert!(again.notices.is_empty());
+    }
+
+    #[test]
+    fn due_inside_renew_before_but_the_kubelet_renews_its_own() {
+        let (_t, inv, _) = node();
+        let now = leaf_expiry(&inv) - time::Duration::days(20);
+        let d = decide(&inv, &policy(&[]), &BTreeSet::new(), true, now);
+        assert!(d.due.contains(&"apiserver".to_string()));
+        assert!(d.due.contains(&"admin.conf".to_string()));
+        assert!(d.due.contains(&"kubelet-serving".to_string()));
+        assert!(!d.due.contains(&"kubelet-client-current".to_string()));
+        assert!(!d.emergency && !d.expired);
+        // Without the kubelet's own rotation certrotd renews it like the rest.
+        let d = decide(&inv, &policy(&[]), &BTreeSet::new(), false, now);
+        assert!(d.due.contains(&"kubelet-client-current".to_string()));
+        // CAs are never due.
+        assert!(!d.due.contains(&"ca".to_string()));
+    }
+
+    #[test]
+    fn windows_defer_until_the_emergency() {
+        let (_t, inv, _) = node();
+        let expiry = leaf_expiry(&inv);
+        // A window that is closed now: the hour after `now`'s hour on its weekday.
+        let now = expiry - time::Duration::days(20);
+        let next_hour = (now + time::Duration::hours(2)).replace_minute(0).unwrap();
+        let day = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+            [next_hour.weekday().number_days_from_monday() as usize];
+        let spec = format!(
+            "{day} {:02}:00-{:02}:30",
+            next_hour.hour(),
+            next_hour.hour()
+        );
+        let p = policy(&[&spec]);
+        let d = decide(&inv, &p, &BTreeSet::new(), true, now);
+        assert!(d.due.is_empty(), "{:?}", d.due);
+        assert!(d.deferred.contains(&"apiserver".to_string()));
+        assert_eq!(d.next_wake, Some(next_hour));
+        // In the window it is due.
+        let d = decide(&inv, &p, &BTreeSet::new(), true, next_hour);
+        assert!(d.due.contains(&"apiserver".to_string()));
+        // Inside emergency_before the window no longer matters.
+        let late = expiry - time::Duration::days(3);
+        let d = decide(&inv, &p, &BTreeSet::new(), true, late);
+        assert!(d.due.contains(&"apiserver".to_string()) && d.emergency);
+        assert!(
+            d.notices
+                .iter()
+                .any(|n| n.threshold == Threshold::Emergency)
+        );
+        let d = decide(
+            &inv,
+            &p,
+            &BTreeSet::new(),
+            true,
+            expiry + time::Duration::days(1),
+        );
+        assert!(d.expired && d.due.contains(&"kubelet-client-current".to_string()));
+    }
+
+    #[test]
+    fn jitter_is_stable_per_node_and_bounded() {
+        let (_t, inv, _) = node();
+        let e = inv.get("apiserver").unwrap();
+        let max = Duration::from_secs(3600);
+        let a = jitter("cp1", e, max);
+        assert_eq!(a, jitter("cp1", e, max));
+        assert_ne!(a, jitter("cp2", e, max));
+        assert!(a >= time::Duration::ZERO && a < time::Duration::hours(1));
+        assert_eq!(jitter("cp1", e, Duration::ZERO), time::Duration::ZERO);
+    }
+}

@@ -1,0 +1,151 @@
+//! The daemon's story, as structured journal events. Every event carries `CERTROTD_EVENT` (its
+//! kind), a `MESSAGE_ID` per kind (so `journalctl MESSAGE_ID=…` finds them across versions) and the
+//! fields that identify what it is about. Certificates are named by name, path and dates; key
+//! material never appears here.
+
+use std::path::Path;
+
+use time::OffsetDateTime;
+
+use crate::report::rfc3339;
+
+/// Event kinds and their stable journal MESSAGE_IDs (128-bit, as `journalctl --new-id128` makes).
+pub mod ids {
+    /// The daemon is up and has inventoried the node.
+    pub const STARTED: &str = "6b0e3d4c2a8f4f6c9a1e7d5b3c2f1a01";
+    /// A certificate crossed a notice threshold.
+    pub const NOTICE: &str = "6b0e3d4c2a8f4f6c9a1e7d5b3c2f1a02";
+    /// A rotation started.
+    pub const ROTATION_STARTED: &str = "6b0e3d4c2a8f4f6c9a1e7d5b3c2f1a03";
+    /// A certificate was rotated and its consumers proved to serve it.
+    pub const ROTATED: &str = "6b0e3d4c2a8f4f6c9a1e7d5b3c2f1a04";
+    /// A rotation failed (and was rolled back).
+    pub const ROTATION_FAILED: &str = "6b0e3d4c2a8f4f6c9a1e7d5b3c2f1a05";
+    /// A component was restarted.
+    pub const RESTARTED: &str = "6b0e3d4c2a8f4f6c9a1e7d5b3c2f1a06";
+    /// A certificate changed on disk by someone else (kubeadm, the kubelet).
+    pub const CHANGED: &str = "6b0e3d4c2a8f4f6c9a1e7d5b3c2f1a07";
+    /// The configuration was reloaded (or a reload was refused).
+    pub const RELOADED: &str = "6b0e3d4c2a8f4f6c9a1e7d5b3c2f1a08";
+    /// A rotation was deferred (maintenance window, unhealthy components).
+    pub const DEFERRED: &str = "6b0e3d4c2a8f4f6c9a1e7d5b3c2f1a09";
+}
+
+/// The daemon finished its first inventory.
+pub fn started(node: &str, certificates: usize, summary: &str) {
+    tracing::info!(
+        message_id = ids::STARTED,
+        certrotd_event = "started",
+        node,
+        certificates,
+        "certrotd started: {summary}"
+    );
+}
+
+/// A certificate crossed a threshold.
+pub fn notice(node: &str, name: &str, path: &Path, not_after: OffsetDateTime, message: &str) {
+    tracing::warn!(
+        message_id = ids::NOTICE,
+        certrotd_event = "notice",
+        node,
+        cert_name = name,
+        cert_path = %path.display(),
+        not_after = %rfc3339(not_after),
+        "{message}"
+    );
+}
+
+/// A rotation started.
+pub fn rotation_started(node: &str, rotation_id: &str, certs: &[String], why: &str) {
+    tracing::info!(
+        message_id = ids::ROTATION_STARTED,
+        certrotd_event = "rotation-started",
+        node,
+        rotation_id,
+        cert_name = %certs.join(","),
+        "rotation {rotation_id} started for {}: {why}",
+        certs.join(", ")
+    );
+}
+
+/// One certificate rotated and proven served.
+pub fn rotated(node: &str, rotation_id: &str, name: &str, path: &Path, not_after: OffsetDateTime) {
+    tracing::info!(
+        message_id = ids::ROTATED,
+        certrotd_event = "rotated",
+        node,
+        rotation_id,
+        cert_name = name,
+        cert_path = %path.display(),
+        not_after = %rfc3339(not_after),
+        "certificate {name} rotated; new certificate valid until {}",
+        rfc3339(not_after)
+    );
+}
+
+/// A rotation failed.
+pub fn rotation_failed(node: &str, rotation_id: &str, certs: &[String], reason: &str) {
+    tracing::error!(
+        message_id = ids::ROTATION_FAILED,
+        certrotd_event = "rotation-failed",
+        node,
+        rotation_id,
+        cert_name = %certs.join(","),
+        "rotation {rotation_id} failed: {reason}"
+    );
+}
+
+/// A component was restarted.
+pub fn restarted(node: &str, rotation_id: &str, component: &str, how: &str) {
+    tracing::info!(
+        message_id = ids::RESTARTED,
+        certrotd_event = "restarted",
+        node,
+        rotation_id,
+        component,
+        "restarted {component}: {how}"
+    );
+}
+
+/// A certificate was replaced by someone else.
+pub fn changed(node: &str, name: &str, path: &Path, not_after: Option<OffsetDateTime>) {
+    tracing::info!(
+        message_id = ids::CHANGED,
+        certrotd_event = "changed",
+        node,
+        cert_name = name,
+        cert_path = %path.display(),
+        not_after = %not_after.map(rfc3339).unwrap_or_default(),
+        "certificate {name} changed on disk (renewed by someone else?)"
+    );
+}
+
+/// The configuration was reloaded, or the reload refused.
+pub fn reloaded(node: &str, result: Result<(), &str>) {
+    match result {
+        Ok(()) => tracing::info!(
+            message_id = ids::RELOADED,
+            certrotd_event = "reloaded",
+            node,
+            "configuration reloaded"
+        ),
+        Err(e) => tracing::error!(
+            message_id = ids::RELOADED,
+            certrotd_event = "reload-refused",
+            node,
+            "configuration reload refused, keeping the old one: {e}"
+        ),
+    }
+}
+
+/// A rotation was deferred.
+pub fn deferred(node: &str, certs: &[String], why: &str) {
+    tracing::info!(
+        message_id = ids::DEFERRED,
+        certrotd_event = "deferred",
+        node,
+        cert_name = %certs.join(","),
+        "renewal of {} deferred: {why}",
+        certs.join(", ")
+    );
+}

@@ -15,7 +15,7 @@ use crate::pki::layout::{self, Component, FileShape, Known, Layout, Tree};
 use crate::pki::pem::{self, Block};
 use crate::root::Root;
 
-mod parallel;
+pub(crate) mod parallel;
 
 /// Where an entry's certificate was found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod duration;
+pub mod failpoint;
 pub mod inventory;
 pub mod issuer;
 pub mod pki;

@@ -34,10 +34,8 @@ impl Root {
         for c in node_path.as_ref().components() {
             match c {
                 Component::Normal(part) => out.push(part),
-                Component::ParentDir => {
-                    if out != self.dir {
-                        out.pop();
-                    }
+                Component::ParentDir if out != self.dir => {
+                    out.pop();
                 }
                 _ => {}
             }

@@ -364,7 +364,8 @@ fn item(
     })?;
     let key = match opts.key_policy {
         KeyPolicy::Reuse => KeyPlan::Reuse,
-        KeyPolicy::New => match KeySpec::of(&old_key.pair) {
+        // Like the certificate's key (the old key file may be a stranger's when forced).
+        KeyPolicy::New => match spec_of(old.key_algorithm) {
             Some(spec) => KeyPlan::New {
                 spec,
                 format: old_key.format,

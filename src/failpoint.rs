@@ -7,6 +7,8 @@
 //!
 //! - `CERTROTD_FAILPOINT=NAME` or `NAME:N` aborts the process (`std::process::abort`, as abrupt as
 //!   a crash gets without pulling the power) at the first, or the N-th, time `NAME` is reached;
+//! - `CERTROTD_FAILPOINT=NAME:N:error` makes that step fail with an error instead (a full disk, an
+//!   I/O error), so the in-process error paths (abandon, roll back) are exercised at every step;
 //! - `CERTROTD_FAILPOINT_TRACE=FILE` appends the name of every failpoint reached to FILE, one a
 //!   line, so a test can enumerate each occurrence and crash at every one in turn.
 //!
@@ -73,16 +75,24 @@ failpoints! {
     Restored = "restored",
 }
 
-/// Marks that `point` has been reached: records it in the trace and aborts if it is the one asked for.
+/// The error a failpoint set to `error` makes its step fail with.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("injected failure at failpoint {0}")]
+pub struct Injected(pub &'static str);
+
+/// Marks that `point` has been reached: records it in the trace, and aborts or fails if it is the
+/// one asked for.
 #[cfg(feature = "failpoints")]
-pub fn hit(point: Failpoint) {
+pub fn hit(point: Failpoint) -> Result<(), Injected> {
     armed::hit(point)
 }
 
 /// Marks that `point` has been reached (does nothing: built without the `failpoints` feature).
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
-pub fn hit(_point: Failpoint) {}
+pub fn hit(_point: Failpoint) -> Result<(), Injected> {
+    Ok(())
+}
 
 #[cfg(feature = "failpoints")]
 mod armed {
@@ -90,23 +100,32 @@ mod armed {
     use std::io::Write as _;
     use std::sync::{Mutex, OnceLock};
 
-    use super::{ENV, Failpoint, TRACE_ENV};
+    use super::{ENV, Failpoint, Injected, TRACE_ENV};
 
-    /// The failpoint to abort at and at which occurrence, read once.
-    fn target() -> Option<&'static (String, u32)> {
-        static TARGET: OnceLock<Option<(String, u32)>> = OnceLock::new();
+    /// The failpoint asked for: name, occurrence, and whether to fail rather than abort.
+    struct Target {
+        name: String,
+        n: u32,
+        error: bool,
+    }
+
+    /// Parses `NAME[:N[:error]]`, once.
+    fn target() -> Option<&'static Target> {
+        static TARGET: OnceLock<Option<Target>> = OnceLock::new();
         TARGET
             .get_or_init(|| {
                 let spec = std::env::var(ENV).ok()?;
-                match spec.split_once(':') {
-                    Some((name, n)) => Some((name.to_owned(), n.parse().unwrap_or(1))),
-                    None => Some((spec, 1)),
-                }
+                let mut parts = spec.split(':');
+                Some(Target {
+                    name: parts.next()?.to_owned(),
+                    n: parts.next().and_then(|n| n.parse().ok()).unwrap_or(1),
+                    error: parts.next() == Some("error"),
+                })
             })
             .as_ref()
     }
 
-    pub(super) fn hit(point: Failpoint) {
+    pub(super) fn hit(point: Failpoint) -> Result<(), Injected> {
         static COUNTS: OnceLock<Mutex<HashMap<Failpoint, u32>>> = OnceLock::new();
         let count = {
             let mut counts = COUNTS
@@ -127,12 +146,16 @@ mod armed {
                 let _ = writeln!(f, "{}", point.name());
             }
         }
-        if let Some((name, n)) = target()
-            && name == point.name()
-            && *n == count
-        {
-            eprintln!("certrotd: failpoint {name}:{n} reached, aborting");
-            std::process::abort();
+        match target() {
+            Some(t) if t.name == point.name() && t.n == count && t.error => {
+                eprintln!("certrotd: failpoint {}:{} reached, failing", t.name, t.n);
+                Err(Injected(point.name()))
+            }
+            Some(t) if t.name == point.name() && t.n == count => {
+                eprintln!("certrotd: failpoint {}:{} reached, aborting", t.name, t.n);
+                std::process::abort();
+            }
+            _ => Ok(()),
         }
     }
 }

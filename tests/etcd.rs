@@ -149,7 +149,12 @@ fn real_etcd_serves_and_accepts_the_renewed_certificates() {
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let health = loop {
-        let (ok, text) = etcdctl(client, &node, "etcd/healthcheck-client", &["endpoint", "health"]);
+        let (ok, text) = etcdctl(
+            client,
+            &node,
+            "etcd/healthcheck-client",
+            &["endpoint", "health"],
+        );
         if ok {
             break text;
         }
@@ -169,9 +174,19 @@ fn real_etcd_serves_and_accepts_the_renewed_certificates() {
         std::fs::read_to_string(pki("peer.crt")).unwrap()
     );
     // And the renewed apiserver-etcd-client can write and read, as the apiserver would.
-    let (ok, text) = etcdctl(client, &node, "apiserver-etcd-client", &["put", "/certrotd", "renewed"]);
+    let (ok, text) = etcdctl(
+        client,
+        &node,
+        "apiserver-etcd-client",
+        &["put", "/certrotd", "renewed"],
+    );
     assert!(ok, "{text}");
-    let (ok, text) = etcdctl(client, &node, "apiserver-etcd-client", &["get", "/certrotd"]);
+    let (ok, text) = etcdctl(
+        client,
+        &node,
+        "apiserver-etcd-client",
+        &["get", "/certrotd"],
+    );
     assert!(ok && text.contains("renewed"), "{text}");
     drop(etcd);
 }

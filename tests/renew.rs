@@ -61,12 +61,24 @@ fn decode(v: &serde_yaml_ng::Value) -> Vec<u8> {
 
 const PKI_PAIRS: &[(&str, &str)] = &[
     ("apiserver", "/etc/kubernetes/pki/apiserver"),
-    ("apiserver-kubelet-client", "/etc/kubernetes/pki/apiserver-kubelet-client"),
-    ("front-proxy-client", "/etc/kubernetes/pki/front-proxy-client"),
+    (
+        "apiserver-kubelet-client",
+        "/etc/kubernetes/pki/apiserver-kubelet-client",
+    ),
+    (
+        "front-proxy-client",
+        "/etc/kubernetes/pki/front-proxy-client",
+    ),
     ("etcd-server", "/etc/kubernetes/pki/etcd/server"),
     ("etcd-peer", "/etc/kubernetes/pki/etcd/peer"),
-    ("etcd-healthcheck-client", "/etc/kubernetes/pki/etcd/healthcheck-client"),
-    ("apiserver-etcd-client", "/etc/kubernetes/pki/apiserver-etcd-client"),
+    (
+        "etcd-healthcheck-client",
+        "/etc/kubernetes/pki/etcd/healthcheck-client",
+    ),
+    (
+        "apiserver-etcd-client",
+        "/etc/kubernetes/pki/apiserver-etcd-client",
+    ),
 ];
 const KUBECONFIGS: &[&str] = &[
     "admin.conf",
@@ -84,7 +96,13 @@ fn renew_all_is_judged_faithful_by_openssl_and_kubectl() {
     // A dry run prints the plan and changes nothing, not even the state directory.
     let dry = node.run("renew", &["--type", "all", "--dry-run"]);
     let out = dry.ok();
-    for name in ["apiserver", "etcd-peer", "admin.conf", "kubelet-serving", "kubelet.conf"] {
+    for name in [
+        "apiserver",
+        "etcd-peer",
+        "admin.conf",
+        "kubelet-serving",
+        "kubelet.conf",
+    ] {
         assert!(out.contains(name), "{name} missing from the plan:\n{out}");
     }
     assert!(out.contains("new RSA-2048 (PKCS#1)"), "{out}");
@@ -116,7 +134,10 @@ fn renew_all_is_judged_faithful_by_openssl_and_kubectl() {
         assert_eq!(mode(&crt), 0o644, "{name}");
         assert_eq!(mode(&key), 0o600, "{name}");
         let key_pem = std::fs::read(&key).unwrap();
-        assert!(key_pem.starts_with(b"-----BEGIN RSA PRIVATE KEY-----"), "{name}: PKCS#1");
+        assert!(
+            key_pem.starts_with(b"-----BEGIN RSA PRIVATE KEY-----"),
+            "{name}: PKCS#1"
+        );
         assert_openssl_key_matches(name, &std::fs::read(&crt).unwrap(), &key_pem);
     }
     for file in KUBECONFIGS {
@@ -129,19 +150,22 @@ fn renew_all_is_judged_faithful_by_openssl_and_kubectl() {
         assert!(view.contains("client-certificate-data"), "{view}");
         // Everything but the credential is as it was.
         let (mut was, mut now) = (
-            serde_yaml_ng::from_slice::<serde_yaml_ng::Value>(match &before
-                [&PathBuf::from(format!("etc/kubernetes/{file}"))]
-            {
-                Held::File(d, _) => d,
-                Held::Link(_) => panic!("{file} is a file"),
-            })
+            serde_yaml_ng::from_slice::<serde_yaml_ng::Value>(
+                match &before[&PathBuf::from(format!("etc/kubernetes/{file}"))] {
+                    Held::File(d, _) => d,
+                    Held::Link(_) => panic!("{file} is a file"),
+                },
+            )
             .unwrap(),
             yaml(&path),
         );
         let user = now["users"][0]["user"].clone();
         let cert = decode(&user["client-certificate-data"]);
         let key = decode(&user["client-key-data"]);
-        assert!(key.starts_with(b"-----BEGIN RSA PRIVATE KEY-----"), "{file}");
+        assert!(
+            key.starts_with(b"-----BEGIN RSA PRIVATE KEY-----"),
+            "{file}"
+        );
         assert_openssl_key_matches(file, &cert, &key);
         for doc in [&mut was, &mut now] {
             doc["users"][0]["user"] = serde_yaml_ng::Value::Null;
@@ -155,15 +179,29 @@ fn renew_all_is_judged_faithful_by_openssl_and_kubectl() {
     let target = std::fs::read_link(&link).unwrap();
     assert!(target.is_absolute(), "{}", target.display());
     let name = target.file_name().unwrap().to_str().unwrap();
-    assert!(name.starts_with("kubelet-client-2") && name.ends_with(".pem"), "{name}");
+    assert!(
+        name.starts_with("kubelet-client-2") && name.ends_with(".pem"),
+        "{name}"
+    );
     let new_file = node.path(target.to_str().unwrap());
     assert_eq!(mode(&new_file), 0o600);
     let bundle = std::fs::read_to_string(&new_file).unwrap();
-    assert!(bundle.contains("-----BEGIN EC PRIVATE KEY-----"), "SEC1 as before");
+    assert!(
+        bundle.contains("-----BEGIN EC PRIVATE KEY-----"),
+        "SEC1 as before"
+    );
     assert_openssl_key_matches("kubelet client", bundle.as_bytes(), bundle.as_bytes());
     let (o, n) = (
-        old.get("kubelet-client-current").unwrap().cert.as_ref().unwrap(),
-        new.get("kubelet-client-current").unwrap().cert.as_ref().unwrap(),
+        old.get("kubelet-client-current")
+            .unwrap()
+            .cert
+            .as_ref()
+            .unwrap(),
+        new.get("kubelet-client-current")
+            .unwrap()
+            .cert
+            .as_ref()
+            .unwrap(),
     );
     assert_renewed_faithfully("kubelet-client-current", o, n, false);
     let kubelet_files: Vec<&PathBuf> = before
@@ -174,7 +212,10 @@ fn renew_all_is_judged_faithful_by_openssl_and_kubectl() {
         })
         .collect();
     assert_eq!(kubelet_files.len(), 1);
-    assert_eq!(snapshot(&node.root).get(kubelet_files[0]), before.get(kubelet_files[0]));
+    assert_eq!(
+        snapshot(&node.root).get(kubelet_files[0]),
+        before.get(kubelet_files[0])
+    );
     assert_kubectl_reads(&node.path("/etc/kubernetes/kubelet.conf"));
 
     // The serving certificate: regenerated like client-go, with a fresh throwaway CA.
@@ -187,12 +228,23 @@ fn renew_all_is_judged_faithful_by_openssl_and_kubectl() {
     assert_eq!(blocks.len(), 2, "leaf then its CA");
     let ca = certrotd::pki::cert::Cert::from_der(&blocks[1].der).unwrap();
     assert!(ca.is_self_signed() && ca.is_ca);
-    assert_ne!(ca.public_key, old.get("kubelet-serving:ca").unwrap().cert.as_ref().unwrap().public_key);
+    assert_ne!(
+        ca.public_key,
+        old.get("kubelet-serving:ca")
+            .unwrap()
+            .cert
+            .as_ref()
+            .unwrap()
+            .public_key
+    );
     openssl_verify(&ca.der, &[&n.der], "kubelet serving against its new CA");
     let cn = n.subject_cn.clone().unwrap();
     let (host, ts) = cn.rsplit_once('@').unwrap();
     assert_eq!(host, "sandbox-cp1");
-    assert_eq!(ca.subject_cn.clone().unwrap(), format!("sandbox-cp1-ca@{ts}"));
+    assert_eq!(
+        ca.subject_cn.clone().unwrap(),
+        format!("sandbox-cp1-ca@{ts}")
+    );
     assert_eq!(
         ts.parse::<i64>().unwrap() - 3600,
         n.not_before.unix_timestamp(),
@@ -232,7 +284,10 @@ fn renew_all_is_judged_faithful_by_openssl_and_kubectl() {
         serde_json::from_slice(&std::fs::read(rot.join("journal.json")).unwrap()).unwrap();
     assert_eq!(journal["phase"], "committed");
     let text = std::fs::read_to_string(rot.join("journal.json")).unwrap();
-    assert!(!text.contains("PRIVATE KEY"), "no key material in the journal");
+    assert!(
+        !text.contains("PRIVATE KEY"),
+        "no key material in the journal"
+    );
     assert!(!out.contains("PRIVATE KEY") && !run.stderr.contains("PRIVATE KEY"));
 }
 
@@ -241,7 +296,11 @@ fn reuse_keeps_every_key_and_changes_only_certificates() {
     let node = Node::sandbox(&SandboxOptions::default());
     let config = node.root.join("certrotd.toml");
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text.replace("key_policy = \"new\"", "key_policy = \"reuse\"")).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("key_policy = \"new\"", "key_policy = \"reuse\""),
+    )
+    .unwrap();
     let before = snapshot(&node.root);
     let old = inventory(&node);
     let out = node.run("renew", &["--type", "all"]);
@@ -250,7 +309,11 @@ fn reuse_keeps_every_key_and_changes_only_certificates() {
     assert_consistent(&node.root, Some(vec![Layout::Kubeadm]), &[]);
     for (name, base) in PKI_PAIRS {
         let key = PathBuf::from(format!("{}.key", &base[1..]));
-        assert_eq!(snapshot(&node.root).get(&key), before.get(&key), "{name}: key file untouched");
+        assert_eq!(
+            snapshot(&node.root).get(&key),
+            before.get(&key),
+            "{name}: key file untouched"
+        );
         let (o, n) = (
             old.get(name).unwrap().cert.as_ref().unwrap(),
             new.get(name).unwrap().cert.as_ref().unwrap(),
@@ -268,8 +331,7 @@ fn reuse_keeps_every_key_and_changes_only_certificates() {
         .unwrap();
         let now = yaml(&path);
         assert_eq!(
-            now["users"][0]["user"]["client-key-data"],
-            was["users"][0]["user"]["client-key-data"],
+            now["users"][0]["user"]["client-key-data"], was["users"][0]["user"]["client-key-data"],
             "{file}"
         );
         let (o, n) = (
@@ -279,8 +341,16 @@ fn reuse_keeps_every_key_and_changes_only_certificates() {
         assert_renewed_faithfully(file, o, n, true);
     }
     let (o, n) = (
-        old.get("kubelet-client-current").unwrap().cert.as_ref().unwrap(),
-        new.get("kubelet-client-current").unwrap().cert.as_ref().unwrap(),
+        old.get("kubelet-client-current")
+            .unwrap()
+            .cert
+            .as_ref()
+            .unwrap(),
+        new.get("kubelet-client-current")
+            .unwrap()
+            .cert
+            .as_ref()
+            .unwrap(),
     );
     assert_renewed_faithfully("kubelet-client-current", o, n, true);
     // The serving certificate keeps its key; only its throwaway CA is new.
@@ -304,15 +374,26 @@ fn types_and_names_touch_only_their_files() {
     // kubelet.conf references kubelet-client-current.pem: one certificate, renewed once.
     let node = base.copy();
     let before = snapshot(&node.root);
-    let out = node.run("renew", &["--cert", "kubelet.conf", "--cert", "kubelet-client-current"]);
-    assert!(out.ok().contains("1 certificates renewed"), "{}", out.text());
+    let out = node.run(
+        "renew",
+        &["--cert", "kubelet.conf", "--cert", "kubelet-client-current"],
+    );
+    assert!(
+        out.ok().contains("1 certificates renewed"),
+        "{}",
+        out.text()
+    );
     let diff = changed(&before, &node.root);
     assert_eq!(diff.len(), 2, "{diff:?}");
     assert!(diff.contains("/var/lib/kubelet/pki/kubelet-client-current.pem"));
 
     let node = base.copy();
     let before = snapshot(&node.root);
-    node.run("renew", &["--type", "kubernetes-leaf", "--cert", "etcd-peer"]).ok();
+    node.run(
+        "renew",
+        &["--type", "kubernetes-leaf", "--cert", "etcd-peer"],
+    )
+    .ok();
     let mut want: BTreeSet<String> = PKI_PAIRS[..3]
         .iter()
         .chain(&PKI_PAIRS[4..5])
@@ -355,7 +436,11 @@ fn ecdsa_node_with_embedded_kubelet_conf_renews_in_sec1() {
     let user = yaml(&kc)["users"][0]["user"].clone();
     let key = decode(&user["client-key-data"]);
     assert!(key.starts_with(b"-----BEGIN EC PRIVATE KEY-----"));
-    assert_openssl_key_matches("kubelet.conf", &decode(&user["client-certificate-data"]), &key);
+    assert_openssl_key_matches(
+        "kubelet.conf",
+        &decode(&user["client-certificate-data"]),
+        &key,
+    );
     let (o, n) = (
         old.get("kubelet.conf").unwrap().cert.as_ref().unwrap(),
         new.get("kubelet.conf").unwrap().cert.as_ref().unwrap(),
@@ -384,7 +469,8 @@ fn externally_managed_certificates_are_skipped_in_kubeadm_words() {
     // Within a type it is skipped, as kubeadm skips it, and the rest is renewed.
     let out = node.run("renew", &["--type", "kubernetes-leaf"]);
     assert!(
-        out.ok().contains("skipped front-proxy-client: Detected external front-proxy-ca"),
+        out.ok()
+            .contains("skipped front-proxy-client: Detected external front-proxy-ca"),
         "{}",
         out.text()
     );
@@ -398,26 +484,60 @@ fn a_chain_that_does_not_verify_is_refused_unless_forced() {
     let node = Node::sandbox(&SandboxOptions::default());
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
-    let pki = |n: &str| node.path(&format!("/etc/kubernetes/pki/{n}")).to_str().unwrap().to_owned();
+    let pki = |n: &str| {
+        node.path(&format!("/etc/kubernetes/pki/{n}"))
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
     // Another CA with the same name as ca.crt signs apiserver.crt.
     openssl(
         &[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kubernetes", "-days",
-            "30", "-keyout", &p("other.key"), "-out", &p("other.crt"),
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=kubernetes",
+            "-days",
+            "30",
+            "-keyout",
+            &p("other.key"),
+            "-out",
+            &p("other.crt"),
         ],
         None,
     );
     openssl(
         &[
-            "req", "-new", "-key", &pki("apiserver.key"), "-subj", "/CN=kube-apiserver", "-out",
+            "req",
+            "-new",
+            "-key",
+            &pki("apiserver.key"),
+            "-subj",
+            "/CN=kube-apiserver",
+            "-out",
             &p("a.csr"),
         ],
         None,
     );
     openssl(
         &[
-            "x509", "-req", "-in", &p("a.csr"), "-CA", &p("other.crt"), "-CAkey",
-            &p("other.key"), "-set_serial", "7", "-days", "30", "-out", &pki("apiserver.crt"),
+            "x509",
+            "-req",
+            "-in",
+            &p("a.csr"),
+            "-CA",
+            &p("other.crt"),
+            "-CAkey",
+            &p("other.key"),
+            "-set_serial",
+            "7",
+            "-days",
+            "30",
+            "-out",
+            &pki("apiserver.crt"),
         ],
         None,
     );
@@ -425,7 +545,8 @@ fn a_chain_that_does_not_verify_is_refused_unless_forced() {
     let r = node.run("renew", &["--cert", "apiserver"]);
     r.code(1);
     assert!(
-        r.stdout.contains("REFUSED apiserver: its chain does not verify")
+        r.stdout
+            .contains("REFUSED apiserver: its chain does not verify")
             && r.stdout.contains("--force re-issues it from ca"),
         "{}",
         r.text()
@@ -433,14 +554,22 @@ fn a_chain_that_does_not_verify_is_refused_unless_forced() {
     assert!(changed(&before, &node.root).is_empty());
 
     let out = node.run("renew", &["--cert", "apiserver", "--force"]);
-    assert!(out.ok().contains("forced: its chain does not verify"), "{}", out.text());
+    assert!(
+        out.ok().contains("forced: its chain does not verify"),
+        "{}",
+        out.text()
+    );
     assert_consistent(&node.root, Some(vec![Layout::Kubeadm]), &[]);
 }
 
 #[test]
 fn unreadable_files_are_refused_and_never_rewritten() {
     let node = Node::sandbox(&SandboxOptions::default());
-    std::fs::write(node.path("/etc/kubernetes/pki/etcd/peer.crt"), b"not a certificate\n").unwrap();
+    std::fs::write(
+        node.path("/etc/kubernetes/pki/etcd/peer.crt"),
+        b"not a certificate\n",
+    )
+    .unwrap();
     std::fs::write(
         node.path("/etc/kubernetes/pki/apiserver-kubelet-client.key"),
         b"-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n",
@@ -451,12 +580,17 @@ fn unreadable_files_are_refused_and_never_rewritten() {
     // One refusal stops the whole rotation: the others are not renewed either.
     let r = node.run("renew", &["--type", "etcd-leaf"]);
     r.code(1);
-    assert!(r.stdout.contains("REFUSED etcd-peer: it cannot be read"), "{}", r.text());
+    assert!(
+        r.stdout.contains("REFUSED etcd-peer: it cannot be read"),
+        "{}",
+        r.text()
+    );
     assert!(r.stderr.contains("nothing was changed"), "{}", r.text());
     let r = node.run("renew", &["--cert", "apiserver-kubelet-client"]);
     r.code(1);
     assert!(
-        r.stdout.contains("REFUSED apiserver-kubelet-client: its private key cannot be read"),
+        r.stdout
+            .contains("REFUSED apiserver-kubelet-client: its private key cannot be read"),
         "{}",
         r.text()
     );
@@ -474,11 +608,23 @@ fn restore_puts_every_file_back() {
 
     let out = node.run("restore", &[&id]);
     let text = out.ok();
-    assert!(text.contains("removed   /var/lib/kubelet/pki/kubelet-client-"), "{text}");
-    assert!(text.contains("restart to use the restored certificates: kube-apiserver"), "{text}");
+    assert!(
+        text.contains("removed   /var/lib/kubelet/pki/kubelet-client-"),
+        "{text}"
+    );
+    assert!(
+        text.contains("restart to use the restored certificates: kube-apiserver"),
+        "{text}"
+    );
     assert_eq!(snapshot(&node.root), before, "every file as it was");
     let journal: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(node.state().join("rotations").join(&id).join("journal.json")).unwrap(),
+        &std::fs::read(
+            node.state()
+                .join("rotations")
+                .join(&id)
+                .join("journal.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
     assert_eq!(journal["phase"], "rolled-back");
@@ -503,7 +649,8 @@ fn a_second_invocation_is_refused_while_the_lock_is_held() {
     r.code(1);
     assert!(r.stderr.contains("lock"), "{}", r.text());
     // A dry run only reads and does not wait for the lock.
-    node.run("renew", &["--cert", "apiserver", "--dry-run"]).ok();
+    node.run("renew", &["--cert", "apiserver", "--dry-run"])
+        .ok();
     drop(held);
     node.run("renew", &["--cert", "apiserver"]).ok();
 }
@@ -516,17 +663,27 @@ fn old_backups_are_pruned_to_backups_keep() {
     });
     let config = node.root.join("certrotd.toml");
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text.replace("backups_keep = 5", "backups_keep = 2")).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("backups_keep = 5", "backups_keep = 2"),
+    )
+    .unwrap();
     let mut ids = Vec::new();
     for _ in 0..4 {
-        ids.push(committed_id(node.run("renew", &["--cert", "etcd-server"]).ok()));
+        ids.push(committed_id(
+            node.run("renew", &["--cert", "etcd-server"]).ok(),
+        ));
     }
     let backups: BTreeSet<String> = std::fs::read_dir(node.state().join("backups"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(backups, ids[2..].iter().cloned().collect());
-    assert_eq!(node.rotations(), ids[2..].to_vec(), "journals follow their backups");
+    assert_eq!(
+        node.rotations(),
+        ids[2..].to_vec(),
+        "journals follow their backups"
+    );
     let owner = std::fs::metadata(node.path("/etc/kubernetes/pki/etcd/server.key")).unwrap();
     assert_eq!(owner.mode() & 0o777, 0o600);
 }

@@ -23,7 +23,10 @@ fn assert_renewed(old: &Inventory, new: &Inventory, names: &[&str]) {
         let (oc, nc) = (o.cert.as_ref().unwrap(), n.cert.as_ref().unwrap());
         assert_renewed_faithfully(name, oc, nc, false);
         assert_eq!(n.key, KeyState::Match, "{name}");
-        assert!(nc.not_after > time::OffsetDateTime::now_utc(), "{name} valid now");
+        assert!(
+            nc.not_after > time::OffsetDateTime::now_utc(),
+            "{name} valid now"
+        );
         by_signer
             .entry(n.signer.clone().unwrap())
             .or_default()
@@ -64,7 +67,12 @@ fn kubeadm_v1_16_renews_everything_including_its_embedded_kubelet_conf() {
     names.push("kubelet.conf");
     assert_renewed(&old, &new, &names);
     assert_consistent(&node.root, kubeadm(), &[]);
-    for f in ["admin.conf", "controller-manager.conf", "scheduler.conf", "kubelet.conf"] {
+    for f in [
+        "admin.conf",
+        "controller-manager.conf",
+        "scheduler.conf",
+        "kubelet.conf",
+    ] {
         assert_kubectl_reads(&node.path(&format!("/etc/kubernetes/{f}")));
     }
 }
@@ -92,8 +100,11 @@ fn kubeadm_v1_29_renews_and_refuses_its_dangling_kubelet_conf() {
     );
     assert_eq!(snapshot(&node.root), before);
 
-    node.run("renew", &["--type", "kubernetes-leaf", "--type", "etcd-leaf"])
-        .ok();
+    node.run(
+        "renew",
+        &["--type", "kubernetes-leaf", "--type", "etcd-leaf"],
+    )
+    .ok();
     let new = scan(&node.root, kubeadm(), &[]);
     let mut names = KUBEADM_LEAVES.to_vec();
     names.push("super-admin.conf");
@@ -101,7 +112,12 @@ fn kubeadm_v1_29_renews_and_refuses_its_dangling_kubelet_conf() {
     // v1.29's two-O and no-O subjects are kept exactly.
     let admin = new.get("admin.conf").unwrap().cert.as_ref().unwrap();
     assert_eq!(admin.organizations, ["kubeadm:cluster-admins"]);
-    for f in ["admin.conf", "super-admin.conf", "controller-manager.conf", "scheduler.conf"] {
+    for f in [
+        "admin.conf",
+        "super-admin.conf",
+        "controller-manager.conf",
+        "scheduler.conf",
+    ] {
         assert_kubectl_reads(&node.path(&format!("/etc/kubernetes/{f}")));
     }
 }
@@ -119,29 +135,41 @@ fn rke2_ecdsa_ca_renews_rsa_clients_and_a_mismatched_key_needs_force() {
     let r = node.run("renew", &["--type", "all"]);
     r.code(1);
     assert!(
-        r.stdout.contains("REFUSED carlos.crt: its private key does not match it"),
+        r.stdout
+            .contains("REFUSED carlos.crt: its private key does not match it"),
         "{}",
         r.text()
     );
     // The RKE2 kubeconfig's client CA key is not here: skipped as kubeadm would.
     assert!(
-        r.stdout.contains("skipped new-config: Detected external new-config:ca"),
+        r.stdout
+            .contains("skipped new-config: Detected external new-config:ca"),
         "{}",
         r.text()
     );
     assert_eq!(snapshot(&node.root), before);
 
     let out = node.run("renew", &["--type", "all", "--force"]);
-    assert!(out.ok().contains("forced: its old private key did not match"), "{}", out.text());
+    assert!(
+        out.ok()
+            .contains("forced: its old private key did not match"),
+        "{}",
+        out.text()
+    );
     let new = scan(&node.root, None, &extra);
     assert_renewed(&old, &new, &["carlos.crt", history]);
     let kc = new.get("new-config").unwrap().cert.as_ref().unwrap();
-    assert_eq!(kc.der, old.get("new-config").unwrap().cert.as_ref().unwrap().der);
+    assert_eq!(
+        kc.der,
+        old.get("new-config").unwrap().cert.as_ref().unwrap().der
+    );
     // The history certificate is X.509 v1 and stays v1; its O is kept.
     let h = new.get(history).unwrap().cert.as_ref().unwrap();
     assert_eq!(h.organizations, ["prod"]);
-    assert!(support::openssl(&["x509", "-inform", "DER", "-noout", "-text"], Some(&h.der))
-        .contains("Version: 1 (0x0)"));
+    assert!(
+        support::openssl(&["x509", "-inform", "DER", "-noout", "-text"], Some(&h.der))
+            .contains("Version: 1 (0x0)")
+    );
 }
 
 #[test]
@@ -151,7 +179,10 @@ fn sets_without_their_ca_keys_are_left_alone() {
     let before = snapshot(&node.root);
     let out = node.run("renew", &["--type", "all"]);
     let text = out.ok();
-    assert!(text.contains("skipped k3s.yaml: Detected external"), "{text}");
+    assert!(
+        text.contains("skipped k3s.yaml: Detected external"),
+        "{text}"
+    );
     assert!(text.contains("nothing to renew"), "{text}");
     assert_eq!(snapshot(&node.root), before);
 
@@ -163,5 +194,10 @@ fn sets_without_their_ca_keys_are_left_alone() {
     );
     let r = node.run("renew", &["--cert", "kubelet.crt"]);
     r.code(1);
-    assert!(r.stdout.contains("REFUSED kubelet.crt: Detected external CA"), "{}", r.text());
+    assert!(
+        r.stdout
+            .contains("REFUSED kubelet.crt: Detected external CA"),
+        "{}",
+        r.text()
+    );
 }

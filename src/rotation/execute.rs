@@ -78,7 +78,6 @@ pub fn run(ctx: &Context<'_>, plan: &Plan) -> Result<Report, RotationError> {
         paths.clone(),
     );
     journal.save(&dir)?;
-    failpoint::hit(Failpoint::JournalPlanned);
     info!(rotation = %plan.id, certificates = plan.items.len(), "rotation planned");
 
     let prepared = prepare(ctx, plan, &dir, &mut journal, &paths)
@@ -87,9 +86,11 @@ pub fn run(ctx: &Context<'_>, plan: &Plan) -> Result<Report, RotationError> {
         Ok(p) => p,
         Err(cause) => return Err(abandon(&dir, &mut journal, cause)),
     };
+    if let Err(cause) = journal.advance(&dir, Phase::Installing) {
+        // The journal still says staged: nothing was installed.
+        return Err(abandon(&dir, &mut journal, cause));
+    }
 
-    journal.advance(&dir, Phase::Installing)?;
-    failpoint::hit(Failpoint::JournalInstalling);
     let contents: Vec<Option<&[u8]>> = journal
         .changes
         .iter()
@@ -101,19 +102,37 @@ pub fn run(ctx: &Context<'_>, plan: &Plan) -> Result<Report, RotationError> {
                 .map(|f| f.contents.as_slice())
         })
         .collect();
-    let installed = install_all(ctx, &journal.changes, &contents, Failpoint::Installed)
-        .and_then(|()| verify_installed(&dir, &journal.changes));
+    let installed = failpoint::hit(Failpoint::JournalInstalling)
+        .map_err(RotationError::from)
+        .and_then(|()| install_all(ctx, &journal.changes, &contents, Failpoint::Installed))
+        .and_then(|()| verify_installed(&dir, &journal.changes))
+        .and_then(|()| failpoint::hit(Failpoint::InstalledVerified).map_err(Into::into));
     match installed {
         Ok(()) => {}
         // Stop where we are; the journal says installing and the next holder rolls forward.
         Err(e @ RotationError::GuardLost { .. }) => return Err(e),
         Err(cause) => return Err(roll_back(&dir, &mut journal, &backup, cause)),
     }
-    failpoint::hit(Failpoint::InstalledVerified);
+    // If this write fails the journal still says installing, and every change is in place: the
+    // next start rolls it forward, which here only commits.
     journal.advance(&dir, Phase::Committed)?;
-    failpoint::hit(Failpoint::JournalCommitted);
     info!(rotation = %plan.id, "rotation committed");
-    let pruned = finish(ctx, &plan.id, &dir)?;
+
+    // Committed is committed: what follows only tidies up, and the next start finishes it.
+    let mut notes = built.notes;
+    let pruned = match failpoint::hit(Failpoint::JournalCommitted)
+        .map_err(RotationError::from)
+        .and_then(|()| finish(ctx, &plan.id, &dir))
+    {
+        Ok(pruned) => pruned,
+        Err(e) => {
+            warn!(rotation = %plan.id, error = %e, "cleaning up after the commit failed");
+            notes.push(format!(
+                "cleaning up after the commit failed ({e}); the next start finishes it"
+            ));
+            Vec::new()
+        }
+    };
 
     Ok(Report {
         id: plan.id.clone(),
@@ -121,7 +140,7 @@ pub fn run(ctx: &Context<'_>, plan: &Plan) -> Result<Report, RotationError> {
         paths,
         consumers: journal.consumers.clone(),
         backup_dir: backup.dir().to_owned(),
-        notes: built.notes,
+        notes,
         pruned,
     })
 }
@@ -134,19 +153,20 @@ fn prepare(
     journal: &mut Journal,
     paths: &[PathBuf],
 ) -> Result<(Backup, build::Built), RotationError> {
+    failpoint::hit(Failpoint::JournalPlanned)?;
     let mut backup = Backup::create(&ctx.state.backups(), &plan.id, plan.now)?;
-    failpoint::hit(Failpoint::BackupCreated);
+    failpoint::hit(Failpoint::BackupCreated)?;
     for p in paths {
         backup.save(p)?;
-        failpoint::hit(Failpoint::BackupSaved);
+        failpoint::hit(Failpoint::BackupSaved)?;
     }
     journal.advance(dir, Phase::BackedUp)?;
-    failpoint::hit(Failpoint::JournalBackedUp);
+    failpoint::hit(Failpoint::JournalBackedUp)?;
 
     let built = build::build(plan)?;
     journal.changes = stage::persist(dir, &built)?;
     journal.advance(dir, Phase::Staged)?;
-    failpoint::hit(Failpoint::JournalStaged);
+    failpoint::hit(Failpoint::JournalStaged)?;
 
     // Another writer (the kubelet rotating its own certificate, an operator) must not be
     // overwritten: every file must still be what was backed up and built upon.
@@ -172,7 +192,7 @@ pub(crate) fn install_all(
             &format!("installing {}", change.path().display()),
         )?;
         install(change, *data)?;
-        failpoint::hit(point);
+        failpoint::hit(point)?;
     }
     Ok(())
 }
@@ -281,9 +301,9 @@ pub(crate) fn restore(
     outcome: &str,
 ) -> Result<RestoreReport, RotationError> {
     journal.advance(dir, Phase::RollingBack)?;
-    failpoint::hit(Failpoint::JournalRollingBack);
+    failpoint::hit(Failpoint::JournalRollingBack)?;
     let report = backup.restore()?;
-    failpoint::hit(Failpoint::Restored);
+    failpoint::hit(Failpoint::Restored)?;
     journal.outcome = Some(outcome.to_owned());
     journal.advance(dir, Phase::RolledBack)?;
     stage::remove(dir)?;
@@ -298,7 +318,7 @@ pub(crate) fn finish(
     dir: &Path,
 ) -> Result<Vec<String>, RotationError> {
     stage::remove(dir)?;
-    failpoint::hit(Failpoint::StagedRemoved);
+    failpoint::hit(Failpoint::StagedRemoved)?;
     let pruned = store::prune(&ctx.state.backups(), ctx.backups_keep, &[id])?;
     let kept: BTreeSet<String> = store::list(&ctx.state.backups())?
         .into_iter()
@@ -318,7 +338,7 @@ pub(crate) fn finish(
             ))?;
         }
     }
-    failpoint::hit(Failpoint::Pruned);
+    failpoint::hit(Failpoint::Pruned)?;
     Ok(pruned)
 }
 

@@ -231,6 +231,25 @@ pub enum RotationError {
         /// The staged copy.
         staged: PathBuf,
     },
+    /// A journal or backup names a path outside the node root: the state was copied or the root
+    /// moved, and following it would write into another tree.
+    #[error(
+        "rotation {id} names {}, outside the node root {} (was the root moved or copied?); \
+         refusing to touch it",
+        path.display(),
+        root.display()
+    )]
+    OutsideRoot {
+        /// The rotation.
+        id: String,
+        /// The path it names.
+        path: PathBuf,
+        /// The node root.
+        root: PathBuf,
+    },
+    /// A failpoint set to fail (tests only).
+    #[error(transparent)]
+    Injected(#[from] crate::failpoint::Injected),
     /// The guard was lost before a disruptive step.
     #[error("stopped before {step}: {source}")]
     GuardLost {

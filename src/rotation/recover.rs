@@ -90,6 +90,8 @@ pub fn recover(ctx: &Context<'_>) -> Result<Vec<Recovered>, RotationError> {
 
 fn recover_one(ctx: &Context<'_>, dir: &Path, mut j: Journal) -> Result<Recovered, RotationError> {
     info!(rotation = %j.id, phase = j.phase.as_str(), "recovering an unfinished rotation");
+    let named = j.paths.iter().map(PathBuf::as_path);
+    inside_root(ctx, &j.id, named.chain(j.changes.iter().map(Change::path)))?;
     remove_temps(ctx, &j);
     let mut warnings = Vec::new();
     let id = j.id.clone();
@@ -109,7 +111,7 @@ fn recover_one(ctx: &Context<'_>, dir: &Path, mut j: Journal) -> Result<Recovere
             Err(e) => {
                 warnings.push(e.to_string());
                 check_guard(ctx.guard, "restoring the backup")?;
-                let backup = Backup::open(&ctx.state.backups(), &id)?;
+                let backup = open_backup(ctx, &id)?;
                 execute::restore(
                     dir,
                     &mut j,
@@ -121,7 +123,7 @@ fn recover_one(ctx: &Context<'_>, dir: &Path, mut j: Journal) -> Result<Recovere
         },
         Phase::RollingBack => {
             check_guard(ctx.guard, "restoring the backup")?;
-            let backup = Backup::open(&ctx.state.backups(), &id)?;
+            let backup = open_backup(ctx, &id)?;
             let outcome = j
                 .outcome
                 .clone()
@@ -163,7 +165,7 @@ fn roll_forward(
     warnings: &mut Vec<String>,
 ) -> Result<(), RotationError> {
     // Without a readable backup nothing tells old content from a stranger's; still roll forward.
-    let backup = Backup::open(&ctx.state.backups(), &j.id).ok();
+    let backup = open_backup(ctx, &j.id).ok();
     if j.phase == Phase::Staged {
         check_guard(ctx.guard, "installing")?;
         j.advance(dir, Phase::Installing)?;
@@ -193,8 +195,34 @@ fn roll_forward(
     execute::verify_installed(dir, &j.changes)?;
     j.outcome = Some("rolled forward by recovery".into());
     j.advance(dir, Phase::Committed)?;
-    execute::finish(ctx, &j.id, dir)?;
+    // Committed is committed: tidying up is retried by the next start if it fails now.
+    if let Err(e) = execute::finish(ctx, &j.id, dir) {
+        warnings.push(format!("cleaning up after the commit failed: {e}"));
+    }
     Ok(())
+}
+
+/// Refuses a rotation whose journal or backup names a path outside the node root.
+fn inside_root<'a>(
+    ctx: &Context<'_>,
+    id: &str,
+    mut paths: impl Iterator<Item = &'a Path>,
+) -> Result<(), RotationError> {
+    match paths.find(|p| !p.starts_with(ctx.root.dir())) {
+        Some(p) => Err(RotationError::OutsideRoot {
+            id: id.to_owned(),
+            path: p.to_owned(),
+            root: ctx.root.dir().to_owned(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Opens a rotation's backup, refusing one that would restore outside the node root.
+fn open_backup(ctx: &Context<'_>, id: &str) -> Result<Backup, RotationError> {
+    let backup = Backup::open(&ctx.state.backups(), id)?;
+    inside_root(ctx, id, backup.entries().iter().map(|e| e.path.as_path()))?;
+    Ok(backup)
 }
 
 /// Copies a regular file aside before it is overwritten (0600: it may hold a key).
@@ -262,7 +290,7 @@ pub struct Restored {
 /// recovery). The caller holds the rotation lock and has run recovery.
 pub fn restore(ctx: &Context<'_>, id: &str) -> Result<Restored, RotationError> {
     store::validate_rotation_id(id)?;
-    let backup = Backup::open(&ctx.state.backups(), id)?;
+    let backup = open_backup(ctx, id)?;
     check_guard(ctx.guard, "restoring the backup")?;
     let dir = ctx.state.rotation(id);
     match Journal::load(&dir)? {

@@ -48,7 +48,7 @@ pub fn persist(rotation_dir: &Path, built: &Built) -> Result<Vec<Change>, Rotati
         out.write_all(&f.contents)
             .and_then(|()| out.sync_all())
             .map_err(RotationError::io("write staged file", &path))?;
-        failpoint::hit(Failpoint::StagedFile);
+        failpoint::hit(Failpoint::StagedFile)?;
         changes.push(Change::File {
             path: f.path.clone(),
             staged: name,

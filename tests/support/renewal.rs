@@ -185,7 +185,11 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Held> {
 /// The leaf entries of a node's inventory (what `--type all` covers).
 pub fn leaves(entries: &[Entry]) -> impl Iterator<Item = &Entry> {
     entries.iter().filter(|e| {
-        !e.is_ca() && !matches!(e.origin, Origin::Bundled { .. } | Origin::KubeconfigCa { .. })
+        !e.is_ca()
+            && !matches!(
+                e.origin,
+                Origin::Bundled { .. } | Origin::KubeconfigCa { .. }
+            )
     })
 }
 
@@ -197,7 +201,10 @@ pub fn assert_consistent(root: &Path, layouts: Option<Vec<Layout>>, extra: &[&st
     let mut n = 0;
     for e in leaves(&inv.entries) {
         assert!(e.problems.is_empty(), "{}: {:?}", e.name, e.problems);
-        let cert = e.cert.as_ref().unwrap_or_else(|| panic!("{} unreadable", e.name));
+        let cert = e
+            .cert
+            .as_ref()
+            .unwrap_or_else(|| panic!("{} unreadable", e.name));
         assert_eq!(e.key, KeyState::Match, "{}: key", e.name);
         let signer = e
             .signer
@@ -304,14 +311,21 @@ pub fn comparable_text(der: &[u8]) -> Vec<String> {
 /// A renewed certificate agrees with the old one field by field (openssl's text and our parser)
 /// except serial, validity and key; `same_key` says whether the key was reused.
 pub fn assert_renewed_faithfully(name: &str, old: &Cert, new: &Cert, same_key: bool) {
-    assert_eq!(comparable_text(&new.der), comparable_text(&old.der), "{name}");
+    assert_eq!(
+        comparable_text(&new.der),
+        comparable_text(&old.der),
+        "{name}"
+    );
     assert_eq!(new.subject_der, old.subject_der, "{name}: subject");
     assert_eq!(new.issuer_der, old.issuer_der, "{name}: issuer");
     assert_eq!(new.organizations, old.organizations, "{name}: O");
     assert_eq!(new.sans, old.sans, "{name}: SANs");
     assert_eq!(new.key_usages, old.key_usages, "{name}: KU");
     assert_eq!(new.ext_key_usages, old.ext_key_usages, "{name}: EKU");
-    assert_eq!(new.key_algorithm, old.key_algorithm, "{name}: key algorithm");
+    assert_eq!(
+        new.key_algorithm, old.key_algorithm,
+        "{name}: key algorithm"
+    );
     assert_eq!(
         new.has_basic_constraints, old.has_basic_constraints,
         "{name}: basic constraints"
@@ -324,7 +338,13 @@ pub fn assert_renewed_faithfully(name: &str, old: &Cert, new: &Cert, same_key: b
 /// `kubectl config view --raw` reads the kubeconfig.
 pub fn assert_kubectl_reads(path: &Path) -> String {
     let out = Command::new("kubectl")
-        .args(["config", "view", "--raw", "--kubeconfig", path.to_str().unwrap()])
+        .args([
+            "config",
+            "view",
+            "--raw",
+            "--kubeconfig",
+            path.to_str().unwrap(),
+        ])
         .output()
         .expect("kubectl must be installed (make test installs it)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -341,5 +361,8 @@ pub fn assert_kubectl_reads(path: &Path) -> String {
 pub fn assert_openssl_key_matches(what: &str, cert_pem: &[u8], key_pem: &[u8]) {
     let from_cert = openssl(&["x509", "-noout", "-pubkey"], Some(cert_pem));
     let from_key = openssl(&["pkey", "-pubout"], Some(key_pem));
-    assert_eq!(from_cert, from_key, "{what}: key does not match certificate");
+    assert_eq!(
+        from_cert, from_key,
+        "{what}: key does not match certificate"
+    );
 }

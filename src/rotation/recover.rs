@@ -92,7 +92,7 @@ fn recover_one(ctx: &Context<'_>, dir: &Path, mut j: Journal) -> Result<Recovere
     info!(rotation = %j.id, phase = j.phase.as_str(), "recovering an unfinished rotation");
     let named = j.paths.iter().map(PathBuf::as_path);
     inside_root(ctx, &j.id, named.chain(j.changes.iter().map(Change::path)))?;
-    remove_temps(ctx, &j);
+    remove_temps(ctx, dir, &j);
     let mut warnings = Vec::new();
     let id = j.id.clone();
     let action = match j.phase {
@@ -255,14 +255,16 @@ fn displace(dir: &Path, index: usize, path: &Path) -> Result<Option<PathBuf>, Ro
     Ok(Some(to))
 }
 
-/// Removes temp files a crash left next to the rotation's files and in its backup.
-fn remove_temps(ctx: &Context<'_>, j: &Journal) {
+/// Removes temp files a crash left next to the rotation's files, in its backup and beside its
+/// journal.
+fn remove_temps(ctx: &Context<'_>, dir: &Path, j: &Journal) {
     let mut dirs: Vec<PathBuf> = j
         .paths
         .iter()
         .filter_map(|p| p.parent().map(Path::to_owned))
         .collect();
     dirs.push(ctx.state.backups().join(&j.id));
+    dirs.push(dir.to_owned());
     dirs.sort();
     dirs.dedup();
     for d in dirs {

@@ -53,6 +53,24 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Renew leaf certificates from the CAs on this node, crash-safely (backup, journal, atomic
+    /// installs); then say which components must be restarted.
+    Renew(RenewArgs),
+    /// Put back the files a rotation changed, from its backup.
+    Restore {
+        /// Node and configuration.
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The rotation id `certrotd renew` printed.
+        #[arg(value_name = "ROTATION_ID")]
+        id: String,
+    },
+    /// Finish or roll back a rotation that was interrupted (renew and restore do this first too).
+    Recover {
+        /// Node and configuration.
+        #[command(flatten)]
+        node: NodeArgs,
+    },
     /// Write a complete kubeadm-shaped control-plane node under DIR to try certrotd on.
     Sandbox {
         /// Where to write it (created if missing; must not already hold a PKI).
@@ -65,6 +83,27 @@ pub enum Command {
         #[arg(long, default_value = "sandbox-cp1")]
         node_name: String,
     },
+}
+
+/// `certrotd renew …`
+#[derive(Debug, Clone, Args)]
+pub struct RenewArgs {
+    /// Node and configuration.
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// What to renew: kubernetes-leaf, etcd-leaf, kubelet or all (repeatable).
+    #[arg(long = "type", value_enum, value_name = "TYPE")]
+    pub types: Vec<crate::rotation::RotationType>,
+    /// A single certificate by the name `certrotd check` shows (repeatable).
+    #[arg(long = "cert", value_name = "NAME")]
+    pub certs: Vec<String>,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Re-issue certificates whose chain does not verify, from the CA on this node whose name
+    /// matches their issuer (and replace a key that does not match its certificate).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `certrotd config …`

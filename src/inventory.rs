@@ -16,7 +16,7 @@ use crate::pki::pem::{self, Block};
 use crate::pki::verify::KeyCache;
 use crate::root::Root;
 
-mod parallel;
+pub(crate) mod parallel;
 mod read;
 
 use read::NodeReader;

@@ -10,6 +10,7 @@ pub mod config;
 pub mod decide;
 pub mod events;
 pub mod duration;
+pub mod failpoint;
 pub mod inventory;
 pub mod issuer;
 pub mod logging;

@@ -23,6 +23,9 @@ fn main() -> ExitCode {
         Command::Config {
             action: ConfigAction::Check { node },
         } => commands::config::check(node),
+        Command::Renew(args) => commands::renew::run(args, now),
+        Command::Restore { node, id } => commands::restore::run(node, id),
+        Command::Recover { node } => commands::recover::run(node),
         Command::Sandbox {
             dir,
             leaf_ttl,

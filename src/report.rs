@@ -278,7 +278,7 @@ fn cert_report(e: &Entry, windows: &Windows, now: OffsetDateTime) -> CertReport 
 }
 
 /// Left-aligned columns separated by three spaces, as kubeadm prints them.
-fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+pub fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (w, cell) in widths.iter_mut().zip(r) {

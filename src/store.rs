@@ -926,8 +926,8 @@ fn read_no_follow(path: &Path) -> Result<Vec<u8>> {
     Ok(data)
 }
 
-/// Hex SHA-256 of `data`.
-fn sha256_hex(data: &[u8]) -> String {
+/// Hex SHA-256 of `data` (the digest manifests and rotation journals record).
+pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(digest::digest(&digest::SHA256, data).as_ref())
 }
 

@@ -1,5 +1,7 @@
 //! A corpus of broken input. Every case becomes a named problem on its entry (naming the file),
 //! nothing panics, nothing is written, and the rest of the node is still inventoried.
+// Helpers outside #[test] functions panic on purpose too (clippy's allow-unwrap-in-tests
+// covers only #[test] bodies).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;

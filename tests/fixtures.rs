@@ -1,6 +1,8 @@
 //! The inventory against certificate sets that real kubeadm, RKE2, k3s and easy-rsa installations
 //! generated (../shared/fixtures): every certificate found, every signer right, every key checked,
 //! and every parsed field in agreement with openssl.
+// Helpers outside #[test] functions panic on purpose too (clippy's allow-unwrap-in-tests
+// covers only #[test] bodies).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;

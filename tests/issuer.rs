@@ -1,5 +1,7 @@
 //! The local issuer against real kubeadm and RKE2 CAs: every renewed certificate verifies with
 //! `openssl verify`, and differs from the old one only in serial, validity and key.
+// Helpers outside #[test] functions panic on purpose too (clippy's allow-unwrap-in-tests
+// covers only #[test] bodies).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -14,6 +16,7 @@ use certrotd::pki::encode::{self, KeySpec};
 use certrotd::pki::key::PrivateKey;
 use certrotd::pki::pem;
 use rcgen::PublicKeyData as _;
+use support::renewal::comparable_text;
 use support::*;
 use time::OffsetDateTime;
 
@@ -28,46 +31,6 @@ fn local_ca(inv: &Inventory, name: &str) -> LocalCa {
         PrivateKey::from_blocks(&blocks).unwrap(),
     )
     .unwrap()
-}
-
-/// openssl's text dump minus the lines that are allowed to change.
-fn comparable_text(der: &[u8]) -> Vec<String> {
-    let text = openssl(&["x509", "-inform", "DER", "-noout", "-text"], Some(der));
-    let mut out = Vec::new();
-    let mut skip_block = false;
-    for line in text.lines() {
-        let t = line.trim();
-        // Serial, validity, key and signature bytes change by design; the key identifiers follow
-        // the key.
-        if t.starts_with("Serial Number")
-            || t.starts_with("Not Before")
-            || t.starts_with("Not After")
-        {
-            skip_block = t.starts_with("Serial Number") && t.ends_with(':');
-            continue;
-        }
-        if t.starts_with("Subject Public Key Info") || t.starts_with("Signature Value") {
-            skip_block = true;
-            continue;
-        }
-        if t.starts_with("X509v3 Subject Key Identifier") {
-            skip_block = true;
-            continue;
-        }
-        if skip_block {
-            if line.starts_with("        ")
-                && !t.starts_with("X509v3")
-                && !t.starts_with("Subject:")
-                && !t.starts_with("Signature Algorithm")
-                && !t.starts_with("Issuer:")
-            {
-                continue;
-            }
-            skip_block = false;
-        }
-        out.push(t.to_string());
-    }
-    out
 }
 
 fn renew_all_and_judge(inv: &Inventory, now: OffsetDateTime) -> usize {

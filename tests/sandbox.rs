@@ -1,6 +1,8 @@
 //! The sandbox generator judged by independent tools: openssl verifies and prints every
 //! certificate and key, kubectl reads every kubeconfig, and x509-parser checks what openssl's text
 //! does not show plainly (exact dates, serials, raw names).
+// Helpers outside #[test] functions panic on purpose too (clippy's allow-unwrap-in-tests
+// covers only #[test] bodies).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;

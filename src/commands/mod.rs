@@ -3,6 +3,9 @@
 
 pub mod check;
 pub mod config;
+pub mod recover;
+pub mod renew;
+pub mod restore;
 pub mod sandbox;
 
 use std::process::ExitCode;

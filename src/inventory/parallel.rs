@@ -8,10 +8,25 @@ const MIN_PARALLEL: usize = 64;
 
 /// Maps `f` over `items` on all cores, keeping the order.
 pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    map_with(items, MIN_PARALLEL, 16, f)
+}
+
+/// [`map`] for items that each cost milliseconds (generating an RSA key): every item is worth a
+/// thread, and they are handed out one at a time.
+pub fn map_heavy<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    map_with(items, 1, 1, f)
+}
+
+fn map_with<T: Sync, R: Send>(
+    items: &[T],
+    min_parallel: usize,
+    batch: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
-        .min(items.len().div_ceil(MIN_PARALLEL).max(1));
+        .min(items.len().div_ceil(min_parallel).max(1));
     if threads <= 1 {
         return items.iter().map(f).collect();
     }
@@ -24,11 +39,11 @@ pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> 
                     // Small batches keep both cores busy when item costs differ (a kubeconfig vs a
                     // lone certificate) without contending on the counter for every item.
                     loop {
-                        let start = next.fetch_add(16, Ordering::Relaxed);
+                        let start = next.fetch_add(batch, Ordering::Relaxed);
                         if start >= items.len() {
                             break;
                         }
-                        for (i, item) in items.iter().enumerate().skip(start).take(16) {
+                        for (i, item) in items.iter().enumerate().skip(start).take(batch) {
                             out.push((i, f(item)));
                         }
                     }

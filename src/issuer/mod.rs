@@ -1,7 +1,9 @@
 //! Issue: making renewed certificates. An [`Issuer`] signs a certificate whose attributes all come
-//! from the certificate it replaces; `local` signs with a CA key held on the node.
+//! from the certificate it replaces; `local` signs with a CA key held on the node, `selfsigned`
+//! regenerates the kubelet's self-signed serving certificate.
 
 pub mod local;
+pub mod selfsigned;
 pub mod tbs;
 
 use std::time::Duration;

@@ -41,6 +41,17 @@ pub fn renew(
     changes: &Changes<'_>,
     signer: &rcgen::KeyPair,
 ) -> Result<Vec<u8>, IssueError> {
+    renew_with_subject(old_der, None, changes, signer)
+}
+
+/// [`renew`], with the subject replaced by `subject` (DER) when given. Only a regenerated
+/// self-signed set needs this: client-go stamps its creation time into the subject's CN.
+pub fn renew_with_subject(
+    old_der: &[u8],
+    subject: Option<&[u8]>,
+    changes: &Changes<'_>,
+    signer: &rcgen::KeyPair,
+) -> Result<Vec<u8>, IssueError> {
     let (_, old) = X509Certificate::from_der(old_der)
         .map_err(|e| IssueError::Template(format!("cannot re-read the old certificate: {e}")))?;
     let sig_alg = signature_algorithm(signer)?;
@@ -59,7 +70,8 @@ pub fn renew(
                 write_time(w.next(), changes.not_before);
                 write_time(w.next(), changes.not_after);
             });
-            w.next().write_der(old.subject().as_raw());
+            w.next()
+                .write_der(subject.unwrap_or(old.subject().as_raw()));
             w.next().write_der(changes.spki);
             if !extensions.is_empty() {
                 w.next().write_tagged(Tag::context(3), |w| {

@@ -10,6 +10,8 @@ use certrotd::inventory::{self, Inventory};
 use certrotd::pki::layout::Layout;
 use certrotd::root::Root;
 
+pub mod renewal;
+
 /// The real-world certificate sets (read in place, never copied into the project).
 pub fn fixtures() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -1,0 +1,96 @@
+//! `certrotd recover`: finish or roll back an interrupted rotation. `renew` and `restore` run the
+//! same recovery first, through [`lock_and_recover`].
+
+use std::process::ExitCode;
+
+use super::{Failure, Outcome, load_settings};
+use crate::cli::NodeArgs;
+use crate::config::Settings;
+use crate::root::Root;
+use crate::rotation::lock::{self, RotationLock};
+use crate::rotation::recover::{self, Action, Recovered};
+use crate::rotation::{Context, StateDirs, Unguarded};
+
+/// The node root and state directories the settings describe.
+pub fn dirs(settings: &Settings) -> Result<(Root, StateDirs), Failure> {
+    let root = Root::new(&settings.root);
+    let state = StateDirs::new(&root, &settings.state_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "resolving the state directory {} under {}: {e}",
+            settings.state_dir.display(),
+            settings.root.display()
+        )
+    })?;
+    Ok((root, state))
+}
+
+/// Takes the rotation lock, recovers every unfinished rotation, prints what was done, and returns
+/// the lock (held until dropped).
+pub fn lock_and_recover(
+    root: &Root,
+    state: &StateDirs,
+    settings: &Settings,
+) -> Result<RotationLock, Failure> {
+    let lock = lock::acquire(state)?;
+    let ctx = Context {
+        root,
+        state,
+        backups_keep: settings.renew.backups_keep,
+        guard: &Unguarded,
+    };
+    let recovered = recover::recover(&ctx)?;
+    print_recovered(&recovered);
+    Ok(lock)
+}
+
+/// Tells the operator what recovery did.
+pub fn print_recovered(recovered: &[Recovered]) {
+    for r in recovered {
+        let what = match r.action {
+            Action::Abandoned => {
+                "was interrupted before installing anything; abandoned (nothing changed)"
+            }
+            Action::RolledForward => {
+                "was interrupted while installing; finished from its staged files"
+            }
+            Action::RolledBack => "was interrupted; rolled back from its backup",
+            Action::CleanedUp => "had finished; removed what it left behind",
+        };
+        println!("recovered rotation {}: {what}", r.id);
+        for w in &r.warnings {
+            println!("  warning: {w}");
+        }
+        if !r.consumers.is_empty() {
+            println!("  restart to use its certificates: {}", join(&r.consumers));
+        }
+    }
+}
+
+/// Comma-separated display values.
+pub fn join<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Runs `certrotd recover`.
+pub fn run(node: &NodeArgs) -> Outcome {
+    let settings = load_settings(node)?;
+    let (root, state) = dirs(&settings)?;
+    let lock = lock::acquire(&state)?;
+    let ctx = Context {
+        root: &root,
+        state: &state,
+        backups_keep: settings.renew.backups_keep,
+        guard: &Unguarded,
+    };
+    let recovered = recover::recover(&ctx)?;
+    drop(lock);
+    if recovered.is_empty() {
+        println!("no interrupted rotation: nothing to recover");
+    }
+    print_recovered(&recovered);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,51 @@
+//! `certrotd restore <rotation-id>`: put back the files a rotation changed, from its backup.
+
+use std::process::ExitCode;
+
+use super::recover::{dirs, join, lock_and_recover};
+use super::{EXIT_CONFIG, Failure, Outcome, load_settings};
+use crate::cli::NodeArgs;
+use crate::rotation::recover;
+use crate::rotation::{Context, Unguarded};
+use crate::store;
+
+/// Runs `certrotd restore`.
+pub fn run(node: &NodeArgs, id: &str) -> Outcome {
+    store::validate_rotation_id(id).map_err(|e| Failure {
+        code: EXIT_CONFIG,
+        error: e.into(),
+    })?;
+    let settings = load_settings(node)?;
+    let (root, state) = dirs(&settings)?;
+    let _lock = lock_and_recover(&root, &state, &settings)?;
+    let ctx = Context {
+        root: &root,
+        state: &state,
+        backups_keep: settings.renew.backups_keep,
+        guard: &Unguarded,
+    };
+    let restored = recover::restore(&ctx, id)?;
+    let show = |p: &std::path::Path| {
+        root.node_path(p)
+            .unwrap_or_else(|| p.to_owned())
+            .display()
+            .to_string()
+    };
+    println!("restored the backup of rotation {id}");
+    for p in &restored.report.restored {
+        println!("  put back  {}", show(p));
+    }
+    for p in &restored.report.removed {
+        println!("  removed   {}", show(p));
+    }
+    for p in &restored.report.unchanged {
+        println!("  unchanged {}", show(p));
+    }
+    if !restored.consumers.is_empty() {
+        println!(
+            "restart to use the restored certificates: {}",
+            join(&restored.consumers)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

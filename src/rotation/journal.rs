@@ -1,0 +1,285 @@
+//! The rotation journal: `<state>/rotations/<id>/journal.json`, rewritten atomically before each
+//! step, so that after a crash the next start knows which step a rotation had reached and what
+//! every one of its files should hold.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::{RotationError, StateDirs};
+use crate::pki::layout::Component;
+use crate::store;
+
+/// Journal format version, so a future format is detected instead of misread.
+pub const VERSION: u32 = 1;
+/// The journal's file name inside a rotation's directory.
+pub const FILE: &str = "journal.json";
+
+/// Where a rotation stands. Each phase is written before the step it names begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Planned: the paths to touch are known; the backup may be incomplete; nothing installed.
+    Planned,
+    /// Every path is backed up; nothing installed.
+    BackedUp,
+    /// Every new content is staged and its digest recorded; nothing installed.
+    Staged,
+    /// Installing: any subset of the changes may be in place.
+    Installing,
+    /// Every change is installed and was read back. Final.
+    Committed,
+    /// Restoring the backup: any subset of the paths may be back.
+    RollingBack,
+    /// Every path holds what it held before the rotation (or the rotation never changed any). Final.
+    RolledBack,
+}
+
+impl Phase {
+    /// Whether the rotation is over (nothing left to recover).
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::Committed | Phase::RolledBack)
+    }
+
+    /// The name written in the journal.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Planned => "planned",
+            Phase::BackedUp => "backed-up",
+            Phase::Staged => "staged",
+            Phase::Installing => "installing",
+            Phase::Committed => "committed",
+            Phase::RollingBack => "rolling-back",
+            Phase::RolledBack => "rolled-back",
+        }
+    }
+}
+
+/// One change a rotation makes, as staged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Change {
+    /// The file at `path` gets the staged content (owner and mode of a file being replaced are
+    /// kept; a new file gets `new_mode`).
+    File {
+        /// Real path.
+        path: PathBuf,
+        /// Name of the staged content in the rotation's `staged/` directory.
+        staged: String,
+        /// Hex SHA-256 of the staged content.
+        sha256: String,
+        /// Mode for a file that does not exist yet.
+        new_mode: u32,
+    },
+    /// The symlink at `path` is swapped to point at `target`.
+    Symlink {
+        /// Real path of the link.
+        path: PathBuf,
+        /// What the link says (a node path).
+        target: PathBuf,
+    },
+}
+
+impl Change {
+    /// The path changed.
+    pub fn path(&self) -> &Path {
+        match self {
+            Change::File { path, .. } | Change::Symlink { path, .. } => path,
+        }
+    }
+}
+
+/// A rotation's journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    /// Format version.
+    pub version: u32,
+    /// The rotation id (the directory's name and the backup's).
+    pub id: String,
+    /// When the rotation started.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// The step reached.
+    pub phase: Phase,
+    /// The certificates renewed, by inventory name.
+    pub certificates: Vec<String>,
+    /// Components to restart once it is committed (or rolled back after being installed).
+    pub consumers: Vec<Component>,
+    /// Every path the rotation touches (real paths), known from the plan on.
+    pub paths: Vec<PathBuf>,
+    /// The staged changes, in install order (empty before phase `staged`).
+    #[serde(default)]
+    pub changes: Vec<Change>,
+    /// Why it was rolled back, or what recovery did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+}
+
+impl Journal {
+    /// A new journal in phase `planned`.
+    pub fn new(
+        id: &str,
+        created_at: OffsetDateTime,
+        certificates: Vec<String>,
+        consumers: Vec<Component>,
+        paths: Vec<PathBuf>,
+    ) -> Journal {
+        Journal {
+            version: VERSION,
+            id: id.to_owned(),
+            created_at,
+            phase: Phase::Planned,
+            certificates,
+            consumers,
+            paths,
+            changes: Vec::new(),
+            outcome: None,
+        }
+    }
+
+    /// Reads the journal of the rotation directory `dir`; `None` when there is none (a crash
+    /// before the first write).
+    pub fn load(dir: &Path) -> Result<Option<Journal>, RotationError> {
+        let path = dir.join(FILE);
+        let data = match std::fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(RotationError::io("read rotation journal", &path)(e)),
+        };
+        let bad = |reason: String| RotationError::Journal {
+            path: path.clone(),
+            reason,
+        };
+        let j: Journal = serde_json::from_slice(&data).map_err(|e| bad(e.to_string()))?;
+        if j.version != VERSION {
+            return Err(bad(format!("unknown journal version {}", j.version)));
+        }
+        let dir_name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if j.id != dir_name {
+            return Err(bad(format!(
+                "it belongs to rotation {:?}, not {dir_name:?}",
+                j.id
+            )));
+        }
+        for p in j
+            .paths
+            .iter()
+            .map(PathBuf::as_path)
+            .chain(j.changes.iter().map(Change::path))
+        {
+            if !p.is_absolute() {
+                return Err(bad(format!("path {} is not absolute", p.display())));
+            }
+        }
+        for c in &j.changes {
+            if let Change::File { staged, .. } = c
+                && !is_staged_name(staged)
+            {
+                return Err(bad(format!(
+                    "staged name {staged:?} is not one certrotd writes"
+                )));
+            }
+        }
+        Ok(Some(j))
+    }
+
+    /// Writes the journal atomically into the rotation directory `dir` (mode 0600).
+    pub fn save(&self, dir: &Path) -> Result<(), RotationError> {
+        let path = dir.join(FILE);
+        let json = serde_json::to_vec_pretty(self).map_err(|e| RotationError::Journal {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        store::write_atomic(&path, &json, 0o600)?;
+        Ok(())
+    }
+
+    /// Moves to `phase` and makes that durable before returning.
+    pub fn advance(&mut self, dir: &Path, phase: Phase) -> Result<(), RotationError> {
+        self.phase = phase;
+        self.save(dir)
+    }
+}
+
+/// Could certrotd have named a staged file so? (Guards against a journal edited to point outside.)
+pub fn is_staged_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.as_bytes()[0].is_ascii_digit()
+        && !name.contains("..")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The rotation directories under the state directory, oldest id first (ids start with the time).
+pub fn list(state: &StateDirs) -> Result<Vec<(String, PathBuf)>, RotationError> {
+    let dir = state.rotations();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(RotationError::io("list rotations in", &dir)(e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(RotationError::io("list rotations in", &dir))?;
+        let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        // Anything not named like a rotation is not ours; leave it alone.
+        if store::validate_rotation_id(&id).is_err() || !entry.path().is_dir() {
+            continue;
+        }
+        out.push((id, entry.path()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_validation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("20260101T000000Z-abcdef");
+        std::fs::create_dir(&dir).unwrap();
+        assert!(Journal::load(&dir).unwrap().is_none());
+        let mut j = Journal::new(
+            "20260101T000000Z-abcdef",
+            time::macros::datetime!(2026-01-01 0:00 UTC),
+            vec!["apiserver".into()],
+            vec![Component::KubeApiserver],
+            vec!["/etc/kubernetes/pki/apiserver.crt".into()],
+        );
+        j.changes.push(Change::File {
+            path: "/etc/kubernetes/pki/apiserver.crt".into(),
+            staged: "0000-apiserver.crt".into(),
+            sha256: "00".into(),
+            new_mode: 0o644,
+        });
+        j.advance(&dir, Phase::Staged).unwrap();
+        let back = Journal::load(&dir).unwrap().unwrap();
+        assert_eq!(back, j);
+        let text = std::fs::read_to_string(dir.join(FILE)).unwrap();
+        assert!(text.contains("\"phase\": \"staged\""), "{text}");
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.join(FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        let tampered = text.replace("0000-apiserver.crt", "../../../etc/shadow");
+        std::fs::write(dir.join(FILE), tampered).unwrap();
+        let err = Journal::load(&dir).unwrap_err();
+        assert!(err.to_string().contains("staged name"), "{err}");
+
+        let other = tmp.path().join("20260101T000000Z-000000");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join(FILE), text).unwrap();
+        let err = Journal::load(&other).unwrap_err();
+        assert!(err.to_string().contains("belongs to rotation"), "{err}");
+    }
+}

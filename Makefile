@@ -19,8 +19,8 @@ run: build
 ## test: install what is missing, then fmt check, clippy (warnings denied) and every test
 test: deps
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets --locked -- -D warnings
-	$(CARGO) test --locked --all-targets
+	$(CARGO) clippy --all-targets --all-features --locked -- -D warnings
+	$(CARGO) test --locked --features failpoints
 
 ## bench: the benchmarks named in the issues (release build)
 bench: deps

@@ -13,6 +13,7 @@ pub mod duration;
 pub mod failpoint;
 pub mod inventory;
 pub mod issuer;
+pub mod lease;
 pub mod logging;
 pub mod pki;
 pub mod policy;

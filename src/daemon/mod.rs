@@ -1,0 +1,468 @@
+//! The daemon (`certrotd run`): one loop that owns the node's state and supervises the
+//! subsystems. It inventories the node, decides, renews what is due, and otherwise sleeps until the
+//! next deadline, a file change, a control request or a signal: no polling.
+//!
+//! `run` is a library function that takes its configuration and a shutdown future, so the
+//! integration tests drive the real daemon in process (pueue, mini-redis).
+
+pub mod handler;
+pub mod notify;
+pub mod rotate;
+pub mod status;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::config::{self, LoadOptions, Settings};
+use crate::control::proto::{DaemonInfo, LeaseStatus, StatusReport};
+use crate::decide::{self, Decision, Policy, Threshold};
+use crate::events;
+use crate::history::History;
+use crate::inventory::Inventory;
+use crate::lease::local::LocalLease;
+use crate::report::rfc3339;
+use crate::root::Root;
+use crate::rotation::{Selection, StateDirs, lock};
+use handler::{Command, DaemonHandler, Shared};
+use notify::Notifier;
+use rotate::{Env, Progress, Request};
+
+/// How the daemon finds its configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `--config`.
+    pub config: Option<PathBuf>,
+    /// `--root`.
+    pub root: Option<PathBuf>,
+}
+
+/// How long file events are gathered before the inventory is read again: long enough that a
+/// rotation's several renames arrive as one change, short enough to show in status at once.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+
+/// Notices kept for `certrotd status`.
+const NOTICES_KEPT: usize = 50;
+
+/// Runs the daemon until `shutdown` completes (or SIGTERM/SIGINT arrives).
+pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let load = |opts: &Options| {
+        config::load(&LoadOptions {
+            config: opts.config.as_deref(),
+            root: opts.root.as_deref(),
+        })
+    };
+    let settings = load(&opts)?;
+    let mut daemon = Daemon::start(settings, OffsetDateTime::now_utc())?;
+    let (tx, mut commands) = mpsc::channel(16);
+    let shared = Arc::new(Shared {
+        status: RwLock::new(StatusReport::default()),
+        progress: daemon.progress.clone(),
+        history: RwLock::new(daemon.history.clone()),
+        commands: tx,
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = daemon.start_control(Arc::clone(&shared), stop_rx.clone())?;
+    let (mut watcher, mut changes) = crate::watch::Watcher::new(&daemon.watched(), DEBOUNCE)?;
+
+    daemon.refresh(OffsetDateTime::now_utc());
+    let now = OffsetDateTime::now_utc();
+    let decision = daemon.decide(now);
+    daemon.publish(&shared, &decision, now);
+    daemon.notifier.ready(&daemon.summary(&decision, now));
+    events::started(
+        &daemon.settings.node_name,
+        daemon.inventory.entries.len(),
+        &daemon.summary(&decision, now),
+    );
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let watchdog = notify::watchdog_interval();
+    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    tokio::pin!(shutdown);
+
+    loop {
+        let now = OffsetDateTime::now_utc();
+        let decision = daemon.decide(now);
+        daemon.announce(&decision);
+        if !decision.due.is_empty() {
+            let req = Request {
+                selection: Selection {
+                    types: Vec::new(),
+                    certs: decision.due.clone(),
+                },
+                why: if decision.expired {
+                    "certificates expired: rotating without the health gate, it is the cure".into()
+                } else if decision.emergency {
+                    "inside emergency_before".into()
+                } else {
+                    "inside renew_before".into()
+                },
+                skip_health_gate: decision.expired,
+            };
+            let stopped = daemon.rotate_guarded(req, None, &mut shutdown).await;
+            daemon.refresh(OffsetDateTime::now_utc());
+            if stopped {
+                break;
+            }
+            // A failed rotation would be retried at once: wait for the next deadline instead.
+            if daemon.last_failed {
+                daemon.retry_after = Some(OffsetDateTime::now_utc() + RETRY_AFTER);
+            }
+            continue;
+        }
+        if !decision.deferred.is_empty() {
+            events::deferred(
+                &daemon.settings.node_name,
+                &decision.deferred,
+                "outside the maintenance windows",
+            );
+        }
+        daemon.publish(&shared, &decision, now);
+        let sleep = sleep_until(decision.next_wake, now);
+        tokio::select! {
+            _ = sleep => {}
+            Some(paths) = changes.recv() => daemon.on_change(&paths),
+            Some(cmd) = commands.recv() => match cmd {
+                Command::Rotate { selection, reply } => {
+                    let req = Request {
+                        selection,
+                        why: "requested with certrotd rotate".into(),
+                        skip_health_gate: false,
+                    };
+                    let stopped = daemon.rotate_guarded(req, Some(reply), &mut shutdown).await;
+                    daemon.refresh(OffsetDateTime::now_utc());
+                    if stopped { break; }
+                }
+                Command::Reload { reply } => {
+                    let r = daemon.reload(load(&opts), &mut watcher);
+                    let _ = reply.send(r);
+                }
+            },
+            _ = sighup.recv() => { let _ = daemon.reload(load(&opts), &mut watcher); }
+            _ = watchdog_tick.tick(), if watchdog.is_some() => daemon.notifier.watchdog(),
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = &mut shutdown => break,
+        }
+    }
+    daemon.notifier.stopping();
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    Ok(())
+}
+
+/// How long a failed automatic rotation waits before it is tried again.
+const RETRY_AFTER: time::Duration = time::Duration::minutes(5);
+
+fn sleep_until(wake: Option<OffsetDateTime>, now: OffsetDateTime) -> tokio::time::Sleep {
+    // With nothing scheduled, only an event can change anything: sleep "forever" (a day, so a
+    // clock jump is noticed) without waking in between.
+    let wait = wake
+        .map(|w| (w - now).max(time::Duration::ZERO))
+        .unwrap_or(time::Duration::days(1));
+    let std = Duration::try_from(wait).unwrap_or(Duration::ZERO);
+    tokio::time::sleep(std + Duration::from_millis(5))
+}
+
+/// The daemon's state, owned by its loop.
+struct Daemon {
+    settings: Settings,
+    root: Root,
+    state: StateDirs,
+    inventory: Inventory,
+    announced: BTreeSet<(String, String, Threshold)>,
+    notices: Vec<String>,
+    history: Arc<History>,
+    progress: Progress,
+    notifier: Notifier,
+    info: DaemonInfo,
+    lease: LeaseStatus,
+    last_failed: bool,
+    retry_after: Option<OffsetDateTime>,
+}
+
+impl Daemon {
+    fn start(settings: Settings, now: OffsetDateTime) -> anyhow::Result<Daemon> {
+        let root = Root::new(&settings.root);
+        let state_real = settings.in_root(&settings.state_dir);
+        create_private_dir(&state_real)?;
+        let state = StateDirs::new(&root, &settings.state_dir)?;
+        // Finish or roll back what a crash (or a SIGTERM mid-rotation) left, before anything else.
+        {
+            let _lock = lock::acquire(&state)?;
+            rotate::recover_locked(&root, &state, &settings).map_err(anyhow::Error::msg)?;
+        }
+        let announced = load_announced(&state.dir);
+        Ok(Daemon {
+            history: Arc::new(History::for_settings(&settings)),
+            info: DaemonInfo {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                started_at: rfc3339(now),
+                pid: std::process::id(),
+                config_sources: settings
+                    .sources
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect(),
+            },
+            lease: LeaseStatus {
+                backend: "local".into(),
+                ..LeaseStatus::default()
+            },
+            settings,
+            root,
+            state,
+            inventory: Inventory::default(),
+            announced,
+            notices: Vec::new(),
+            progress: Arc::new(Mutex::new(None)),
+            notifier: Notifier::default(),
+            last_failed: false,
+            retry_after: None,
+        })
+    }
+
+    fn start_control(
+        &self,
+        shared: Arc<Shared>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        let c = &self.settings.control;
+        let path = self.settings.in_root(&c.socket);
+        let group = (!c.socket_group.is_empty()).then_some(c.socket_group.as_str());
+        let listener = crate::control::server::bind(&path, c.socket_mode, group)?;
+        let handler = Arc::new(DaemonHandler(shared));
+        Ok(tokio::spawn(async move {
+            crate::control::server::serve(listener, handler, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        }))
+    }
+
+    /// Every file whose change matters: certificates, keys, kubeconfigs, the configuration.
+    fn watched(&self) -> Vec<PathBuf> {
+        let mut paths: BTreeSet<PathBuf> = BTreeSet::new();
+        for e in &self.inventory.entries {
+            paths.insert(e.path.clone());
+            paths.insert(self.root.join(&e.node_path));
+            paths.extend(e.key_path.clone());
+        }
+        for k in &self.inventory.key_pairs {
+            paths.insert(k.private_path.clone());
+            paths.insert(k.public_path.clone());
+        }
+        paths.extend(self.settings.sources.iter().cloned());
+        paths.into_iter().collect()
+    }
+
+    fn refresh(&mut self, _now: OffsetDateTime) {
+        self.inventory = crate::commands::check::inventory(&self.settings);
+    }
+
+    /// Files changed: read the node again, and say which certificates someone else replaced.
+    fn on_change(&mut self, paths: &[PathBuf]) {
+        let before: Vec<(String, Option<String>)> = self
+            .inventory
+            .entries
+            .iter()
+            .map(|e| (e.name.clone(), e.cert.as_ref().map(|c| c.serial.clone())))
+            .collect();
+        self.inventory = crate::commands::check::inventory(&self.settings);
+        for e in &self.inventory.entries {
+            let serial = e.cert.as_ref().map(|c| c.serial.clone());
+            let old = before.iter().find(|(n, _)| *n == e.name).map(|(_, s)| s);
+            if old.is_some_and(|s| *s != serial) {
+                events::changed(
+                    &self.settings.node_name,
+                    &e.name,
+                    &e.path,
+                    e.cert.as_ref().map(|c| c.not_after),
+                );
+            }
+        }
+        tracing::debug!("inventory re-read after changes to {} files", paths.len());
+        self.retry_after = None;
+    }
+
+    fn decide(&self, now: OffsetDateTime) -> Decision {
+        let rotates = self.inventory.kubelet.rotate_certificates.unwrap_or(false);
+        let mut d = decide::decide(
+            &self.inventory,
+            &Policy::from_settings(&self.settings),
+            &self.announced,
+            rotates,
+            now,
+        );
+        if let Some(retry) = self.retry_after.filter(|r| *r > now) {
+            // After a failed rotation: nothing starts again before the retry time.
+            d.due.clear();
+            d.next_wake = Some(d.next_wake.map_or(retry, |w| w.min(retry)));
+        }
+        d
+    }
+
+    fn announce(&mut self, d: &Decision) {
+        if d.notices.is_empty() {
+            return;
+        }
+        for n in &d.notices {
+            let path = self
+                .inventory
+                .get(&n.name)
+                .map(|e| e.path.clone())
+                .unwrap_or_default();
+            events::notice(&self.settings.node_name, &n.name, &path, n.not_after, &n.message);
+            self.announced
+                .insert((n.name.clone(), n.serial.clone(), n.threshold));
+            self.notices.push(n.message.clone());
+        }
+        let excess = self.notices.len().saturating_sub(NOTICES_KEPT);
+        self.notices.drain(..excess);
+        save_announced(&self.state.dir, &self.announced);
+    }
+
+    fn summary(&self, d: &Decision, now: OffsetDateTime) -> String {
+        let progress = self.progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        status::summary(&self.inputs(d, progress.as_ref()), now)
+    }
+
+    fn inputs<'a>(
+        &'a self,
+        d: &'a Decision,
+        progress: Option<&'a crate::control::proto::RotationProgress>,
+    ) -> status::Inputs<'a> {
+        status::Inputs {
+            node: &self.settings.node_name,
+            daemon: &self.info,
+            inventory: &self.inventory,
+            decision: d,
+            rotation: progress,
+            lease: &self.lease,
+            notices: &self.notices,
+        }
+    }
+
+    fn publish(&mut self, shared: &Shared, d: &Decision, now: OffsetDateTime) {
+        let progress = self.progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let report = status::report(&self.inputs(d, progress.as_ref()), now);
+        self.notifier.status(&report.summary);
+        *shared.status.write().unwrap_or_else(|e| e.into_inner()) = report;
+    }
+
+    /// Runs a rotation; a shutdown during it revokes the lease, so the rotation stops at its next
+    /// step (the journal lets the next start finish it) and the loop ends. Returns whether the
+    /// daemon is shutting down.
+    async fn rotate_guarded(
+        &mut self,
+        req: Request,
+        reply: Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> bool {
+        let held = match LocalLease::new(&self.state.dir, &self.settings.node_name).acquire() {
+            Ok(h) => h,
+            Err(e) => {
+                let why = format!("taking the lease: {e}");
+                if let Some(r) = reply {
+                    let _ = r.send(Err(why.clone()));
+                }
+                tracing::error!("{why}");
+                self.last_failed = true;
+                return false;
+            }
+        };
+        self.lease.held = true;
+        self.lease.holder = Some(self.settings.node_name.clone());
+        self.lease.since = Some(rfc3339(OffsetDateTime::now_utc()));
+        let env = Env {
+            settings: &self.settings,
+            root: &self.root,
+            state: &self.state,
+            history: &self.history,
+            progress: &self.progress,
+        };
+        let clock = OffsetDateTime::now_utc;
+        let fut = rotate::rotate(&env, req, held.clone(), reply, &clock);
+        tokio::pin!(fut);
+        let mut stopping = false;
+        let result = loop {
+            tokio::select! {
+                r = &mut fut => break r,
+                _ = &mut *shutdown, if !stopping => {
+                    stopping = true;
+                    held.mark_lost("certrotd is stopping");
+                }
+            }
+        };
+        self.lease.held = false;
+        self.lease.holder = None;
+        self.lease.since = None;
+        self.last_failed = match &result {
+            Ok(r) => r.state == crate::control::proto::HistoryState::Failed,
+            Err(e) => {
+                tracing::warn!("rotation not started: {e}");
+                true
+            }
+        };
+        stopping
+    }
+
+    fn reload(
+        &mut self,
+        loaded: Result<Settings, config::ConfigError>,
+        watcher: &mut crate::watch::Watcher,
+    ) -> Result<(), String> {
+        self.notifier.reloading();
+        let result = match loaded {
+            Ok(s) => {
+                self.settings = s;
+                self.history = Arc::new(History::for_settings(&self.settings));
+                self.refresh(OffsetDateTime::now_utc());
+                if let Err(e) = watcher.set_paths(&self.watched()) {
+                    tracing::warn!("updating watched files: {e}");
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        events::reloaded(
+            &self.settings.node_name,
+            result.as_ref().map(|_| ()).map_err(String::as_str),
+        );
+        result
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Notices already made survive restarts, so a restart does not announce them again.
+fn load_announced(state: &Path) -> BTreeSet<(String, String, Threshold)> {
+    std::fs::read(state.join("notices.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn save_announced(state: &Path, set: &BTreeSet<(String, String, Threshold)>) {
+    let Ok(json) = serde_json::to_vec(set) else {
+        return;
+    };
+    if let Err(e) = crate::store::write_atomic(&state.join("notices.json"), &json, 0o600) {
+        tracing::warn!("saving announced notices: {e}");
+    }
+}

@@ -71,6 +71,13 @@ pub enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// Run the daemon: watch the node, renew what is due, restart and verify its consumers, and
+    /// answer `certrotd status` on the control socket.
+    Run {
+        /// Node and configuration.
+        #[command(flatten)]
+        node: NodeArgs,
+    },
     /// Write a complete kubeadm-shaped control-plane node under DIR to try certrotd on.
     Sandbox {
         /// Where to write it (created if missing; must not already hold a PKI).

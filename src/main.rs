@@ -10,13 +10,9 @@ use certrotd::commands;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CERTROTD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    // The daemon logs to journald under systemd; every other command talks to a terminal.
+    let daemon = matches!(cli.command, Command::Run { .. });
+    certrotd::logging::init(daemon && certrotd::logging::under_systemd());
     let now = OffsetDateTime::now_utc();
     let outcome = match &cli.command {
         Command::Check { node, output } => commands::check::run(node, *output, now),
@@ -24,6 +20,7 @@ fn main() -> ExitCode {
             action: ConfigAction::Check { node },
         } => commands::config::check(node),
         Command::Renew(args) => commands::renew::run(args, now),
+        Command::Run { node } => commands::run::run(node),
         Command::Restore { node, id } => commands::restore::run(node, id),
         Command::Recover { node } => commands::recover::run(node),
         Command::Sandbox {

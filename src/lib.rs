@@ -7,7 +7,9 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod control;
 pub mod duration;
+pub mod history;
 pub mod inventory;
 pub mod issuer;
 pub mod pki;

@@ -23,6 +23,17 @@ fn main() -> ExitCode {
         Command::Config {
             action: ConfigAction::Check { node },
         } => commands::config::check(node),
+        Command::Status { client, output } => commands::status::run(client, *output),
+        Command::Rotate {
+            client,
+            types,
+            certs,
+        } => commands::rotate::run(client, types, certs),
+        Command::History {
+            client,
+            output,
+            limit,
+        } => commands::history::run(client, *output, *limit),
         Command::Sandbox {
             dir,
             leaf_ttl,

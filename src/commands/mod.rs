@@ -3,7 +3,10 @@
 
 pub mod check;
 pub mod config;
+pub mod history;
+pub mod rotate;
 pub mod sandbox;
+pub mod status;
 
 use std::process::ExitCode;
 

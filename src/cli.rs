@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 /// certrotd keeps a Kubernetes node's certificates from ever expiring.
 #[derive(Debug, Parser)]
@@ -22,6 +22,17 @@ pub struct NodeArgs {
     /// Configuration file (default: <root>/etc/certrotd/certrotd.toml, plus its conf.d/*.toml).
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+/// Options every command that talks to the running daemon takes.
+#[derive(Debug, Clone, Args, Default)]
+pub struct ClientArgs {
+    /// The daemon's control socket (default: the config's [control] socket, inside its root).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Node and configuration, read to find the socket when --socket is not given.
+    #[command(flatten)]
+    pub node: NodeArgs,
 }
 
 /// Output formats.
@@ -77,6 +88,44 @@ pub enum Command {
         /// Node and configuration.
         #[command(flatten)]
         node: NodeArgs,
+    },
+    /// Ask the running daemon for every certificate with its state, next action and when, the
+    /// rotation in progress and the lease (exit 1 when anything is expired, invalid or due;
+    /// 3 when the daemon cannot be reached).
+    Status {
+        /// The daemon to ask.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Ask the running daemon to rotate now, with all its safety (root only); prints the
+    /// rotation id.
+    #[command(group(ArgGroup::new("what").required(true).multiple(true).args(["types", "certs"])))]
+    Rotate {
+        /// The daemon to ask.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// What to rotate, as `certrotd renew --type` names it (repeatable).
+        #[arg(long = "type", value_name = "TYPE")]
+        types: Vec<String>,
+        /// A single certificate, by the name `certrotd status` shows (repeatable).
+        #[arg(long = "cert", value_name = "NAME")]
+        certs: Vec<String>,
+    },
+    /// The running daemon's activity records: each rotation as Initiated, Success or Failed,
+    /// newest first.
+    History {
+        /// The daemon to ask.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Output,
+        /// Show at most N records.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
     },
     /// Write a complete kubeadm-shaped control-plane node under DIR to try certrotd on.
     Sandbox {

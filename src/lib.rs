@@ -7,10 +7,12 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod control;
 pub mod decide;
-pub mod events;
 pub mod duration;
+pub mod events;
 pub mod failpoint;
+pub mod history;
 pub mod inventory;
 pub mod issuer;
 pub mod lease;

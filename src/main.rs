@@ -20,9 +20,20 @@ fn main() -> ExitCode {
             action: ConfigAction::Check { node },
         } => commands::config::check(node),
         Command::Renew(args) => commands::renew::run(args, now),
-        Command::Run { node } => commands::run::run(node),
+        Command::Run { node: _ } => unreachable!("wired with the daemon"),
         Command::Restore { node, id } => commands::restore::run(node, id),
         Command::Recover { node } => commands::recover::run(node),
+        Command::Status { client, output } => commands::status::run(client, *output),
+        Command::Rotate {
+            client,
+            types,
+            certs,
+        } => commands::rotate::run(client, types, certs),
+        Command::History {
+            client,
+            output,
+            limit,
+        } => commands::history::run(client, *output, *limit),
         Command::Sandbox {
             dir,
             leaf_ttl,

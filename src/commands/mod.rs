@@ -3,10 +3,13 @@
 
 pub mod check;
 pub mod config;
+pub mod history;
 pub mod recover;
 pub mod renew;
 pub mod restore;
+pub mod rotate;
 pub mod sandbox;
+pub mod status;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,10 @@
+//! The control socket: how `certrotd status`, `rotate` and `history` talk to the running daemon.
+//!
+//! [`proto`] is the whole protocol (two serde enums, length-prefixed JSON frames with a size cap);
+//! [`server`] binds the socket with its mode set before `listen` and answers requests through a
+//! [`server::Handler`] the daemon implements, deciding by the peer's credentials who may change
+//! state; [`client`] is the other end.
+
+pub mod client;
+pub mod proto;
+pub mod server;

@@ -13,9 +13,11 @@
 //! `Option<Val<_>>` per key plus `merge` and `resolve`, and one line each in [`Settings`],
 //! `FileLayer`, `FileLayer::merge` and `Sources::resolve`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -25,6 +27,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use toml::Spanned;
 
 use crate::duration;
+use crate::pki::layout::Component as PkiComponent;
 
 /// The main configuration file's node path; `--root` moves it inside the root.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/certrotd/certrotd.toml";
@@ -57,6 +60,8 @@ pub struct Settings {
     pub renew: RenewSettings,
     /// `[control]`: the socket `certrotd status`, `rotate` and `history` talk to.
     pub control: ControlSettings,
+    /// `[probe]`: how a restarted component is proved to serve its new certificate.
+    pub probe: ProbeSettings,
     /// The configuration files read, in the order they were applied.
     #[serde(skip)]
     pub sources: Vec<PathBuf>,
@@ -75,6 +80,7 @@ impl Default for Settings {
             policy: PolicySettings::default(),
             renew: RenewSettings::default(),
             control: ControlSettings::default(),
+            probe: ProbeSettings::default(),
             sources: Vec::new(),
         }
     }
@@ -266,6 +272,63 @@ impl Default for ControlSettings {
     }
 }
 
+/// `[probe]`: how a restarted component is proved to serve its new certificate and to be healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProbeSettings {
+    /// How long a restarted component has to serve its new certificate and answer its health
+    /// check before the rotation is rolled back.
+    #[serde(with = "duration::human")]
+    pub timeout: Duration,
+    /// Where each component serves TLS, and which certificate it serves there.
+    pub endpoints: BTreeMap<PkiComponent, Vec<EndpointSpec>>,
+    /// Where each component's health check is asked; the kind of check follows the component.
+    pub health: BTreeMap<PkiComponent, SocketAddr>,
+}
+
+/// The kubelet's read-only health port (`healthzPort`).
+pub const KUBELET_HEALTHZ_PORT: u16 = 10248;
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        use PkiComponent::*;
+        let local = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+        let at = |port, serves: &str| EndpointSpec {
+            host: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            port,
+            serves: serves.to_owned(),
+            server_name: None,
+        };
+        ProbeSettings {
+            timeout: Duration::from_secs(120),
+            endpoints: BTreeMap::from([
+                (KubeApiserver, vec![at(6443, "apiserver")]),
+                (
+                    Etcd,
+                    vec![
+                        at(2379, "etcd-server"),
+                        // kubeadm's etcd listens for peers on the node's address only, which the
+                        // peer certificate names; loopback would be refused.
+                        EndpointSpec {
+                            host: None,
+                            ..at(2380, "etcd-peer")
+                        },
+                    ],
+                ),
+                (Kubelet, vec![at(10250, "kubelet-serving")]),
+            ]),
+            health: BTreeMap::from([
+                (KubeApiserver, local(6443)),
+                (KubeControllerManager, local(10257)),
+                (KubeScheduler, local(10259)),
+                (Etcd, local(2379)),
+                (Kubelet, local(KUBELET_HEALTHZ_PORT)),
+                (Rke2, local(6443)),
+                (K3s, local(6443)),
+            ]),
+        }
+    }
+}
+
 impl ControlSettings {
     /// The group to give the socket, if any.
     pub fn group(&self) -> Option<&str> {
@@ -276,6 +339,24 @@ impl ControlSettings {
 /// Writes a mode as the configuration spells it: "0660".
 fn octal_mode<S: serde::Serializer>(mode: &u32, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&format!("{mode:04o}"))
+}
+
+/// One TLS endpoint of a component and the certificate it serves there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    /// The address to connect to; absent: the first IP address the served certificate names,
+    /// preferring one that is not loopback (where a component listens on the node's address).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<IpAddr>,
+    /// The TCP port.
+    pub port: u16,
+    /// The certificate served there, as `certrotd check` names it (`etcd-server`, `apiserver`).
+    pub serves: String,
+    /// A name the served certificate must be valid for; absent: only its chain is checked, since
+    /// the serial already shows it is the certificate certrotd installed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
 }
 
 const fn days(n: u64) -> Duration {
@@ -572,6 +653,7 @@ struct FileLayer {
     renew: RenewLayer,
     #[serde(default)]
     control: ControlLayer,
+    probe: ProbeLayer,
 }
 
 impl FileLayer {
@@ -584,6 +666,7 @@ impl FileLayer {
         self.policy.merge(later.policy, file);
         self.renew.merge(later.renew, file);
         self.control.merge(later.control, file);
+        self.probe.merge(later.probe, file);
     }
 }
 
@@ -896,6 +979,85 @@ impl ControlLayer {
     }
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [probe] table")]
+struct ProbeLayer {
+    timeout: Option<Val<DurationText>>,
+    /// Per component, so a drop-in that sets etcd's endpoints leaves the others' defaults.
+    #[serde(default)]
+    endpoints: BTreeMap<PkiComponent, Val<Vec<Spanned<EndpointSpec>>>>,
+    #[serde(default)]
+    health: BTreeMap<PkiComponent, Val<SocketAddr>>,
+}
+
+impl ProbeLayer {
+    fn merge(&mut self, later: ProbeLayer, file: usize) {
+        over(&mut self.timeout, later.timeout, file);
+        // Key by key, as tables merge: a later file's entry for a component replaces the
+        // earlier one for that component only.
+        for (component, mut value) in later.endpoints {
+            value.at.file = file;
+            self.endpoints.insert(component, value);
+        }
+        for (component, mut value) in later.health {
+            value.at.file = file;
+            self.health.insert(component, value);
+        }
+    }
+
+    fn resolve(&self, sources: &Sources) -> Result<ProbeSettings, ConfigError> {
+        let mut settings = ProbeSettings::default();
+        settings.timeout = sources.duration("probe.timeout", &self.timeout, settings.timeout)?;
+        if let Some(zero) = self.timeout.as_ref().filter(|_| settings.timeout.is_zero()) {
+            return Err(sources.invalid(
+                &zero.at,
+                "probe.timeout = \"0\": a restarted component needs some time to come back",
+            ));
+        }
+        for (component, written) in &self.endpoints {
+            let mut specs = Vec::new();
+            for spec in &written.value {
+                let at = Origin {
+                    file: written.at.file,
+                    span: spec.span(),
+                };
+                check_endpoint(spec.get_ref()).map_err(|e| {
+                    sources.invalid(&at, format!("probe.endpoints.{component}: {e}"))
+                })?;
+                specs.push(spec.get_ref().clone());
+            }
+            settings.endpoints.insert(*component, specs);
+        }
+        for (component, written) in &self.health {
+            if written.value.port() == 0 {
+                return Err(sources.invalid(
+                    &written.at,
+                    format!("probe.health.{component} = \"{}\": port 0", written.value),
+                ));
+            }
+            settings.health.insert(*component, written.value);
+        }
+        Ok(settings)
+    }
+}
+
+/// Checks one `[probe.endpoints]` entry.
+fn check_endpoint(spec: &EndpointSpec) -> Result<(), String> {
+    if spec.port == 0 {
+        return Err("port 0 cannot be connected to".to_owned());
+    }
+    if spec.serves.trim().is_empty() {
+        return Err(
+            "serves is empty: name the certificate served there, e.g. \"etcd-server\"".to_owned(),
+        );
+    }
+    if let Some(name) = &spec.server_name {
+        rustls_pki_types::ServerName::try_from(name.as_str())
+            .map_err(|_| format!("server_name {name:?} is neither a DNS name nor an IP address"))?;
+    }
+    Ok(())
+}
+
 /// One side of a rule between two durations: key, value, and where it was set (`None`: default).
 struct Side<'a> {
     key: &'static str,
@@ -1022,6 +1184,7 @@ impl Sources {
         let policy = layer.policy.resolve(self)?;
         let renew = layer.renew.resolve(self)?;
         let control = layer.control.resolve(self)?;
+        let probe = layer.probe.resolve(self)?;
         self.ensure_shorter(
             Side::new(
                 "policy.renew_before",
@@ -1040,6 +1203,7 @@ impl Sources {
             policy,
             renew,
             control,
+            probe,
             sources: self.files.iter().map(|(path, _)| path.clone()).collect(),
         })
     }
@@ -1600,6 +1764,111 @@ mod tests {
                 ..written
             }
         );
+    }
+
+    #[test]
+    fn probe_defaults_and_per_component_overrides() {
+        use PkiComponent::*;
+        let d = ProbeSettings::default();
+        assert_eq!(d.timeout, Duration::from_secs(120));
+        let ports = |c| -> Vec<u16> { d.endpoints[&c].iter().map(|e| e.port).collect() };
+        assert_eq!(ports(KubeApiserver), [6443]);
+        assert_eq!(ports(Etcd), [2379, 2380]);
+        assert_eq!(ports(Kubelet), [10250]);
+        assert_eq!(d.health[&Kubelet].port(), 10248);
+
+        let tree = Tree::new();
+        tree.write(
+            "certrotd.toml",
+            "[probe]\ntimeout = \"90s\"\n[probe.endpoints]\n\
+             etcd = [{ host = \"10.0.0.5\", port = 2379, serves = \"etcd-server\", \
+             server_name = \"etcd.example\" }]\nkubelet = []\n",
+        );
+        tree.write(
+            "conf.d/10.toml",
+            "[probe.health]\netcd = \"10.0.0.5:2379\"\n[probe.endpoints]\nkubelet = \
+             [{ port = 10250, serves = \"kubelet-serving\" }]\n",
+        );
+        let probe = tree.load().unwrap().probe;
+        assert_eq!(probe.timeout, Duration::from_secs(90));
+        assert_eq!(
+            probe.endpoints[&Etcd],
+            [EndpointSpec {
+                host: Some("10.0.0.5".parse().unwrap()),
+                port: 2379,
+                serves: "etcd-server".to_owned(),
+                server_name: Some("etcd.example".to_owned()),
+            }]
+        );
+        // The drop-in's kubelet list replaces the main file's, and untouched components keep
+        // their defaults.
+        assert_eq!(probe.endpoints[&Kubelet][0].host, None);
+        assert_eq!(probe.endpoints[&KubeApiserver], d.endpoints[&KubeApiserver]);
+        assert_eq!(probe.health[&Etcd], "10.0.0.5:2379".parse().unwrap());
+        assert_eq!(probe.health[&KubeApiserver], d.health[&KubeApiserver]);
+    }
+
+    #[test]
+    fn bad_probe_entries_name_file_line_and_column() {
+        let tree = Tree::new();
+        let main = tree.write("certrotd.toml", "[probe]\ntimeout = \"0s\"\n");
+        let error = tree.load().unwrap_err();
+        assert_eq!(at(&error), (main.clone(), (2, 11)));
+        assert!(error.to_string().contains("probe.timeout"), "{error}");
+
+        tree.write(
+            "certrotd.toml",
+            "[probe.endpoints]\netcd = [{ port = 2379, serves = \"etcd-server\" },\n  \
+             { port = 0, serves = \"etcd-peer\" }]\n",
+        );
+        let error = tree.load().unwrap_err();
+        assert_eq!(at(&error), (main.clone(), (3, 3)));
+        assert!(
+            error.to_string().contains("probe.endpoints.etcd: port 0"),
+            "{error}"
+        );
+
+        tree.write(
+            "certrotd.toml",
+            "[probe.endpoints]\netcd = [{ port = 2379, serves = \"\" }]\n",
+        );
+        assert_eq!(at(&tree.load().unwrap_err()), (main.clone(), (2, 9)));
+
+        tree.write(
+            "certrotd.toml",
+            "[probe.endpoints]\netcd = [{ port = 2379, serves = \"x\", server_name = \"a b\" }]\n",
+        );
+        let error = tree.load().unwrap_err();
+        assert!(error.to_string().contains("\"a b\""), "{error}");
+
+        tree.write(
+            "certrotd.toml",
+            "[probe.endpoints]\netcd = [{ prot = 2379 }]\n",
+        );
+        let error = tree.load().unwrap_err();
+        assert_eq!(at(&error).0, main.clone());
+        assert!(
+            error.to_string().contains("unknown field `prot`"),
+            "{error}"
+        );
+
+        tree.write(
+            "certrotd.toml",
+            "[probe.health]\netcdd = \"127.0.0.1:2379\"\n",
+        );
+        let error = tree.load().unwrap_err();
+        assert_eq!(at(&error).0, main.clone());
+        assert!(
+            error.to_string().contains("unknown variant `etcdd`"),
+            "{error}"
+        );
+
+        tree.write(
+            "certrotd.toml",
+            "[probe.health]\netcd = \"localhost:2379\"\n",
+        );
+        let error = tree.load().unwrap_err();
+        assert_eq!(at(&error), (main, (2, 8)));
     }
 
     #[test]

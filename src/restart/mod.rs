@@ -2,6 +2,7 @@
 //! pods by stopping their container's scope or by annotating their manifest.
 
 pub mod manifest;
+pub mod probe;
 pub mod static_pod;
 pub mod systemd;
 

@@ -1,0 +1,245 @@
+//! A real etcd (Debian's etcd-server, 3.4) on loopback with TLS from a test PKI: client and peer
+//! TLS, client certificates required on both, free ports, a data directory of its own.
+//!
+//! Built to the shape of the `rotation` branch's tests/etcd.rs (the same flags, a free port bound
+//! and released, stopped by PID on drop), as a harness other tests can share: [`EtcdSpec::args`]
+//! is the command line, so it can also become a systemd unit's `ExecStart`.
+//!
+//! Readiness is judged by `etcdctl endpoint health` with the healthcheck client, not by the code
+//! under test.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// How long etcd may take to answer health checks. Generous: two cores are shared with builds.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long etcd may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A free loopback port (bound and released; etcd binds it a moment later).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Where an etcd member's files are and where it listens.
+#[derive(Debug, Clone)]
+pub struct EtcdSpec {
+    /// The member name.
+    pub name: String,
+    /// The kubeadm etcd PKI directory (`.../etc/kubernetes/pki/etcd`): `server.{crt,key}`,
+    /// `peer.{crt,key}`, `ca.crt`, `healthcheck-client.{crt,key}`.
+    pub pki: PathBuf,
+    /// Where the data directory and the log go.
+    pub work: PathBuf,
+    /// The client port (2379 on a node).
+    pub client_port: u16,
+    /// The peer port (2380 on a node).
+    pub peer_port: u16,
+}
+
+impl EtcdSpec {
+    /// A member on free loopback ports, for the sandbox node `sandbox-cp1`.
+    pub fn new(pki: &Path, work: &Path) -> EtcdSpec {
+        EtcdSpec {
+            name: "sandbox-cp1".to_owned(),
+            pki: pki.to_owned(),
+            work: work.to_owned(),
+            client_port: free_port(),
+            peer_port: free_port(),
+        }
+    }
+
+    /// The client address.
+    pub fn client_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.client_port))
+    }
+
+    /// The peer address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.peer_port))
+    }
+
+    /// A file in the PKI directory.
+    pub fn pki_file(&self, name: &str) -> PathBuf {
+        self.pki.join(name)
+    }
+
+    /// The log file (etcd's stdout and stderr, appended across restarts).
+    pub fn log_path(&self) -> PathBuf {
+        self.work.join(format!("etcd-{}.log", self.name))
+    }
+
+    /// etcd's command line, as kubeadm's static pod has it (minus what loopback tests do not need).
+    pub fn args(&self) -> Vec<String> {
+        let s = |p: PathBuf| p.to_str().unwrap().to_owned();
+        let client_url = format!("https://127.0.0.1:{}", self.client_port);
+        let peer_url = format!("https://127.0.0.1:{}", self.peer_port);
+        [
+            ("--name", self.name.clone()),
+            (
+                "--data-dir",
+                s(self.work.join(format!("etcd-{}", self.name))),
+            ),
+            ("--listen-client-urls", client_url.clone()),
+            ("--advertise-client-urls", client_url),
+            ("--listen-peer-urls", peer_url.clone()),
+            ("--initial-advertise-peer-urls", peer_url.clone()),
+            ("--initial-cluster", format!("{}={peer_url}", self.name)),
+            ("--cert-file", s(self.pki_file("server.crt"))),
+            ("--key-file", s(self.pki_file("server.key"))),
+            ("--client-cert-auth", "true".to_owned()),
+            ("--trusted-ca-file", s(self.pki_file("ca.crt"))),
+            ("--peer-cert-file", s(self.pki_file("peer.crt"))),
+            ("--peer-key-file", s(self.pki_file("peer.key"))),
+            ("--peer-client-cert-auth", "true".to_owned()),
+            ("--peer-trusted-ca-file", s(self.pki_file("ca.crt"))),
+        ]
+        .into_iter()
+        .map(|(flag, value)| format!("{flag}={value}"))
+        .collect()
+    }
+}
+
+/// A running etcd, stopped by PID when dropped (also when an assertion fails).
+pub struct Etcd {
+    /// Its configuration.
+    pub spec: EtcdSpec,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it is healthy; panics with its log when it is not.
+    pub fn start(spec: EtcdSpec) -> Etcd {
+        let mut etcd = Etcd { spec, child: None };
+        etcd.spawn();
+        etcd.wait_healthy();
+        etcd
+    }
+
+    /// Starts etcd without waiting for it.
+    pub fn spawn_only(spec: EtcdSpec) -> Etcd {
+        let mut etcd = Etcd { spec, child: None };
+        etcd.spawn();
+        etcd
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "etcd is already running");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.spec.log_path())
+            .unwrap();
+        let child = Command::new("etcd")
+            .args(self.spec.args())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("etcd must be installed (make test installs etcd-server)");
+        self.child = Some(child);
+    }
+
+    /// Its PID, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// What etcd logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.spec.log_path()).unwrap_or_default()
+    }
+
+    /// Waits until `etcdctl endpoint health` with the healthcheck client succeeds.
+    pub fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let (ok, text) = self.etcdctl("healthcheck-client", &["endpoint", "health"]);
+            if ok {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("etcd exited with {status}: {text}\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd was not healthy within {START_TIMEOUT:?}: {text}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs etcdctl against this member with a client certificate from its PKI directory
+    /// (`healthcheck-client`, or a path relative to it); (success, stdout + stderr).
+    pub fn etcdctl(&self, client: &str, args: &[&str]) -> (bool, String) {
+        let file = |ext: &str| {
+            self.spec
+                .pki_file(&format!("{client}.{ext}"))
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints=https://{}", self.spec.client_addr()))
+            .arg(format!(
+                "--cacert={}",
+                self.spec.pki_file("ca.crt").to_str().unwrap()
+            ))
+            .arg(format!("--cert={}", file("crt")))
+            .arg(format!("--key={}", file("key")))
+            .arg("--dial-timeout=2s")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("etcdctl must be installed (make test installs etcd-client)");
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
+    /// Stops etcd: SIGTERM, then SIGKILL if it lingers; waits for it to exit.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.wait();
+    }
+
+    /// Stops etcd and starts it again on the same ports and data, as a restart after a
+    /// certificate change does; does not wait for it to be healthy.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -653,6 +653,7 @@ struct FileLayer {
     renew: RenewLayer,
     #[serde(default)]
     control: ControlLayer,
+    #[serde(default)]
     probe: ProbeLayer,
 }
 

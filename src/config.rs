@@ -58,6 +58,8 @@ pub struct Settings {
     pub policy: PolicySettings,
     /// `[renew]`: what renewed certificates look like.
     pub renew: RenewSettings,
+    /// `[restart]`: how the components that read a renewed certificate are restarted.
+    pub restart: RestartSettings,
     /// `[control]`: the socket `certrotd status`, `rotate` and `history` talk to.
     pub control: ControlSettings,
     /// `[probe]`: how a restarted component is proved to serve its new certificate.
@@ -79,6 +81,7 @@ impl Default for Settings {
             inventory: InventorySettings::default(),
             policy: PolicySettings::default(),
             renew: RenewSettings::default(),
+            restart: RestartSettings::default(),
             control: ControlSettings::default(),
             probe: ProbeSettings::default(),
             sources: Vec::new(),
@@ -238,6 +241,78 @@ pub struct RenewSettings {
     pub key_policy: KeyPolicy,
     /// How many rotation backups to keep under `state_dir/backups`.
     pub backups_keep: usize,
+}
+
+/// `[restart]`: how the components that read a renewed certificate are restarted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RestartSettings {
+    /// How kubeadm's static pods are restarted (`None`: they are not).
+    pub static_pods: Option<crate::restart::Strategy>,
+    /// Whether systemd units (kubelet, an external etcd, rke2, k3s) are restarted.
+    pub units: bool,
+    /// The D-Bus address of systemd's bus; empty is the system bus.
+    pub dbus_address: String,
+    /// How long a restart job may take.
+    #[serde(with = "duration::human")]
+    pub job_timeout: Duration,
+}
+
+impl Default for RestartSettings {
+    fn default() -> Self {
+        RestartSettings {
+            static_pods: Some(crate::restart::Strategy::KillScope),
+            units: true,
+            dbus_address: String::new(),
+            job_timeout: crate::restart::DEFAULT_JOB_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [restart] table")]
+struct RestartLayer {
+    static_pods: Option<Val<String>>,
+    units: Option<Val<bool>>,
+    dbus_address: Option<Val<String>>,
+    job_timeout: Option<Val<DurationText>>,
+}
+
+impl RestartLayer {
+    fn merge(&mut self, later: RestartLayer, file: usize) {
+        over(&mut self.static_pods, later.static_pods, file);
+        over(&mut self.units, later.units, file);
+        over(&mut self.dbus_address, later.dbus_address, file);
+        over(&mut self.job_timeout, later.job_timeout, file);
+    }
+
+    fn resolve(&self, sources: &Sources) -> Result<RestartSettings, ConfigError> {
+        use crate::restart::Strategy;
+        let mut settings = RestartSettings::default();
+        if let Some(w) = &self.static_pods {
+            settings.static_pods = match w.value.as_str() {
+                "kill-scope" => Some(Strategy::KillScope),
+                "manifest" => Some(Strategy::Manifest),
+                "none" => None,
+                other => {
+                    return Err(sources.invalid(
+                        &w.at,
+                        format!(
+                            "restart.static_pods = {other:?}: expected \"kill-scope\", \"manifest\" or \"none\""
+                        ),
+                    ));
+                }
+            };
+        }
+        if let Some(w) = &self.units {
+            settings.units = w.value;
+        }
+        if let Some(w) = &self.dbus_address {
+            settings.dbus_address = w.value.clone();
+        }
+        settings.job_timeout =
+            sources.duration("restart.job_timeout", &self.job_timeout, settings.job_timeout)?;
+        Ok(settings)
+    }
 }
 
 impl Default for RenewSettings {
@@ -652,6 +727,8 @@ struct FileLayer {
     #[serde(default)]
     renew: RenewLayer,
     #[serde(default)]
+    restart: RestartLayer,
+    #[serde(default)]
     control: ControlLayer,
     #[serde(default)]
     probe: ProbeLayer,
@@ -666,6 +743,7 @@ impl FileLayer {
         self.inventory.merge(later.inventory, file);
         self.policy.merge(later.policy, file);
         self.renew.merge(later.renew, file);
+        self.restart.merge(later.restart, file);
         self.control.merge(later.control, file);
         self.probe.merge(later.probe, file);
     }
@@ -1184,6 +1262,7 @@ impl Sources {
         let inventory = layer.inventory.resolve(self)?;
         let policy = layer.policy.resolve(self)?;
         let renew = layer.renew.resolve(self)?;
+        let restart = layer.restart.resolve(self)?;
         let control = layer.control.resolve(self)?;
         let probe = layer.probe.resolve(self)?;
         self.ensure_shorter(
@@ -1203,6 +1282,7 @@ impl Sources {
             inventory,
             policy,
             renew,
+            restart,
             control,
             probe,
             sources: self.files.iter().map(|(path, _)| path.clone()).collect(),

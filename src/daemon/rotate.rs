@@ -298,7 +298,7 @@ pub fn strategy(settings: &Settings, root: &Root, component: Component) -> Optio
 
 fn restarter(env: &Env<'_>) -> Restarter {
     let mut r = Restarter::new(env.root);
-    r.bus = env.settings.restart.dbus_address.clone();
+    r.bus = Some(env.settings.restart.dbus_address.clone()).filter(|a| !a.is_empty());
     r.job_timeout = env.settings.restart.job_timeout;
     r
 }

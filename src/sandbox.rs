@@ -998,6 +998,7 @@ struct Windows {
     notify: Duration,
     renew: Duration,
     emergency: Duration,
+    jitter: Duration,
 }
 
 impl Windows {
@@ -1008,6 +1009,9 @@ impl Windows {
             notify: NOTIFY_BEFORE.min(part(60)),
             renew: RENEW_BEFORE.min(part(30)),
             emergency: EMERGENCY_BEFORE.min(part(10)),
+            // One hour by default; a few percent of a short lifetime (jitter must stay inside
+            // the renewal window).
+            jitter: Duration::from_secs(3600).min(part(3)),
         }
     }
 }
@@ -1039,10 +1043,16 @@ fn certrotd_config(root: &Path, opts: &SandboxOptions) -> String {
     let _ = writeln!(out, "notify_before = \"{}\"", humantime(w.notify));
     let _ = writeln!(out, "renew_before = \"{}\"", humantime(w.renew));
     let _ = writeln!(out, "emergency_before = \"{}\"", humantime(w.emergency));
+    let _ = writeln!(out, "jitter = \"{}\"", humantime(w.jitter));
     let _ = writeln!(out, "\n[renew]");
     let _ = writeln!(out, "validity = \"{}\"", humantime(opts.leaf_ttl));
     let _ = writeln!(out, "key_policy = \"new\"");
     let _ = writeln!(out, "backups_keep = 5");
+    // A sandbox has no kubelet, static pods or systemd units to restart: renewed files are
+    // installed and reported, and nothing running is touched (or probed).
+    let _ = writeln!(out, "\n[restart]");
+    let _ = writeln!(out, "static_pods = \"none\"");
+    let _ = writeln!(out, "units = false");
     out
 }
 

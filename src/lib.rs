@@ -18,3 +18,4 @@ pub mod root;
 pub mod rotation;
 pub mod sandbox;
 pub mod store;
+pub mod watch;

@@ -309,8 +309,11 @@ impl RestartLayer {
         if let Some(w) = &self.dbus_address {
             settings.dbus_address = w.value.clone();
         }
-        settings.job_timeout =
-            sources.duration("restart.job_timeout", &self.job_timeout, settings.job_timeout)?;
+        settings.job_timeout = sources.duration(
+            "restart.job_timeout",
+            &self.job_timeout,
+            settings.job_timeout,
+        )?;
         Ok(settings)
     }
 }

@@ -26,21 +26,19 @@ pub fn under_systemd() -> bool {
 /// cannot be reached.
 pub fn init(prefer_journald: bool) -> Sink {
     let filter = EnvFilter::try_from_env("CERTROTD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    if prefer_journald {
-        if let Ok(layer) = tracing_journald::layer() {
-            let layer = layer
-                .with_field_prefix(None)
-                .with_syslog_identifier("certrotd".to_owned());
-            if tracing_subscriber::registry()
-                .with(filter)
-                .with(layer)
-                .try_init()
-                .is_ok()
-            {
-                return Sink::Journald;
-            }
-            return Sink::Stderr;
+    if prefer_journald && let Ok(layer) = tracing_journald::layer() {
+        let layer = layer
+            .with_field_prefix(None)
+            .with_syslog_identifier("certrotd".to_owned());
+        if tracing_subscriber::registry()
+            .with(filter)
+            .with(layer)
+            .try_init()
+            .is_ok()
+        {
+            return Sink::Journald;
         }
+        return Sink::Stderr;
     }
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

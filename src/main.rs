@@ -20,7 +20,7 @@ fn main() -> ExitCode {
             action: ConfigAction::Check { node },
         } => commands::config::check(node),
         Command::Renew(args) => commands::renew::run(args, now),
-        Command::Run { node: _ } => unreachable!("wired with the daemon"),
+        Command::Run { node } => commands::run::run(node),
         Command::Restore { node, id } => commands::restore::run(node, id),
         Command::Recover { node } => commands::recover::run(node),
         Command::Status { client, output } => commands::status::run(client, *output),

@@ -573,6 +573,43 @@ fn client_identities_name_their_files_and_never_their_keys() {
     );
 }
 
+#[test]
+fn etcd_probes_fall_back_to_the_apiserver_etcd_client() {
+    let (_tmp, node) = sandbox_node();
+    let root = Root::new(&node.dir);
+    let settings = ProbeSettings::default();
+    let pki = node.path("/etc/kubernetes/pki");
+    let client_of = |probe: ComponentProbe| probe.client.unwrap().cert_path().to_owned();
+    let probe = ComponentProbe::new(Component::Etcd, &settings, &root).unwrap();
+    assert_eq!(client_of(probe), pki.join("etcd/healthcheck-client.crt"));
+    // External etcd: kubeadm wrote no healthcheck-client.
+    std::fs::remove_file(pki.join("etcd/healthcheck-client.crt")).unwrap();
+    let probe = ComponentProbe::new(Component::Etcd, &settings, &root).unwrap();
+    assert!(matches!(
+        probe.health,
+        Some(HealthCheck::Etcd {
+            client: Some(_),
+            ..
+        })
+    ));
+    assert_eq!(client_of(probe), pki.join("apiserver-etcd-client.crt"));
+    std::fs::remove_file(pki.join("apiserver-etcd-client.crt")).unwrap();
+    let error = ComponentProbe::new(Component::Etcd, &settings, &root).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "proving etcd: etcd requires a client certificate and none of {}, {} exists",
+            pki.join("etcd/healthcheck-client.crt").display(),
+            pki.join("apiserver-etcd-client.crt").display()
+        )
+    );
+    // Components other than etcd need none, and get their default checks.
+    let probe = ComponentProbe::new(Component::Kubelet, &settings, &root).unwrap();
+    assert!(probe.client.is_none());
+    assert!(matches!(probe.health, Some(HealthCheck::Kubelet { addr }) if addr.port() == 10248));
+    assert_eq!(probe.endpoints[0].port, 10250);
+}
+
 /// A TLS 1.2 server requiring client certificates from `ca`, serving `cert`/`key`: it presents
 /// its certificate before it judges ours.
 async fn tls12_server(cert: &Path, key: &Path, ca: &Path) -> SocketAddr {

@@ -8,6 +8,7 @@ pub mod recover;
 pub mod renew;
 pub mod restore;
 pub mod rotate;
+pub mod run;
 pub mod sandbox;
 pub mod status;
 

@@ -321,7 +321,13 @@ impl Daemon {
                 .get(&n.name)
                 .map(|e| e.path.clone())
                 .unwrap_or_default();
-            events::notice(&self.settings.node_name, &n.name, &path, n.not_after, &n.message);
+            events::notice(
+                &self.settings.node_name,
+                &n.name,
+                &path,
+                n.not_after,
+                &n.message,
+            );
             self.announced
                 .insert((n.name.clone(), n.serial.clone(), n.threshold));
             self.notices.push(n.message.clone());
@@ -332,7 +338,11 @@ impl Daemon {
     }
 
     fn summary(&self, d: &Decision, now: OffsetDateTime) -> String {
-        let progress = self.progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let progress = self
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         status::summary(&self.inputs(d, progress.as_ref()), now)
     }
 
@@ -353,7 +363,11 @@ impl Daemon {
     }
 
     fn publish(&mut self, shared: &Shared, d: &Decision, now: OffsetDateTime) {
-        let progress = self.progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let progress = self
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let report = status::report(&self.inputs(d, progress.as_ref()), now);
         self.notifier.status(&report.summary);
         *shared.status.write().unwrap_or_else(|e| e.into_inner()) = report;

@@ -79,7 +79,13 @@ pub async fn rotate(
     let node = env.settings.node_name.clone();
     let mut record = env
         .history
-        .start(&plan.id, &node, names.clone(), Some(req.why.clone()), clock())
+        .start(
+            &plan.id,
+            &node,
+            names.clone(),
+            Some(req.why.clone()),
+            clock(),
+        )
         .map_err(|e| format!("{e:#}"))?;
     record.fencing_token = Some(lease.fencing_token);
     if let Some(tx) = started {
@@ -90,10 +96,10 @@ pub async fn rotate(
     let consumers = consumers(&plan);
 
     step("health-gate");
-    if !req.skip_health_gate {
-        if let Err(why) = health_gate(env, &consumers).await {
-            return Ok(finish(env, record, Err(why), clock()));
-        }
+    if !req.skip_health_gate
+        && let Err(why) = health_gate(env, &consumers).await
+    {
+        return Ok(finish(env, record, Err(why), clock()));
     }
 
     step("install");
@@ -290,9 +296,7 @@ pub fn strategy(settings: &Settings, root: &Root, component: Component) -> Optio
                 r.units.then_some(Strategy::Unit)
             }
         }
-        Component::Kubelet | Component::Rke2 | Component::K3s => {
-            r.units.then_some(Strategy::Unit)
-        }
+        Component::Kubelet | Component::Rke2 | Component::K3s => r.units.then_some(Strategy::Unit),
     }
 }
 
@@ -319,7 +323,12 @@ async fn restart_all(
             .restart(c, strategy, now)
             .await
             .map_err(|e| format!("restart {c}: {e}"))?;
-        events::restarted(&env.settings.node_name, id, &c.to_string(), &outcome.to_string());
+        events::restarted(
+            &env.settings.node_name,
+            id,
+            &c.to_string(),
+            &outcome.to_string(),
+        );
     }
     Ok(())
 }
@@ -336,7 +345,9 @@ async fn health_gate(env: &Env<'_>, components: &[Component]) -> Result<(), Stri
         if let Some(check) = &probe.health {
             crate::restart::probe::health(check, Duration::from_secs(10))
                 .await
-                .map_err(|e| format!("{c} is not healthy before rotating, so nothing was changed: {e}"))?;
+                .map_err(|e| {
+                    format!("{c} is not healthy before rotating, so nothing was changed: {e}")
+                })?;
         }
     }
     Ok(())
@@ -389,7 +400,9 @@ fn expected_for(
     let mut certs = Vec::new();
     let mut cas = Vec::new();
     for r in &report.renewed {
-        let Some(name) = r.names.first() else { continue };
+        let Some(name) = r.names.first() else {
+            continue;
+        };
         let Some(entry) = inv.get(name) else { continue };
         if !entry.consumers.contains(&component) {
             continue;

@@ -48,7 +48,11 @@ impl Guard for Held {
         if self.is_held() {
             return Ok(());
         }
-        let why = self.why_lost.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let why = self
+            .why_lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         Err(GuardLost(format!(
             "lease lost before {step}: {why}; stopping without further changes"
         )))

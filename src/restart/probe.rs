@@ -303,7 +303,7 @@ pub enum ProbeError {
         /// What is wrong (never key material).
         reason: String,
     },
-    /// The served certificate cannot be matched with an expectation.
+    /// The component cannot be probed as configured.
     #[error("proving {component}: {reason}")]
     Plan {
         /// The component.
@@ -1116,23 +1116,22 @@ pub struct ComponentProbe {
     pub retry: Retry,
 }
 
-/// kubeadm's etcd health client, which kubeadm's own etcd liveness probe uses.
-pub const ETCD_HEALTHCHECK_CLIENT: &str = "etcd/healthcheck-client";
+/// The client certificates etcd probes present, first found first: kubeadm's etcd health client
+/// (what kubeadm's own etcd liveness probe uses), then the API server's etcd client, which a
+/// control-plane node with external etcd has without the former. Relative to kubeadm's PKI.
+pub const ETCD_PROBE_CLIENTS: [&str; 2] = ["etcd/healthcheck-client", "apiserver-etcd-client"];
 
 impl ComponentProbe {
     /// The probe for `component` on the node at `root`, from the `[probe]` settings; reads the
-    /// client certificate etcd requires (`etcd/healthcheck-client`).
+    /// client certificate etcd requires (see [`ETCD_PROBE_CLIENTS`]). Build it after the new
+    /// certificates are installed: a renewed health client is then the one presented.
     pub fn new(
         component: Component,
         settings: &ProbeSettings,
         root: &Root,
     ) -> Result<ComponentProbe, ProbeError> {
         let client = match component {
-            Component::Etcd => {
-                let file =
-                    |ext| root.join(format!("{KUBEADM_PKI}/{ETCD_HEALTHCHECK_CLIENT}.{ext}"));
-                Some(ClientIdentity::from_files(&file("crt"), &file("key"))?)
-            }
+            Component::Etcd => Some(etcd_client(root)?),
             _ => None,
         };
         let health = settings
@@ -1219,6 +1218,28 @@ impl ComponentProbe {
             elapsed: Instant::now() - started,
         })
     }
+}
+
+/// The first of [`ETCD_PROBE_CLIENTS`] whose certificate exists on the node.
+fn etcd_client(root: &Root) -> Result<ClientIdentity, ProbeError> {
+    let file = |name: &str, ext: &str| root.join(format!("{KUBEADM_PKI}/{name}.{ext}"));
+    for name in ETCD_PROBE_CLIENTS {
+        let cert = file(name, "crt");
+        if cert.exists() {
+            return ClientIdentity::from_files(&cert, &file(name, "key"));
+        }
+    }
+    Err(ProbeError::Plan {
+        component: Component::Etcd,
+        reason: format!(
+            "etcd requires a client certificate and none of {} exists",
+            ETCD_PROBE_CLIENTS
+                .iter()
+                .map(|name| file(name, "crt").display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
 }
 
 /// The host an endpoint is reached at: as configured, else the first IP address the certificate

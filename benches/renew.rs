@@ -273,7 +273,6 @@ fn secs(d: Duration) -> String {
 }
 
 fn main() {
-    // `cargo bench -- <filter>` passes arguments; this bench has one case and ignores them.
     let tmp = tempfile::tempdir().expect("tempdir");
     let template = tmp.path().join("node");
     let sb = sandbox::write(
@@ -289,6 +288,12 @@ fn main() {
     // Warm up the page cache and the binary once.
     fresh(&template, &work);
     certrotd_once(&work);
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary too, and then
+    // the one renewal above is the smoke test (a debug build says nothing about speed).
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("renew bench: smoke run passed (run `cargo bench` for numbers)");
+        return;
+    }
     // The copy is made outside the measured time; each contender starts from an empty or
     // pristine directory.
     let runs = |n: usize, f: &dyn Fn()| -> (Duration, Duration) {

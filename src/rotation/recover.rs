@@ -267,7 +267,8 @@ fn remove_temps(ctx: &Context<'_>, dir: &Path, j: &Journal) {
     dirs.push(dir.to_owned());
     dirs.sort();
     dirs.dedup();
-    for d in dirs {
+    // A crash before the backup existed leaves no backup directory to clean.
+    for d in dirs.into_iter().filter(|d| d.is_dir()) {
         match store::remove_stale_temps(&d) {
             Ok(removed) => {
                 for r in removed {

@@ -141,6 +141,9 @@ pub fn decide(
     let mut d = Decision::default();
     let windows_open = policy.windows.is_open(now);
     let mut wake: Vec<OffsetDateTime> = Vec::new();
+    // Inside renew_before but still waiting for their jitter: they join any rotation that starts
+    // anyway, so one restart of the components covers them (index into d.certs).
+    let mut waiting: Vec<usize> = Vec::new();
     let status_windows = StatusWindows {
         notify_before: policy.notify_before,
         renew_before: policy.renew_before,
@@ -198,6 +201,9 @@ pub fn decide(
                 (NextAction::Renew, Some(at))
             }
         } else {
+            if now >= t.renew_base {
+                waiting.push(d.certs.len());
+            }
             wake.push(t.renew);
             (NextAction::Renew, Some(t.renew))
         };
@@ -208,6 +214,14 @@ pub fn decide(
             at,
         });
     }
+    if !d.due.is_empty() {
+        for i in waiting {
+            let c = &mut d.certs[i];
+            c.next = NextAction::RenewNow;
+            c.at = Some(now);
+            d.due.push(c.name.clone());
+        }
+    }
     d.next_wake = wake.into_iter().filter(|w| *w > now).min();
     d
 }
@@ -215,7 +229,10 @@ pub fn decide(
 /// The moments that matter for one certificate.
 struct Times {
     notify: OffsetDateTime,
+    /// When renewal is planned: `renew_base` plus this node's jitter.
     renew: OffsetDateTime,
+    /// `renew_before` before expiry, without jitter.
+    renew_base: OffsetDateTime,
     emergency: OffsetDateTime,
 }
 
@@ -224,16 +241,18 @@ impl Times {
         let back =
             |d: Duration| not_after - time::Duration::try_from(d).unwrap_or(time::Duration::MAX);
         let emergency = back(p.emergency_before);
-        let renew = if kubelet_rotates && is_kubelet_client(e) {
+        let (renew_base, renew) = if kubelet_rotates && is_kubelet_client(e) {
             // The kubelet renews its own client certificate (at 70–90% of its lifetime); certrotd
             // takes over only when it is about to expire, so the two never fight.
-            emergency
+            (emergency, emergency)
         } else {
-            back(p.renew_before) + jitter(&p.node, e, p.jitter)
+            let base = back(p.renew_before);
+            (base, base + jitter(&p.node, e, p.jitter))
         };
         Times {
             notify: back(p.notify_before),
             renew: renew.min(emergency),
+            renew_base: renew_base.min(emergency),
             emergency,
         }
     }
@@ -413,6 +432,54 @@ mod tests {
         assert!(d.due.contains(&"kubelet-client-current".to_string()));
         // CAs are never due.
         assert!(!d.due.contains(&"ca".to_string()));
+    }
+
+    #[test]
+    fn certificates_waiting_for_their_jitter_join_a_rotation_that_starts() {
+        let (_t, inv, _) = node();
+        let base = leaf_expiry(&inv) - time::Duration::days(30);
+        // At the earliest jittered moment exactly one certificate is due by itself; every other
+        // one inside renew_before joins it.
+        let p = policy(&[]);
+        let first = decide(
+            &inv,
+            &p,
+            &BTreeSet::new(),
+            true,
+            base + time::Duration::hours(2),
+        );
+        let mut earliest = first
+            .certs
+            .iter()
+            .filter(|c| c.next == NextAction::RenewNow)
+            .count();
+        assert!(earliest > 10, "{earliest}");
+        let before_any = decide(
+            &inv,
+            &p,
+            &BTreeSet::new(),
+            true,
+            base - time::Duration::seconds(1),
+        );
+        assert!(before_any.due.is_empty());
+        earliest = 0;
+        for minute in 0..60 {
+            let d = decide(
+                &inv,
+                &p,
+                &BTreeSet::new(),
+                true,
+                base + time::Duration::minutes(minute),
+            );
+            if !d.due.is_empty() {
+                earliest = d.due.len();
+                break;
+            }
+        }
+        assert!(
+            earliest > 10,
+            "all renewable leaves go together: {earliest}"
+        );
     }
 
     #[test]

@@ -1,19 +1,25 @@
 # The two commands that matter: `make run` and `make test` (see README.md).
 CARGO ?= cargo
 SANDBOX ?= target/sandbox
+LEAF_TTL ?= 5m
 BIN := target/debug/certrotd
 
 .PHONY: run test deps build fmt clippy check-fmt bench clean-sandbox
 
-## run: inventory this node's certificates, or a throwaway sandbox PKI when the node has none
+## run: the daemon on this node, or on a throwaway sandbox node whose leaves expire in minutes
 run: build
 	@if [ -d /etc/kubernetes/pki ] || [ -d /var/lib/rancher ]; then \
-		echo "== this node's certificates"; $(BIN) check; \
+		echo "== certrotd on this node (certrotd status / check / history from another terminal)"; \
+		exec $(BIN) run; \
 	else \
 		rm -rf $(SANDBOX); \
-		$(BIN) sandbox --dir $(SANDBOX) && \
-		echo "== certrotd check --config $(SANDBOX)/certrotd.toml" && \
+		$(BIN) sandbox --dir $(SANDBOX) --leaf-ttl $(LEAF_TTL) && \
 		$(BIN) check --config $(SANDBOX)/certrotd.toml; \
+		echo; \
+		echo "== certrotd run on the sandbox: its leaves expire in $(LEAF_TTL); watch them rotate."; \
+		echo "   From another terminal: $(BIN) status --config $(SANDBOX)/certrotd.toml"; \
+		echo "                          $(BIN) history --config $(SANDBOX)/certrotd.toml"; \
+		exec $(BIN) run --config $(SANDBOX)/certrotd.toml; \
 	fi
 
 ## test: install what is missing, then fmt check, clippy (warnings denied) and every test

@@ -69,9 +69,9 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = daemon.start_control(Arc::clone(&shared), stop_rx.clone())?;
-    let (mut watcher, mut changes) = crate::watch::Watcher::new(&daemon.watched(), DEBOUNCE)?;
-
     daemon.refresh(OffsetDateTime::now_utc());
+    let mut watched = daemon.watched();
+    let (mut watcher, mut changes) = crate::watch::Watcher::new(&watched, DEBOUNCE)?;
     let now = OffsetDateTime::now_utc();
     let decision = daemon.decide(now);
     daemon.publish(&shared, &decision, now);
@@ -90,6 +90,15 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
     tokio::pin!(shutdown);
 
     loop {
+        // A rotation or someone else may have added or removed files (a new
+        // kubelet-client-<time>.pem): keep watching exactly what the inventory names.
+        let now_watched = daemon.watched();
+        if now_watched != watched {
+            if let Err(e) = watcher.set_paths(&now_watched) {
+                tracing::warn!("updating watched files: {e}");
+            }
+            watched = now_watched;
+        }
         let now = OffsetDateTime::now_utc();
         let decision = daemon.decide(now);
         daemon.announce(&decision);

@@ -154,10 +154,9 @@ async fn wait_for_status(socket: &Path, within: Duration) -> StatusReport {
     loop {
         if let Ok(Response::Status(s)) =
             client::request(socket, Request::Status, Duration::from_secs(1)).await
+            && !s.certificates.is_empty()
         {
-            if !s.certificates.is_empty() {
-                return s;
-            }
+            return s;
         }
         assert!(
             t.elapsed() < within,

@@ -160,6 +160,9 @@ pub struct Inventory {
     pub kubelet: KubeletInfo,
     /// Problems not tied to one certificate (an extra path that matched nothing, …).
     pub warnings: Vec<String>,
+    /// Each file loaded and what it gave before signers were resolved, so that a change re-reads
+    /// that file only ([`Inventory::refresh`]).
+    loaded: Vec<(Job, Vec<Entry>)>,
 }
 
 impl Inventory {
@@ -181,7 +184,7 @@ pub struct Request<'a> {
 }
 
 /// One file to load, with what the layout says about it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Job {
     name: String,
     node_path: PathBuf,
@@ -210,13 +213,62 @@ pub fn scan(req: &Request<'_>) -> Inventory {
     inv.key_pairs = pairs.iter().map(|j| load_key_pair(req.root, j)).collect();
     let reader = NodeReader::new(req.root);
     let loaded = parallel::map(&files, |job| load(&reader, job));
-    inv.entries = dedup_cas(loaded.into_iter().flatten().collect());
-    unique_names(&mut inv.entries);
-    resolve_signers(&mut inv.entries);
+    inv.loaded = files.into_iter().zip(loaded).collect();
+    inv.assemble();
     if layouts.contains(&Layout::Kubeadm) {
         inv.kubelet = kubelet_info(req.root);
     }
     inv
+}
+
+impl Inventory {
+    /// Re-reads only the files behind `changed` (real paths, as the watcher reports them) and
+    /// works out signers again. A change it cannot attribute to one certificate file (a key pair,
+    /// the kubelet's configuration, a file no entry came from) falls back to a full [`scan`].
+    pub fn refresh(&mut self, req: &Request<'_>, changed: &[PathBuf]) {
+        let touched: Vec<usize> = self
+            .loaded
+            .iter()
+            .enumerate()
+            .filter(|(_, (job, entries))| {
+                let own = req.root.join(&job.node_path);
+                changed.iter().any(|c| {
+                    *c == own
+                        || entries
+                            .iter()
+                            .any(|e| e.path == *c || e.key_path.as_deref() == Some(c.as_path()))
+                })
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let attributed = changed.iter().all(|c| {
+            touched.iter().any(|&i| {
+                let (job, entries) = &self.loaded[i];
+                *c == req.root.join(&job.node_path)
+                    || entries
+                        .iter()
+                        .any(|e| e.path == *c || e.key_path.as_deref() == Some(c.as_path()))
+            })
+        });
+        if !attributed {
+            *self = scan(req);
+            return;
+        }
+        let reader = NodeReader::new(req.root);
+        for i in touched {
+            let job = self.loaded[i].0.clone();
+            self.loaded[i].1 = load(&reader, &job);
+        }
+        self.assemble();
+    }
+
+    /// Entries from what was loaded: CA copies dropped, names made unique, signers found.
+    fn assemble(&mut self) {
+        let raw: Vec<Entry> = self.loaded.iter().flat_map(|(_, e)| e.clone()).collect();
+        self.entries = dedup_cas(raw);
+        unique_names(&mut self.entries);
+        resolve_signers(&mut self.entries);
+    }
 }
 
 fn plan_jobs(req: &Request<'_>, layouts: &[Layout], inv: &mut Inventory) -> Vec<Job> {

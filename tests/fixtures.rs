@@ -216,3 +216,33 @@ fn easyrsa_text_preamble_and_pkcs8_keys() {
     }
     assert_agrees_with_openssl(&inv);
 }
+
+#[test]
+fn a_change_re_reads_that_file_only() {
+    let root = kubeadm_fixture_root("kubeadm-zeta");
+    let r = root.path();
+    let mut inv = scan(r, None, &[]);
+    let pki = r.join("etc/kubernetes/pki");
+    for f in ["apiserver.crt", "front-proxy-client.crt"] {
+        std::fs::remove_file(pki.join(f)).unwrap();
+        std::fs::write(pki.join(f), b"broken").unwrap();
+    }
+    let req_root = certrotd::root::Root::new(r);
+    let req = certrotd::inventory::Request {
+        root: &req_root,
+        layouts: None,
+        extra_paths: &[],
+    };
+    // Only apiserver.crt is reported: only it is read again.
+    inv.refresh(&req, &[pki.join("apiserver.crt")]);
+    assert!(inv.get("apiserver").unwrap().cert.is_none());
+    assert!(inv.get("front-proxy-client").unwrap().cert.is_some());
+    assert_eq!(
+        inv.get("front-proxy-client").unwrap().signer.as_deref(),
+        Some("front-proxy-ca")
+    );
+    // A change no entry accounts for reads everything again.
+    inv.refresh(&req, &[r.join("etc/somewhere/else")]);
+    assert!(inv.get("front-proxy-client").unwrap().cert.is_none());
+    assert_eq!(inv.entries.len(), scan(r, None, &[]).entries.len());
+}

@@ -286,7 +286,13 @@ impl Daemon {
             .iter()
             .map(|e| (e.name.clone(), e.cert.as_ref().map(|c| c.serial.clone())))
             .collect();
-        self.inventory = crate::commands::check::inventory(&self.settings);
+        let root = Root::new(&self.settings.root);
+        let req = crate::inventory::Request {
+            root: &root,
+            layouts: self.settings.layout.layouts(),
+            extra_paths: &self.settings.inventory.extra_paths,
+        };
+        self.inventory.refresh(&req, paths);
         for e in &self.inventory.entries {
             let serial = e.cert.as_ref().map(|c| c.serial.clone());
             let old = before.iter().find(|(n, _)| *n == e.name).map(|(_, s)| s);

@@ -179,41 +179,40 @@ mod tests {
 
     fn inv() -> Inventory {
         let current = "/var/lib/kubelet/pki/kubelet-client-2026.pem";
-        Inventory {
-            entries: vec![
-                entry(
-                    "apiserver",
-                    "/pki/apiserver.crt",
-                    Origin::File,
-                    &[Component::KubeApiserver],
-                ),
-                entry(
-                    "admin.conf",
-                    "/admin.conf",
-                    Origin::KubeconfigEmbedded {
-                        kubeconfig: "/admin.conf".into(),
-                        user: "kubernetes-admin".into(),
-                    },
-                    &[],
-                ),
-                entry(
-                    "kubelet.conf",
-                    current,
-                    Origin::KubeconfigReference {
-                        kubeconfig: "/kubelet.conf".into(),
-                        user: "system:node:n".into(),
-                    },
-                    &[Component::Kubelet],
-                ),
-                entry(
-                    "kubelet-client-current",
-                    current,
-                    Origin::File,
-                    &[Component::Kubelet],
-                ),
-            ],
-            ..Inventory::default()
-        }
+        let mut inv = Inventory::default();
+        inv.entries = vec![
+            entry(
+                "apiserver",
+                "/pki/apiserver.crt",
+                Origin::File,
+                &[Component::KubeApiserver],
+            ),
+            entry(
+                "admin.conf",
+                "/admin.conf",
+                Origin::KubeconfigEmbedded {
+                    kubeconfig: "/admin.conf".into(),
+                    user: "kubernetes-admin".into(),
+                },
+                &[],
+            ),
+            entry(
+                "kubelet.conf",
+                current,
+                Origin::KubeconfigReference {
+                    kubeconfig: "/kubelet.conf".into(),
+                    user: "system:node:n".into(),
+                },
+                &[Component::Kubelet],
+            ),
+            entry(
+                "kubelet-client-current",
+                current,
+                Origin::File,
+                &[Component::Kubelet],
+            ),
+        ];
+        inv
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
 }
 
 /// kubeadm's EXPIRES column: `Nov 23, 2027 18:30 UTC`.
-fn kubeadm_time(t: OffsetDateTime) -> String {
+pub fn kubeadm_time(t: OffsetDateTime) -> String {
     let fmt =
         time::macros::format_description!("[month repr:short] [day], [year] [hour]:[minute] UTC");
     t.to_offset(time::UtcOffset::UTC)

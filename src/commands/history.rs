@@ -3,9 +3,10 @@
 use std::process::ExitCode;
 
 use super::Outcome;
-use super::status::{ask, list, table, unexpected};
+use super::status::{ask, list, unexpected};
 use crate::cli::{ClientArgs, Output};
 use crate::control::proto::{HistoryRecord, Request, Response};
+use crate::report::table;
 
 /// Runs `certrotd history`.
 pub fn run(client: &ClientArgs, output: Output, limit: Option<usize>) -> Outcome {

@@ -15,6 +15,7 @@ use crate::cli::{ClientArgs, Output};
 use crate::control::client::{self, ClientError};
 use crate::control::proto::{ErrorKind, Request, Response, StatusReport};
 use crate::duration::format_residual;
+use crate::report::table;
 
 /// Exit code when the daemon cannot be reached (not running, no permission, no answer).
 pub const EXIT_UNREACHABLE: u8 = 3;
@@ -124,7 +125,7 @@ pub fn to_table(report: &StatusReport) -> String {
                 c.not_after
                     .as_deref()
                     .and_then(parse_time)
-                    .map(kubeadm_time)
+                    .map(crate::report::kubeadm_time)
                     .unwrap_or_else(|| "-".to_owned()),
                 c.residual_seconds
                     .map(format_residual)
@@ -224,15 +225,6 @@ fn parse_time(text: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(text, &Rfc3339).ok()
 }
 
-/// kubeadm's EXPIRES column: `Nov 23, 2027 18:30 UTC`.
-fn kubeadm_time(t: OffsetDateTime) -> String {
-    let fmt =
-        time::macros::format_description!("[month repr:short] [day], [year] [hour]:[minute] UTC");
-    t.to_offset(time::UtcOffset::UTC)
-        .format(&fmt)
-        .unwrap_or_else(|_| t.to_string())
-}
-
 fn or_dash(text: &str) -> &str {
     if text.is_empty() { "-" } else { text }
 }
@@ -243,31 +235,5 @@ pub fn list(names: &[String]) -> String {
         "-".to_owned()
     } else {
         names.join(", ")
-    }
-}
-
-/// Left-aligned columns separated by three spaces, as kubeadm prints them.
-pub fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |out: &mut String, cells: Vec<&str>| {
-        let mut s = String::new();
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(cell);
-            } else {
-                let _ = write!(s, "{cell:<w$}   ");
-            }
-        }
-        out.push_str(s.trim_end());
-        out.push('\n');
-    };
-    line(out, header.to_vec());
-    for r in rows {
-        line(out, r.iter().map(String::as_str).collect());
     }
 }

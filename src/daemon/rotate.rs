@@ -117,19 +117,35 @@ pub async fn rotate(
     let outcome = match restart_all(env, &plan.id, &report.consumers, clock()).await {
         Ok(()) => {
             step("verify");
-            prove_all(env, &report, clock).await
+            prove_all(env, &report, Serving::Renewed, clock).await
         }
         Err(e) => Err(e),
     };
     if let Err(why) = outcome {
         step("rollback");
         let rolled = roll_back(env, &plan.id, lease.clone()).await;
-        let _ = restart_all(env, &plan.id, &report.consumers, clock()).await;
-        record.disruptive_to = Some(rfc3339(clock()));
+        // The record must say whether the components are back on the old certificates: a
+        // rollback whose restart failed (or whose component stays down) leaves the node broken,
+        // and the operator has to know. After a failed restore the files are not known to be
+        // whole, so nothing is restarted onto them.
         let reason = match rolled {
-            Ok(()) => format!("{why}; rolled back to the previous certificates"),
             Err(e) => format!("{why}; ROLLBACK FAILED: {e}"),
+            Ok(()) => {
+                let back = match restart_all(env, &plan.id, &report.consumers, clock()).await {
+                    Ok(()) => prove_all(env, &report, Serving::OnDisk, clock).await,
+                    Err(e) => Err(e),
+                };
+                match back {
+                    Ok(()) => format!(
+                        "{why}; rolled back to the previous certificates, which are served again"
+                    ),
+                    Err(e) => format!(
+                        "{why}; rolled back to the previous certificates, but after the rollback: {e}"
+                    ),
+                }
+            }
         };
+        record.disruptive_to = Some(rfc3339(clock()));
         return Ok(finish(env, record, Err(reason), clock()));
     }
     record.disruptive_to = Some(rfc3339(clock()));
@@ -353,10 +369,21 @@ async fn health_gate(env: &Env<'_>, components: &[Component]) -> Result<(), Stri
     Ok(())
 }
 
-/// Proves every restarted component serves its new certificates and is healthy.
+/// Which certificates a restarted component must be seen serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Serving {
+    /// The rotation's new ones.
+    Renewed,
+    /// Those on disk now (the old ones again, after a rollback).
+    OnDisk,
+}
+
+/// Proves every restarted component serves its new certificates (or, after a rollback, those
+/// on disk) and is healthy.
 async fn prove_all(
     env: &Env<'_>,
     report: &Report,
+    serving: Serving,
     clock: &(dyn Fn() -> OffsetDateTime + Sync),
 ) -> Result<(), String> {
     let inv = {
@@ -370,7 +397,7 @@ async fn prove_all(
         if strategy(env.settings, env.root, c).is_none() {
             continue;
         }
-        let (certs, cas) = expected_for(&inv, report, c);
+        let (certs, cas) = expected_for(&inv, report, c, serving);
         let expected: Vec<Expected<'_>> = certs
             .iter()
             .zip(&cas)
@@ -385,17 +412,24 @@ async fn prove_all(
         let proof = probe
             .prove(&expected, clock(), deadline)
             .await
-            .map_err(|e| format!("{c} did not prove its new certificates: {e}"))?;
+            .map_err(|e| match serving {
+                Serving::Renewed => format!("{c} did not prove its new certificates: {e}"),
+                Serving::OnDisk => {
+                    format!("{c} did not come back on the previous certificates: {e}")
+                }
+            })?;
         tracing::info!(component = %c, "{proof}");
     }
     Ok(())
 }
 
-/// The renewed certificates `component` serves, with the CA each must chain to.
+/// The certificates of the rotation that `component` serves (renewed, or as on disk now), with
+/// the CA each must chain to.
 fn expected_for(
     inv: &Inventory,
     report: &Report,
     component: Component,
+    serving: Serving,
 ) -> (Vec<(String, Cert)>, Vec<Cert>) {
     let mut certs = Vec::new();
     let mut cas = Vec::new();
@@ -413,7 +447,14 @@ fn expected_for(
             .and_then(|s| inv.get(s))
             .and_then(|s| s.cert.clone())
             .unwrap_or_else(|| r.cert.clone());
-        certs.push((name.clone(), r.cert.clone()));
+        let cert = match serving {
+            Serving::Renewed => r.cert.clone(),
+            Serving::OnDisk => match &entry.cert {
+                Some(c) => c.clone(),
+                None => continue,
+            },
+        };
+        certs.push((name.clone(), cert));
         cas.push(ca);
     }
     (certs, cas)

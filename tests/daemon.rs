@@ -5,9 +5,12 @@
 //! itself matters: environment-armed failpoints (process-global), signals, sd_notify.
 //!
 //! Covered: a due etcd rotation renewed, restarted through RestartUnit and proved; the same with a
-//! key that etcd cannot use, rolled back; stopping idle and mid-rotation, and a crash mid-rotation
-//! recovered by the next start; reloads (bad refused, good taken) through systemd and the socket;
-//! a certificate renewed by someone else seen by the watcher and not fought.
+//! key that etcd cannot use, rolled back although systemd gave up on the crash-looping unit;
+//! stopping idle and mid-rotation; crashes mid-install and after the commit, finished (restarted
+//! and proved) by the next start; reloads (bad refused, good taken) through `systemctl reload` and
+//! the socket; a certificate renewed by someone else seen by the watcher and not fought.
+//!
+//! The failure, stop and crash tests arm failpoints: `cargo test --features failpoints`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -459,6 +462,18 @@ async fn stop_certrotd_unit(manager: &UserManager, node: &Node) -> Duration {
     took
 }
 
+/// Tests that arm failpoints in the binary through its environment fail plainly without them,
+/// instead of in confusing ways (a sabotage that never happens reads as a rotation that works).
+#[cfg(not(feature = "failpoints"))]
+fn needs_failpoints() {
+    panic!(
+        "this test arms certrotd's failpoints: run `cargo test --features failpoints` (make test does)"
+    );
+}
+
+#[cfg(feature = "failpoints")]
+fn needs_failpoints() {}
+
 // ---------------------------------------------------------------------------------------------
 // 1. Happy path
 // ---------------------------------------------------------------------------------------------
@@ -560,6 +575,7 @@ async fn a_due_etcd_rotation_is_renewed_restarted_through_dbus_and_proved() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_etcd_cannot_use_is_rolled_back_and_etcd_serves_the_old_certificate_again() {
+    needs_failpoints();
     let node = Node::new();
     std::fs::remove_file(node.sandbox.path("/etc/kubernetes/manifests/etcd.yaml")).unwrap();
     node.expire_in(ETCD_LEAVES, Duration::from_secs(3600));
@@ -724,6 +740,7 @@ fn history_on_disk(node: &Node) -> Vec<HistoryRecord> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_rotation_finishes_it_before_the_daemon_exits() {
+    needs_failpoints();
     let node = Node::new();
     node.expire_in(API_LEAVES, Duration::from_secs(3600));
     let old: Vec<String> = API_LEAVES.iter().map(|n| node.serial(n)).collect();
@@ -777,6 +794,7 @@ async fn sigterm_during_a_rotation_finishes_it_before_the_daemon_exits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_mid_rotation_is_finished_by_the_next_start() {
+    needs_failpoints();
     let node = Node::new();
     node.expire_in(API_LEAVES, Duration::from_secs(3600));
     let old: Vec<String> = API_LEAVES.iter().map(|n| node.serial(n)).collect();
@@ -823,6 +841,7 @@ async fn a_crash_mid_rotation_is_finished_by_the_next_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_after_the_commit_is_restarted_and_proved_by_the_next_start() {
+    needs_failpoints();
     let node = Node::new();
     std::fs::remove_file(node.sandbox.path("/etc/kubernetes/manifests/etcd.yaml")).unwrap();
     node.expire_in(ETCD_LEAVES, Duration::from_secs(3600));

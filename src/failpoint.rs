@@ -9,8 +9,17 @@
 //!   a crash gets without pulling the power) at the first, or the N-th, time `NAME` is reached;
 //! - `CERTROTD_FAILPOINT=NAME:N:error` makes that step fail with an error instead (a full disk, an
 //!   I/O error), so the in-process error paths (abandon, roll back) are exercised at every step;
+//! - `CERTROTD_FAILPOINT=NAME:N:pause` stops the thread there until the file named by
+//!   `CERTROTD_FAILPOINT_RELEASE` exists, so a test can act (send SIGTERM) while a rotation is
+//!   provably half-way, then let it go on;
 //! - `CERTROTD_FAILPOINT_TRACE=FILE` appends the name of every failpoint reached to FILE, one a
 //!   line, so a test can enumerate each occurrence and crash at every one in turn.
+//!
+//! Sabotage is separate from the crash points: `CERTROTD_SABOTAGE=wrong-key:NAME` makes a rotation
+//! install, for certificate NAME, a private key that does not match the new certificate, *after*
+//! the rotation's own self-checks passed. The component then really cannot use what was
+//! installed, which is how the daemon's probe, rollback and second restart are tested against a
+//! real etcd.
 //!
 //! Every failpoint is a variant of [`Failpoint`], declared once in the list below; [`Failpoint::ALL`]
 //! is generated from the same list, so a new failpoint cannot be left out of the crash tests.
@@ -19,6 +28,10 @@
 pub const ENV: &str = "CERTROTD_FAILPOINT";
 /// The environment variable naming a file that every failpoint reached is appended to.
 pub const TRACE_ENV: &str = "CERTROTD_FAILPOINT_TRACE";
+/// The environment variable naming the file whose existence releases a paused failpoint.
+pub const RELEASE_ENV: &str = "CERTROTD_FAILPOINT_RELEASE";
+/// The environment variable naming a certificate whose renewal is sabotaged (`wrong-key:NAME`).
+pub const SABOTAGE_ENV: &str = "CERTROTD_SABOTAGE";
 
 macro_rules! failpoints {
     ($($(#[doc = $doc:literal])* $variant:ident = $name:literal,)*) => {
@@ -94,19 +107,41 @@ pub fn hit(_point: Failpoint) -> Result<(), Injected> {
     Ok(())
 }
 
+/// Whether `CERTROTD_SABOTAGE=wrong-key:NAME` asks to install a mismatched key for certificate
+/// `name`.
+#[cfg(feature = "failpoints")]
+pub fn wrong_key(name: &str) -> bool {
+    std::env::var(SABOTAGE_ENV).is_ok_and(|s| s.strip_prefix("wrong-key:") == Some(name))
+}
+
+/// Whether to install a mismatched key for `name` (never: built without the `failpoints` feature).
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn wrong_key(_name: &str) -> bool {
+    false
+}
+
 #[cfg(feature = "failpoints")]
 mod armed {
     use std::collections::HashMap;
     use std::io::Write as _;
     use std::sync::{Mutex, OnceLock};
 
-    use super::{ENV, Failpoint, Injected, TRACE_ENV};
+    use super::{ENV, Failpoint, Injected, RELEASE_ENV, TRACE_ENV};
 
-    /// The failpoint asked for: name, occurrence, and whether to fail rather than abort.
+    /// What happens at the failpoint asked for.
+    #[derive(PartialEq, Eq)]
+    enum Action {
+        Abort,
+        Error,
+        Pause,
+    }
+
+    /// The failpoint asked for: name, occurrence, and what to do there.
     struct Target {
         name: String,
         n: u32,
-        error: bool,
+        action: Action,
     }
 
     /// Parses `NAME[:N[:error]]`, once.
@@ -119,7 +154,11 @@ mod armed {
                 Some(Target {
                     name: parts.next()?.to_owned(),
                     n: parts.next().and_then(|n| n.parse().ok()).unwrap_or(1),
-                    error: parts.next() == Some("error"),
+                    action: match parts.next() {
+                        Some("error") => Action::Error,
+                        Some("pause") => Action::Pause,
+                        _ => Action::Abort,
+                    },
                 })
             })
             .as_ref()
@@ -147,15 +186,36 @@ mod armed {
             }
         }
         match target() {
-            Some(t) if t.name == point.name() && t.n == count && t.error => {
-                eprintln!("certrotd: failpoint {}:{} reached, failing", t.name, t.n);
-                Err(Injected(point.name()))
-            }
-            Some(t) if t.name == point.name() && t.n == count => {
-                eprintln!("certrotd: failpoint {}:{} reached, aborting", t.name, t.n);
-                std::process::abort();
-            }
+            Some(t) if t.name == point.name() && t.n == count => match t.action {
+                Action::Error => {
+                    eprintln!("certrotd: failpoint {}:{} reached, failing", t.name, t.n);
+                    Err(Injected(point.name()))
+                }
+                Action::Pause => {
+                    eprintln!("certrotd: failpoint {}:{} reached, pausing", t.name, t.n);
+                    pause();
+                    eprintln!("certrotd: failpoint {}:{} released", t.name, t.n);
+                    Ok(())
+                }
+                Action::Abort => {
+                    eprintln!("certrotd: failpoint {}:{} reached, aborting", t.name, t.n);
+                    std::process::abort();
+                }
+            },
             _ => Ok(()),
+        }
+    }
+
+    /// Blocks until the release file exists. Polling is fine here: only a test build pauses, and
+    /// the test decides when the rotation may go on.
+    fn pause() {
+        let Some(release) = std::env::var_os(RELEASE_ENV) else {
+            // Nothing could ever release it: going on is better than hanging a test forever.
+            eprintln!("certrotd: {RELEASE_ENV} is not set; not pausing");
+            return;
+        };
+        while !std::path::Path::new(&release).exists() {
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
 }

@@ -26,6 +26,7 @@ use crate::decide::{self, Decision, Policy, Threshold};
 use crate::events;
 use crate::history::History;
 use crate::inventory::Inventory;
+use crate::lease::Held;
 use crate::lease::local::LocalLease;
 use crate::report::rfc3339;
 use crate::root::Root;
@@ -67,11 +68,12 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         history: RwLock::new(daemon.history.clone()),
         commands: tx,
     });
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = daemon.start_control(Arc::clone(&shared), stop_rx.clone())?;
+    let control = daemon.start_control(Arc::clone(&shared))?;
+    // The inventory first: it is what says which files to watch.
     daemon.refresh(OffsetDateTime::now_utc());
     let mut watched = daemon.watched();
     let (mut watcher, mut changes) = crate::watch::Watcher::new(&watched, DEBOUNCE)?;
+
     let now = OffsetDateTime::now_utc();
     let decision = daemon.decide(now);
     daemon.publish(&shared, &decision, now);
@@ -87,7 +89,22 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
     let mut sighup = signal(SignalKind::hangup())?;
     let watchdog = notify::watchdog_interval();
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
-    tokio::pin!(shutdown);
+    // SIGTERM, SIGINT and the caller's shutdown are one request to stop, so the daemon behaves
+    // the same in tests as under systemd, also in the middle of a rotation.
+    let stop = async move {
+        tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = sigint.recv() => "SIGINT",
+            () = shutdown => "shutdown requested",
+        }
+    };
+    tokio::pin!(stop);
+
+    // Rotations a crash interrupted: recovery in `Daemon::start` made their files whole; their
+    // components still have to be restarted and proved, and their records closed.
+    if daemon.resume_guarded(&mut stop).await {
+        return daemon.stop(control).await;
+    }
 
     loop {
         // A rotation or someone else may have added or removed files (a new
@@ -117,7 +134,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
                 },
                 skip_health_gate: decision.expired,
             };
-            let stopped = daemon.rotate_guarded(req, None, &mut shutdown).await;
+            let stopped = daemon.rotate_guarded(req, None, &mut stop).await;
             daemon.refresh(OffsetDateTime::now_utc());
             if stopped {
                 break;
@@ -147,26 +164,24 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
                         why: "requested with certrotd rotate".into(),
                         skip_health_gate: false,
                     };
-                    let stopped = daemon.rotate_guarded(req, Some(reply), &mut shutdown).await;
+                    let stopped = daemon.rotate_guarded(req, Some(reply), &mut stop).await;
                     daemon.refresh(OffsetDateTime::now_utc());
                     if stopped { break; }
                 }
                 Command::Reload { reply } => {
-                    let r = daemon.reload(load(&opts), &mut watcher);
+                    let r = daemon.reload(load(&opts), &mut watcher, &shared);
                     let _ = reply.send(r);
                 }
             },
-            _ = sighup.recv() => { let _ = daemon.reload(load(&opts), &mut watcher); }
+            _ = sighup.recv() => { let _ = daemon.reload(load(&opts), &mut watcher, &shared); }
             _ = watchdog_tick.tick(), if watchdog.is_some() => daemon.notifier.watchdog(),
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            _ = &mut shutdown => break,
+            why = &mut stop => {
+                tracing::info!("{why}: stopping");
+                break;
+            }
         }
     }
-    daemon.notifier.stopping();
-    let _ = stop_tx.send(true);
-    let _ = server.await;
-    Ok(())
+    daemon.stop(control).await
 }
 
 /// How long a failed automatic rotation waits before it is tried again.
@@ -180,6 +195,14 @@ fn sleep_until(wake: Option<OffsetDateTime>, now: OffsetDateTime) -> tokio::time
         .unwrap_or(time::Duration::days(1));
     let std = Duration::try_from(wait).unwrap_or(Duration::ZERO);
     tokio::time::sleep(std + Duration::from_millis(5))
+}
+
+/// The control socket's server.
+struct Control {
+    task: tokio::task::JoinHandle<()>,
+    /// The socket it was bound to (a reload may name another; this is the one to remove).
+    path: PathBuf,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// The daemon's state, owned by its loop.
@@ -217,11 +240,7 @@ impl Daemon {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 started_at: rfc3339(now),
                 pid: std::process::id(),
-                config_sources: settings
-                    .sources
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect(),
+                config_sources: config_sources(&settings),
             },
             lease: LeaseStatus {
                 backend: "local".into(),
@@ -240,22 +259,20 @@ impl Daemon {
         })
     }
 
-    fn start_control(
-        &self,
-        shared: Arc<Shared>,
-        mut stop: tokio::sync::watch::Receiver<bool>,
-    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    fn start_control(&self, shared: Arc<Shared>) -> anyhow::Result<Control> {
         let c = &self.settings.control;
         let path = self.settings.in_root(&c.socket);
         let group = (!c.socket_group.is_empty()).then_some(c.socket_group.as_str());
         let listener = crate::control::server::bind(&path, c.socket_mode, group)?;
         let handler = Arc::new(DaemonHandler(shared));
-        Ok(tokio::spawn(async move {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
             crate::control::server::serve(listener, handler, async move {
-                let _ = stop.wait_for(|s| *s).await;
+                let _ = stopped.wait_for(|s| *s).await;
             })
             .await;
-        }))
+        });
+        Ok(Control { task, path, stop })
     }
 
     /// Every file whose change matters: certificates, keys, kubeconfigs, the configuration.
@@ -293,10 +310,12 @@ impl Daemon {
             extra_paths: &self.settings.inventory.extra_paths,
         };
         self.inventory.refresh(&req, paths);
+        let mut replaced = false;
         for e in &self.inventory.entries {
             let serial = e.cert.as_ref().map(|c| c.serial.clone());
             let old = before.iter().find(|(n, _)| *n == e.name).map(|(_, s)| s);
             if old.is_some_and(|s| *s != serial) {
+                replaced = true;
                 events::changed(
                     &self.settings.node_name,
                     &e.name,
@@ -306,7 +325,13 @@ impl Daemon {
             }
         }
         tracing::debug!("inventory re-read after changes to {} files", paths.len());
-        self.retry_after = None;
+        // A certificate someone else replaced is a new situation: a failed rotation need not wait
+        // out its pause. The daemon's own writes (a rollback's among them) replace nothing the
+        // inventory, re-read after every rotation, does not already hold; they must not end the
+        // pause, or a failing rotation would be retried at once, again and again.
+        if replaced {
+            self.retry_after = None;
+        }
     }
 
     fn decide(&self, now: OffsetDateTime) -> Decision {
@@ -345,10 +370,8 @@ impl Daemon {
             );
             self.announced
                 .insert((n.name.clone(), n.serial.clone(), n.threshold));
-            self.notices.push(n.message.clone());
+            self.note(n.message.clone());
         }
-        let excess = self.notices.len().saturating_sub(NOTICES_KEPT);
-        self.notices.drain(..excess);
         save_announced(&self.state.dir, &self.announced);
     }
 
@@ -388,19 +411,37 @@ impl Daemon {
         *shared.status.write().unwrap_or_else(|e| e.into_inner()) = report;
     }
 
-    /// Runs a rotation; a shutdown during it revokes the lease, so the rotation stops at its next
-    /// step (the journal lets the next start finish it) and the loop ends. Returns whether the
-    /// daemon is shutting down.
+    /// Takes the lease for a rotation, and shows it taken in status.
+    fn take_lease(&mut self) -> Result<Held, String> {
+        let held = LocalLease::new(&self.state.dir, &self.settings.node_name)
+            .acquire()
+            .map_err(|e| format!("taking the lease: {e}"))?;
+        self.lease.held = true;
+        self.lease.holder = Some(self.settings.node_name.clone());
+        self.lease.since = Some(rfc3339(OffsetDateTime::now_utc()));
+        Ok(held)
+    }
+
+    fn give_back_lease(&mut self) {
+        self.lease.held = false;
+        self.lease.holder = None;
+        self.lease.since = None;
+    }
+
+    /// Runs a rotation to its end. A request to stop during it is noted, and the daemon stops
+    /// once the rotation is over: stopping half-way would leave the node half-installed or its
+    /// components on certificates no longer on disk, for the next start to sort out. Every step
+    /// left (install, restart, proof, rollback) is bounded by its timeout. Returns whether the
+    /// daemon is stopping.
     async fn rotate_guarded(
         &mut self,
         req: Request,
         reply: Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
-        shutdown: &mut (impl Future<Output = ()> + Unpin),
+        stop: &mut (impl Future<Output = &'static str> + Unpin),
     ) -> bool {
-        let held = match LocalLease::new(&self.state.dir, &self.settings.node_name).acquire() {
+        let held = match self.take_lease() {
             Ok(h) => h,
-            Err(e) => {
-                let why = format!("taking the lease: {e}");
+            Err(why) => {
                 if let Some(r) = reply {
                     let _ = r.send(Err(why.clone()));
                 }
@@ -409,9 +450,6 @@ impl Daemon {
                 return false;
             }
         };
-        self.lease.held = true;
-        self.lease.holder = Some(self.settings.node_name.clone());
-        self.lease.since = Some(rfc3339(OffsetDateTime::now_utc()));
         let env = Env {
             settings: &self.settings,
             root: &self.root,
@@ -420,21 +458,9 @@ impl Daemon {
             progress: &self.progress,
         };
         let clock = OffsetDateTime::now_utc;
-        let fut = rotate::rotate(&env, req, held.clone(), reply, &clock);
-        tokio::pin!(fut);
-        let mut stopping = false;
-        let result = loop {
-            tokio::select! {
-                r = &mut fut => break r,
-                _ = &mut *shutdown, if !stopping => {
-                    stopping = true;
-                    held.mark_lost("certrotd is stopping");
-                }
-            }
-        };
-        self.lease.held = false;
-        self.lease.holder = None;
-        self.lease.since = None;
+        let fut = rotate::rotate(&env, req, held, reply, &clock);
+        let (result, stopping) = run_to_end(fut, stop, &self.progress, &mut self.notifier).await;
+        self.give_back_lease();
         self.last_failed = match &result {
             Ok(r) => r.state == crate::control::proto::HistoryState::Failed,
             Err(e) => {
@@ -445,30 +471,134 @@ impl Daemon {
         stopping
     }
 
+    /// Finishes the rotations a crash interrupted (see [`rotate::resume`]), under the lease.
+    /// Returns whether the daemon is stopping.
+    async fn resume_guarded(
+        &mut self,
+        stop: &mut (impl Future<Output = &'static str> + Unpin),
+    ) -> bool {
+        if rotate::interrupted(&self.history).is_empty() {
+            return false;
+        }
+        let held = match self.take_lease() {
+            Ok(h) => h,
+            Err(why) => {
+                tracing::error!("not finishing interrupted rotations: {why}");
+                return false;
+            }
+        };
+        let env = Env {
+            settings: &self.settings,
+            root: &self.root,
+            state: &self.state,
+            history: &self.history,
+            progress: &self.progress,
+        };
+        let clock = OffsetDateTime::now_utc;
+        let fut = rotate::resume(&env, held, &clock);
+        let (_, stopping) = run_to_end(fut, stop, &self.progress, &mut self.notifier).await;
+        self.give_back_lease();
+        self.refresh(OffsetDateTime::now_utc());
+        stopping
+    }
+
+    /// Stops: tells systemd, closes the socket and waits for its server to end.
+    async fn stop(self, control: Control) -> anyhow::Result<()> {
+        self.notifier.stopping();
+        let _ = control.stop.send(true);
+        let _ = control.task.await;
+        // Gone with the daemon, so `certrotd status` says nothing is running rather than
+        // connection refused. Only ours: a socket another daemon serves fails our bind at start.
+        if let Err(e) = std::fs::remove_file(&control.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %control.path.display(), "removing the control socket: {e}");
+        }
+        Ok(())
+    }
+
     fn reload(
         &mut self,
         loaded: Result<Settings, config::ConfigError>,
         watcher: &mut crate::watch::Watcher,
+        shared: &Shared,
     ) -> Result<(), String> {
         self.notifier.reloading();
         let result = match loaded {
             Ok(s) => {
                 self.settings = s;
+                self.info.config_sources = config_sources(&self.settings);
                 self.history = Arc::new(History::for_settings(&self.settings));
+                // `certrotd history` reads through the handler: the state directory may have moved.
+                *shared.history.write().unwrap_or_else(|e| e.into_inner()) =
+                    Arc::clone(&self.history);
                 self.refresh(OffsetDateTime::now_utc());
                 if let Err(e) = watcher.set_paths(&self.watched()) {
                     tracing::warn!("updating watched files: {e}");
                 }
                 Ok(())
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => {
+                // A SIGHUP has no one to answer: status is where an operator sees it was refused.
+                self.note(format!(
+                    "configuration reload refused, the previous settings are kept: {e}"
+                ));
+                Err(e.to_string())
+            }
         };
         events::reloaded(
             &self.settings.node_name,
             result.as_ref().map(|_| ()).map_err(String::as_str),
         );
+        // RELOADING=1 must be answered by READY=1, or systemd shows the unit reloading for good.
+        self.notifier.reloaded();
         result
     }
+
+    /// Adds a notice for `certrotd status`, keeping only the latest.
+    fn note(&mut self, notice: String) {
+        self.notices.push(notice);
+        let excess = self.notices.len().saturating_sub(NOTICES_KEPT);
+        self.notices.drain(..excess);
+    }
+}
+
+/// Drives a rotation (or a resumption) to its end while watching for a request to stop, which
+/// is logged and answered once it is over. Returns its result and whether to stop.
+async fn run_to_end<T>(
+    fut: impl Future<Output = T>,
+    stop: &mut (impl Future<Output = &'static str> + Unpin),
+    progress: &Progress,
+    notifier: &mut Notifier,
+) -> (T, bool) {
+    tokio::pin!(fut);
+    let mut stopping = false;
+    let result = loop {
+        tokio::select! {
+            r = &mut fut => break r,
+            why = &mut *stop, if !stopping => {
+                stopping = true;
+                let id = progress
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .map(|p| p.id.clone())
+                    .unwrap_or_default();
+                tracing::info!(rotation_id = %id, "{why}: finishing rotation {id} first, then stopping");
+                notifier.status(&format!("stopping once rotation {id} is finished"));
+            }
+        }
+    };
+    (result, stopping)
+}
+
+/// The configuration files of `settings`, as status shows them.
+fn config_sources(settings: &Settings) -> Vec<String> {
+    settings
+        .sources
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect()
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {

@@ -37,6 +37,11 @@ impl Notifier {
         send(&[NotifyState::Reloading]);
     }
 
+    /// Done reloading (whether the new configuration was taken or refused): the service runs.
+    pub fn reloaded(&self) {
+        send(&[NotifyState::Ready, NotifyState::Status(&self.last_status)]);
+    }
+
     /// Stopping.
     pub fn stopping(&self) {
         send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);

@@ -2,8 +2,10 @@
 //! components are healthy (unless certificates already expired: rotating is the cure), install
 //! crash-safely with the lease as the guard of every disruptive step, restart exactly the
 //! consumers, prove each serves its new certificate and is healthy, and on failure put the backup
-//! back and restart again. Every step is recorded in history and the journal.
+//! back and restart again. Every step is recorded in history and the journal. After a crash, the
+//! next start finishes what recovery could not: the restarts, the proof and the record.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +25,7 @@ use crate::restart::probe::{ComponentProbe, Expected};
 use crate::restart::{Restarter, Strategy};
 use crate::root::Root;
 use crate::rotation::execute::{self, Report};
+use crate::rotation::journal::{Journal, Phase};
 use crate::rotation::plan::{self, Plan, PlanOptions};
 use crate::rotation::{Context, Selection, StateDirs, lock, recover, select};
 
@@ -113,38 +116,171 @@ pub async fn rotate(
         }
     };
 
+    let installed = Installed {
+        consumers: report.consumers.clone(),
+        renewed: report
+            .renewed
+            .iter()
+            .filter_map(|r| {
+                let name = r.names.first()?;
+                let item = plan.items.iter().find(|i| i.names.contains(name))?;
+                Some((name.clone(), item.cert_path.clone(), r.cert.clone()))
+            })
+            .collect(),
+    };
+    Ok(restart_and_prove(env, &plan.id, &installed, lease, record, clock).await)
+}
+
+/// What an installed rotation changed: the components that must be restarted, and the new
+/// certificates (name, path, certificate) they must be seen serving.
+struct Installed {
+    consumers: Vec<Component>,
+    renewed: Vec<(String, PathBuf, Cert)>,
+}
+
+/// Everything after the install: restart the consumers and prove they serve the new
+/// certificates; otherwise roll back, restart again and prove they serve the old ones. Finishes
+/// the record.
+async fn restart_and_prove(
+    env: &Env<'_>,
+    id: &str,
+    installed: &Installed,
+    lease: Held,
+    mut record: HistoryRecord,
+    clock: &(dyn Fn() -> OffsetDateTime + Sync),
+) -> HistoryRecord {
+    let names = record.certificates.clone();
+    let step = |s: &str| set_step(env.progress, id, s, &names, clock());
     step("restart");
-    let outcome = match restart_all(env, &plan.id, &report.consumers, clock()).await {
+    let outcome = match restart_all(env, id, &installed.consumers, clock()).await {
         Ok(()) => {
             step("verify");
-            prove_all(env, &report, clock).await
+            prove_all(env, installed, Serving::Renewed, clock).await
         }
         Err(e) => Err(e),
     };
     if let Err(why) = outcome {
         step("rollback");
-        let rolled = roll_back(env, &plan.id, lease.clone()).await;
-        let _ = restart_all(env, &plan.id, &report.consumers, clock()).await;
-        record.disruptive_to = Some(rfc3339(clock()));
+        let rolled = roll_back(env, id, lease).await;
+        // The record must say whether the components are back on the old certificates: a
+        // rollback whose restart failed (or whose component stays down) leaves the node broken,
+        // and the operator has to know. After a failed restore the files are not known to be
+        // whole, so nothing is restarted onto them.
         let reason = match rolled {
-            Ok(()) => format!("{why}; rolled back to the previous certificates"),
             Err(e) => format!("{why}; ROLLBACK FAILED: {e}"),
+            Ok(()) => match restart_onto_disk(env, id, installed, clock).await {
+                Ok(()) => format!(
+                    "{why}; rolled back to the previous certificates, which are served again"
+                ),
+                Err(e) => format!(
+                    "{why}; rolled back to the previous certificates, but after the rollback: {e}"
+                ),
+            },
         };
-        return Ok(finish(env, record, Err(reason), clock()));
+        record.disruptive_to = Some(rfc3339(clock()));
+        return finish(env, record, Err(reason), clock());
     }
     record.disruptive_to = Some(rfc3339(clock()));
-    for r in &report.renewed {
-        if let Some(name) = r.names.first() {
-            let path = plan
-                .items
-                .iter()
-                .find(|i| i.names.contains(name))
-                .map(|i| i.cert_path.clone())
-                .unwrap_or_default();
-            events::rotated(&node, &plan.id, name, &path, r.cert.not_after);
+    for (name, path, cert) in &installed.renewed {
+        events::rotated(&record.node, id, name, path, cert.not_after);
+    }
+    finish(env, record, Ok(()), clock())
+}
+
+/// Restarts the consumers onto the certificates on disk now, and proves they serve them.
+async fn restart_onto_disk(
+    env: &Env<'_>,
+    id: &str,
+    installed: &Installed,
+    clock: &(dyn Fn() -> OffsetDateTime + Sync),
+) -> Result<(), String> {
+    restart_all(env, id, &installed.consumers, clock()).await?;
+    prove_all(env, installed, Serving::OnDisk, clock).await
+}
+
+/// Finishes the rotations a crash (or SIGKILL) interrupted: those history still shows as
+/// Initiated, after recovery has made their files all-old or all-new. Recovery alone leaves the
+/// components on whatever they read before the crash, and the record saying Initiated forever.
+/// A committed rotation is restarted and proved (and rolled back if that fails), as it would have
+/// been; one rolled back after installing has its components restarted onto the old
+/// certificates; one that installed nothing is only recorded. Returns the records closed.
+pub async fn resume(
+    env: &Env<'_>,
+    lease: Held,
+    clock: &(dyn Fn() -> OffsetDateTime + Sync),
+) -> Vec<HistoryRecord> {
+    let mut closed = Vec::new();
+    for mut record in interrupted(env.history) {
+        let id = record.id.clone();
+        record.fencing_token = Some(lease.fencing_token);
+        let journal = Journal::load(&env.state.rotation(&record.id));
+        let installed = |j: &Journal| {
+            let inv = crate::commands::check::inventory(env.settings);
+            Installed {
+                consumers: j.consumers.clone(),
+                renewed: j
+                    .certificates
+                    .iter()
+                    .filter_map(|n| {
+                        let e = inv.get(n)?;
+                        Some((n.clone(), e.path.clone(), e.cert.clone()?))
+                    })
+                    .collect(),
+            }
+        };
+        tracing::warn!(rotation_id = %record.id, "finishing rotation {} that was interrupted", record.id);
+        let done = match journal {
+            Ok(Some(j)) if j.phase == Phase::Committed => {
+                record.reason = Some(format!(
+                    "{}; interrupted after installing, finished by the next start",
+                    record.reason.as_deref().unwrap_or("rotation")
+                ));
+                let installed = installed(&j);
+                restart_and_prove(env, &id, &installed, lease.clone(), record, clock).await
+            }
+            // "abandoned": closed before anything was installed, so nothing read the new files.
+            Ok(Some(j))
+                if j.phase == Phase::RolledBack
+                    && !j.outcome.as_deref().unwrap_or("").starts_with("abandoned") =>
+            {
+                let why = "interrupted, and rolled back to the previous certificates";
+                let reason = match restart_onto_disk(env, &id, &installed(&j), clock).await {
+                    Ok(()) => format!("{why}, which are served again"),
+                    Err(e) => format!("{why}, but after the rollback: {e}"),
+                };
+                finish(env, record, Err(reason), clock())
+            }
+            Ok(_) => finish(
+                env,
+                record,
+                Err("interrupted before anything was installed; nothing was changed".into()),
+                clock(),
+            ),
+            Err(e) => finish(
+                env,
+                record,
+                Err(format!("interrupted; its journal cannot be read: {e}")),
+                clock(),
+            ),
+        };
+        closed.push(done);
+    }
+    closed
+}
+
+/// The rotations history shows as Initiated: started, never finished.
+pub fn interrupted(history: &History) -> Vec<HistoryRecord> {
+    match history.read(None) {
+        Ok(h) => h
+            .records
+            .into_iter()
+            .filter(|r| r.state == HistoryState::Initiated)
+            .collect(),
+        Err(e) => {
+            tracing::warn!("reading history for interrupted rotations: {e:#}");
+            Vec::new()
         }
     }
-    Ok(finish(env, record, Ok(()), clock()))
 }
 
 fn set_step(progress: &Progress, id: &str, step: &str, names: &[String], now: OffsetDateTime) {
@@ -353,10 +489,21 @@ async fn health_gate(env: &Env<'_>, components: &[Component]) -> Result<(), Stri
     Ok(())
 }
 
-/// Proves every restarted component serves its new certificates and is healthy.
+/// Which certificates a restarted component must be seen serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Serving {
+    /// The rotation's new ones.
+    Renewed,
+    /// Those on disk now (the old ones again, after a rollback).
+    OnDisk,
+}
+
+/// Proves every restarted component serves its new certificates (or, after a rollback, those
+/// on disk) and is healthy.
 async fn prove_all(
     env: &Env<'_>,
-    report: &Report,
+    installed: &Installed,
+    serving: Serving,
     clock: &(dyn Fn() -> OffsetDateTime + Sync),
 ) -> Result<(), String> {
     let inv = {
@@ -366,11 +513,11 @@ async fn prove_all(
             .map_err(|e| format!("inventory after install: {e}"))?
     };
     let deadline = tokio::time::Instant::now() + env.settings.probe.timeout;
-    for &c in &report.consumers {
+    for &c in &installed.consumers {
         if strategy(env.settings, env.root, c).is_none() {
             continue;
         }
-        let (certs, cas) = expected_for(&inv, report, c);
+        let (certs, cas) = expected_for(&inv, installed, c, serving);
         let expected: Vec<Expected<'_>> = certs
             .iter()
             .zip(&cas)
@@ -385,35 +532,46 @@ async fn prove_all(
         let proof = probe
             .prove(&expected, clock(), deadline)
             .await
-            .map_err(|e| format!("{c} did not prove its new certificates: {e}"))?;
+            .map_err(|e| match serving {
+                Serving::Renewed => format!("{c} did not prove its new certificates: {e}"),
+                Serving::OnDisk => {
+                    format!("{c} did not come back on the previous certificates: {e}")
+                }
+            })?;
         tracing::info!(component = %c, "{proof}");
     }
     Ok(())
 }
 
-/// The renewed certificates `component` serves, with the CA each must chain to.
+/// The certificates of the rotation that `component` serves (renewed, or as on disk now), with
+/// the CA each must chain to.
 fn expected_for(
     inv: &Inventory,
-    report: &Report,
+    installed: &Installed,
     component: Component,
+    serving: Serving,
 ) -> (Vec<(String, Cert)>, Vec<Cert>) {
     let mut certs = Vec::new();
     let mut cas = Vec::new();
-    for r in &report.renewed {
-        let Some(name) = r.names.first() else {
-            continue;
-        };
+    for (name, _, renewed) in &installed.renewed {
         let Some(entry) = inv.get(name) else { continue };
         if !entry.consumers.contains(&component) {
             continue;
         }
+        let cert = match serving {
+            Serving::Renewed => renewed.clone(),
+            Serving::OnDisk => match &entry.cert {
+                Some(c) => c.clone(),
+                None => continue,
+            },
+        };
         let ca = entry
             .signer
             .as_deref()
             .and_then(|s| inv.get(s))
             .and_then(|s| s.cert.clone())
-            .unwrap_or_else(|| r.cert.clone());
-        certs.push((name.clone(), r.cert.clone()));
+            .unwrap_or_else(|| cert.clone());
+        certs.push((name.clone(), cert));
         cas.push(ca);
     }
     (certs, cas)

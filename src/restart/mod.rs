@@ -243,6 +243,14 @@ impl Restarter {
             Target::Unit { candidates } => {
                 let systemd = Systemd::connect(self.bus.as_deref()).await?;
                 let unit = pick_unit(&systemd, candidates).await?;
+                // A unit that crash-looped (on a certificate it could not use, say) until systemd
+                // gave up on it refuses RestartUnit, and this start would count against the same
+                // start limit even before it is hit: a deliberate restart clears both, as an
+                // operator's `systemctl reset-failed` would. Errors are left to RestartUnit, which
+                // reports them better (an unknown unit, a bus that went away).
+                if let Err(e) = systemd.reset_failed_unit(unit).await {
+                    tracing::debug!("before restarting {unit}: {e}");
+                }
                 Ok(Outcome::UnitRestarted(
                     systemd.restart_unit(unit, self.job_timeout).await?,
                 ))

@@ -324,6 +324,16 @@ impl Systemd {
         })
     }
 
+    /// Clears the failed state of `unit` and its start rate limit (`ResetFailedUnit`, what
+    /// `systemctl reset-failed` does). Harmless on a unit that is not failed.
+    pub async fn reset_failed_unit(&self, unit: &str) -> Result<()> {
+        const OP: &str = "reset the failed state of";
+        self.manager
+            .reset_failed_unit(unit.to_owned())
+            .await
+            .map_err(method_err(OP, unit))
+    }
+
     /// Sends `signal` to the `whom` processes of `unit` (`KillUnit`). systemd starts no job for
     /// this: whether the unit comes back depends on its `Restart=` (or, for a container's scope, on
     /// the kubelet).

@@ -165,6 +165,9 @@ pub fn build(plan: &Plan) -> Result<Built, RotationError> {
         };
         compose(&mut built, item, &leaf_der, &chain, key_pem.as_deref())?;
         check_files(&built, item, &new)?;
+        if crate::failpoint::wrong_key(item.name()) {
+            sabotage_key(&mut built, item)?;
+        }
         built.renewed.push(Renewed {
             names: item.names.clone(),
             cert: new,
@@ -172,6 +175,29 @@ pub fn build(plan: &Plan) -> Result<Built, RotationError> {
     }
     // Symlinks last: a link must never point at a file not yet installed.
     Ok(built)
+}
+
+/// Test builds only (`CERTROTD_SABOTAGE=wrong-key:NAME`): replaces the item's new key with
+/// another one after every self-check passed, so that its consumer really cannot use the pair.
+fn sabotage_key(built: &mut Built, item: &Item) -> Result<(), RotationError> {
+    let fail = |reason: String| RotationError::Renew {
+        name: item.name().to_owned(),
+        reason,
+    };
+    let (Install::Pair { key, .. }, KeyPlan::New { spec, format }) = (&item.install, &item.key)
+    else {
+        return Err(fail(
+            "sabotage wrong-key needs a certificate with a new key in a file of its own".into(),
+        ));
+    };
+    let other = encode::generate(*spec).map_err(|e| fail(e.to_string()))?;
+    let pem = encode::private_key_pem(&other, *format).map_err(|e| fail(e.to_string()))?;
+    tracing::warn!(
+        "sabotage: installing a key that does not match the new certificate of {}",
+        item.name()
+    );
+    built.put(key, pem.into_bytes(), KEY_MODE);
+    Ok(())
 }
 
 /// Opens every CA the plan signs with, once.

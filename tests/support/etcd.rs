@@ -79,6 +79,35 @@ impl EtcdSpec {
         self.work.join(format!("etcd-{}.log", self.name))
     }
 
+    /// Runs etcdctl against the member this spec describes, however it was started (directly or
+    /// as a unit), with a client certificate from its PKI directory (`healthcheck-client`, or a
+    /// path relative to it); (success, stdout + stderr).
+    pub fn etcdctl(&self, client: &str, args: &[&str]) -> (bool, String) {
+        let file = |ext: &str| {
+            self.pki_file(&format!("{client}.{ext}"))
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints=https://{}", self.client_addr()))
+            .arg(format!(
+                "--cacert={}",
+                self.pki_file("ca.crt").to_str().unwrap()
+            ))
+            .arg(format!("--cert={}", file("crt")))
+            .arg(format!("--key={}", file("key")))
+            .arg("--dial-timeout=2s")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("etcdctl must be installed (make test installs etcd-client)");
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
     /// etcd's command line, as kubeadm's static pod has it (minus what loopback tests do not need).
     pub fn args(&self) -> Vec<String> {
         let s = |p: PathBuf| p.to_str().unwrap().to_owned();
@@ -183,30 +212,7 @@ impl Etcd {
     /// Runs etcdctl against this member with a client certificate from its PKI directory
     /// (`healthcheck-client`, or a path relative to it); (success, stdout + stderr).
     pub fn etcdctl(&self, client: &str, args: &[&str]) -> (bool, String) {
-        let file = |ext: &str| {
-            self.spec
-                .pki_file(&format!("{client}.{ext}"))
-                .to_str()
-                .unwrap()
-                .to_owned()
-        };
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints=https://{}", self.spec.client_addr()))
-            .arg(format!(
-                "--cacert={}",
-                self.spec.pki_file("ca.crt").to_str().unwrap()
-            ))
-            .arg(format!("--cert={}", file("crt")))
-            .arg(format!("--key={}", file("key")))
-            .arg("--dial-timeout=2s")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("etcdctl must be installed (make test installs etcd-client)");
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
+        self.spec.etcdctl(client, args)
     }
 
     /// Stops etcd: SIGTERM, then SIGKILL if it lingers; waits for it to exit.

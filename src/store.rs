@@ -932,8 +932,8 @@ pub fn sha256_hex(data: &[u8]) -> String {
 }
 
 /// The name of the `index`th copy: a sequence number for uniqueness, then the original file name
-/// (made safe) so an operator can find a file by eye.
-fn stored_name(index: usize, path: &Path) -> String {
+/// (made safe) so an operator can find a file by eye. Backups and staged files are named alike.
+pub fn stored_name(index: usize, path: &Path) -> String {
     let original = path
         .file_name()
         .map(|n| n.to_string_lossy())

@@ -111,24 +111,9 @@ pub fn remove(rotation_dir: &Path) -> Result<(), RotationError> {
     }
 }
 
-/// `NNNN-<file name>`: a sequence number for uniqueness, the original name (made safe) for people.
+/// `NNNN-<file name>`, named as backup copies are.
 fn staged_name(index: usize, path: &Path) -> String {
-    let original = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let safe: String = original
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(100)
-        .collect();
-    format!("{index:04}-{}", safe.replace("..", "__"))
+    crate::store::stored_name(index, path)
 }
 
 #[cfg(test)]

@@ -367,6 +367,30 @@ pub fn recover_locked(root: &Root, state: &StateDirs, settings: &Settings) -> Re
 }
 
 async fn install(env: &Env<'_>, plan: Plan, lease: Held) -> Result<Report, String> {
+    under_lock(env, lease, "install", move |ctx| {
+        execute::run(ctx, &plan).map_err(|e| format!("{e:#}"))
+    })
+    .await
+}
+
+async fn roll_back(env: &Env<'_>, id: &str, lease: Held) -> Result<(), String> {
+    let id = id.to_owned();
+    under_lock(env, lease, "rollback", move |ctx| {
+        recover::restore(ctx, &id)
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}"))
+    })
+    .await
+}
+
+/// Runs a blocking rotation step on the blocking pool, under the rotation lock, with the lease as
+/// its guard.
+async fn under_lock<T: Send + 'static>(
+    env: &Env<'_>,
+    lease: Held,
+    what: &'static str,
+    step: impl FnOnce(&Context<'_>) -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
     let (settings, root, state) = (env.settings.clone(), env.root.clone(), env.state.clone());
     spawn_blocking(move || {
         let _lock = lock::acquire(&state).map_err(|e| format!("{e:#}"))?;
@@ -376,33 +400,10 @@ async fn install(env: &Env<'_>, plan: Plan, lease: Held) -> Result<Report, Strin
             backups_keep: settings.renew.backups_keep,
             guard: &lease,
         };
-        execute::run(&ctx, &plan).map_err(|e| format!("{e:#}"))
+        step(&ctx)
     })
     .await
-    .map_err(|e| format!("install task failed: {e}"))?
-}
-
-async fn roll_back(env: &Env<'_>, id: &str, lease: Held) -> Result<(), String> {
-    let (settings, root, state, id) = (
-        env.settings.clone(),
-        env.root.clone(),
-        env.state.clone(),
-        id.to_owned(),
-    );
-    spawn_blocking(move || {
-        let _lock = lock::acquire(&state).map_err(|e| format!("{e:#}"))?;
-        let ctx = Context {
-            root: &root,
-            state: &state,
-            backups_keep: settings.renew.backups_keep,
-            guard: &lease,
-        };
-        recover::restore(&ctx, &id)
-            .map(|_| ())
-            .map_err(|e| format!("{e:#}"))
-    })
-    .await
-    .map_err(|e| format!("rollback task failed: {e}"))?
+    .map_err(|e| format!("{what} task failed: {e}"))?
 }
 
 fn consumers(plan: &Plan) -> Vec<Component> {

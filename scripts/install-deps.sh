@@ -5,10 +5,12 @@
 set -euo pipefail
 
 need=()
-have() { command -v "$1" >/dev/null 2>&1 || [ -x "$1" ]; }
+have() { command -v "$1" >/dev/null 2>&1 || [ -e "$1" ]; }
 want() { have "$1" || need+=("$2"); }
 
 want protoc protobuf-compiler
+# etcd-client's build imports google/protobuf/*.proto, which protoc alone does not carry.
+want /usr/include/google/protobuf/descriptor.proto libprotobuf-dev
 want etcd etcd-server
 want etcdctl etcd-client
 want cfssl golang-cfssl

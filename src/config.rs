@@ -29,6 +29,9 @@ use toml::Spanned;
 use crate::duration;
 use crate::pki::layout::Component as PkiComponent;
 
+mod issuer;
+pub use issuer::{CaChoice, CaOverride, IssuerMode, IssuerSettings, RemoteCa};
+
 /// The main configuration file's node path; `--root` moves it inside the root.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/certrotd/certrotd.toml";
 
@@ -64,6 +67,8 @@ pub struct Settings {
     pub control: ControlSettings,
     /// `[probe]`: how a restarted component is proved to serve its new certificate.
     pub probe: ProbeSettings,
+    /// `[issuer]`: who signs renewed certificates (local CA key or a cfssl server), per CA.
+    pub issuer: IssuerSettings,
     /// The configuration files read, in the order they were applied.
     #[serde(skip)]
     pub sources: Vec<PathBuf>,
@@ -84,6 +89,7 @@ impl Default for Settings {
             restart: RestartSettings::default(),
             control: ControlSettings::default(),
             probe: ProbeSettings::default(),
+            issuer: IssuerSettings::default(),
             sources: Vec::new(),
         }
     }
@@ -735,6 +741,8 @@ struct FileLayer {
     control: ControlLayer,
     #[serde(default)]
     probe: ProbeLayer,
+    #[serde(default)]
+    issuer: issuer::IssuerLayer,
 }
 
 impl FileLayer {
@@ -749,6 +757,7 @@ impl FileLayer {
         self.restart.merge(later.restart, file);
         self.control.merge(later.control, file);
         self.probe.merge(later.probe, file);
+        self.issuer.merge(later.issuer, file);
     }
 }
 
@@ -1268,6 +1277,7 @@ impl Sources {
         let restart = layer.restart.resolve(self)?;
         let control = layer.control.resolve(self)?;
         let probe = layer.probe.resolve(self)?;
+        let issuer = layer.issuer.resolve(self)?;
         self.ensure_shorter(
             Side::new(
                 "policy.renew_before",
@@ -1288,6 +1298,7 @@ impl Sources {
             restart,
             control,
             probe,
+            issuer,
             sources: self.files.iter().map(|(path, _)| path.clone()).collect(),
         })
     }

@@ -65,6 +65,7 @@ fn rotate(node: &Node, guard: &dyn Guard) -> (String, Result<execute::Report, Ro
         key_policy: s.renew.key_policy,
         validity: s.renew.validity,
         force: false,
+        issuer: s.issuer.clone(),
     };
     let plan = plan::make(&inv, &selected, &root, &opts, OffsetDateTime::now_utc());
     let ctx = Context {

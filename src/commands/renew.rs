@@ -30,6 +30,7 @@ pub fn run(args: &RenewArgs, now: OffsetDateTime) -> Outcome {
         key_policy: settings.renew.key_policy,
         validity: settings.renew.validity,
         force: args.force,
+        issuer: settings.issuer.clone(),
     };
     // A dry run reads only: no lock, no recovery (which writes); it says what recovery would face.
     let _lock = if args.dry_run {

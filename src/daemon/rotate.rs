@@ -338,6 +338,7 @@ async fn make_plan(env: &Env<'_>, sel: &Selection, now: OffsetDateTime) -> Resul
             key_policy: settings.renew.key_policy,
             validity: settings.renew.validity,
             force: false,
+            issuer: settings.issuer.clone(),
         };
         let plan = plan::make(&inv, &selected, &root, &opts, now);
         if let Some(r) = plan.refused.first() {

@@ -1,7 +1,11 @@
 //! Issue: making renewed certificates. An [`Issuer`] signs a certificate whose attributes all come
 //! from the certificate it replaces; `local` signs with a CA key held on the node, `selfsigned`
-//! regenerates the kubelet's self-signed serving certificate.
+//! regenerates the kubelet's self-signed serving certificate, `cfssl` asks a remote cfssl server
+//! (with a CSR from `csr`, its answer checked by `check`).
 
+pub mod cfssl;
+pub mod check;
+pub mod csr;
 pub mod local;
 pub mod selfsigned;
 pub mod tbs;
@@ -49,6 +53,9 @@ pub enum IssueError {
     /// Signing failed.
     #[error("signing failed: {0}")]
     Sign(String),
+    /// The remote CA could not be asked, refused, or answered with a certificate that is refused.
+    #[error("remote CA: {0}")]
+    Remote(String),
 }
 
 /// Something that signs renewed certificates.

@@ -109,7 +109,7 @@ fn write_time(w: DERWriter<'_>, t: OffsetDateTime) {
 }
 
 /// The AlgorithmIdentifier for signatures made with the CA's key.
-fn signature_algorithm(key: &rcgen::KeyPair) -> Result<Vec<u8>, IssueError> {
+pub(crate) fn signature_algorithm(key: &rcgen::KeyPair) -> Result<Vec<u8>, IssueError> {
     let alg = key.algorithm();
     let (oid, null_params): (&[u64], bool) = if alg == &rcgen::PKCS_RSA_SHA256 {
         (&[1, 2, 840, 113549, 1, 1, 11], true)

@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use super::RotationError;
 use super::plan::{Install, IssuerPlan, Item, KeyPlan, KeySource, Plan, read_key};
 use crate::inventory::parallel;
+use crate::issuer::cfssl::{CfsslClient, SignRequest};
 use crate::issuer::local::LocalCa;
 use crate::issuer::selfsigned::{self, SelfSignedRequest};
 use crate::issuer::{IssueRequest, Issuer as _};
@@ -134,6 +135,38 @@ pub fn build(plan: &Plan) -> Result<Built, RotationError> {
                     .extend(issued.notes.iter().map(|n| format!("{}: {n}", item.name())));
                 let chain: Vec<Vec<u8>> = item.chain.iter().map(|c| c.der.clone()).collect();
                 (issued.der, chain, ca.ca().clone())
+            }
+            IssuerPlan::Remote {
+                cert,
+                remote,
+                profile,
+                ..
+            } => {
+                let client = CfsslClient::open(remote).map_err(|e| renew_err(e.to_string()))?;
+                // The CSR is signed by the key the certificate will certify: the new one, or the
+                // reused old one.
+                let old_key;
+                let key = match &leaf_key {
+                    Some(k) => k,
+                    None => {
+                        old_key = read_key(&item.key_source).map_err(&renew_err)?;
+                        &old_key.pair
+                    }
+                };
+                let issued = client
+                    .renew(&SignRequest {
+                        template: &item.old,
+                        key,
+                        ca: cert,
+                        profile,
+                        now: plan.now,
+                    })
+                    .map_err(|e| renew_err(e.to_string()))?;
+                built
+                    .notes
+                    .extend(issued.notes.iter().map(|n| format!("{}: {n}", item.name())));
+                let chain: Vec<Vec<u8>> = item.chain.iter().map(|c| c.der.clone()).collect();
+                (issued.der, chain, (**cert).clone())
             }
             IssuerPlan::SelfSigned { ca, .. } => {
                 let ca_key = ca_key

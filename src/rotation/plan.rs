@@ -7,7 +7,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::select::{Selected, Target};
-use crate::config::KeyPolicy;
+use crate::config::{CaChoice, IssuerSettings, KeyPolicy, RemoteCa};
 use crate::inventory::{Entry, Inventory, KeyState, Origin};
 use crate::pki::cert::{Cert, KeyAlgorithm};
 use crate::pki::encode::{KeyFormat, KeySpec};
@@ -18,7 +18,7 @@ use crate::pki::pem;
 use crate::root::Root;
 
 /// How renewed certificates are made.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PlanOptions {
     /// New key or the existing one.
     pub key_policy: KeyPolicy,
@@ -26,6 +26,8 @@ pub struct PlanOptions {
     pub validity: Duration,
     /// Re-issue certificates whose chain does not verify from the CA whose name matches.
     pub force: bool,
+    /// `[issuer]`: which CA signs through the local key and which through a remote CA.
+    pub issuer: IssuerSettings,
 }
 
 /// Everything a rotation will do, decided before it does any of it.
@@ -125,6 +127,17 @@ pub enum IssuerPlan {
         /// Its key file (real path).
         key_path: PathBuf,
     },
+    /// A remote CA (cfssl), for a CA whose key is not on this node (or configured so).
+    Remote {
+        /// The CA's inventory name.
+        ca: String,
+        /// The CA certificate the old certificate chained to: the new one must chain to it too.
+        cert: Box<Cert>,
+        /// The server and credentials (real paths).
+        remote: RemoteCa,
+        /// The cfssl profile for this certificate.
+        profile: String,
+    },
     /// A fresh self-signed CA made for it alone, as client-go does for the kubelet's serving
     /// certificate.
     SelfSigned {
@@ -140,6 +153,12 @@ impl IssuerPlan {
     pub fn describe(&self) -> String {
         match self {
             IssuerPlan::Local { ca, .. } => ca.clone(),
+            IssuerPlan::Remote {
+                ca,
+                remote,
+                profile,
+                ..
+            } => format!("{ca} via cfssl {} (profile {profile:?})", remote.url),
             IssuerPlan::SelfSigned { .. } => "self-signed (regenerated)".to_owned(),
         }
     }
@@ -355,7 +374,7 @@ fn item(
             );
         }
     }
-    let issuer = issuer(inv, e, old, name, t.explicit, opts, now, &mut notes)?;
+    let issuer = issuer(inv, e, old, name, t.explicit, opts, root, now, &mut notes)?;
     let key_source = key_source(e)?;
     let old_key = read_key(&key_source).map_err(|r| {
         Decision::Refuse(format!(
@@ -411,6 +430,7 @@ fn issuer(
     name: &str,
     explicit: bool,
     opts: &PlanOptions,
+    root: &Root,
     now: OffsetDateTime,
     notes: &mut Vec<String>,
 ) -> Result<IssuerPlan, Decision> {
@@ -435,10 +455,13 @@ fn issuer(
         if let Some(plan) = self_signed_serving(e, ca) {
             return Ok(plan);
         }
-        if ca.key != KeyState::Match {
-            return Err(external(&ca.name));
-        }
-        return local(ca, now);
+        let has_key = ca.key == KeyState::Match;
+        return match opts.issuer.for_ca(&ca.name) {
+            CaChoice::Remote(r) => remote(ca, r, name, root, now),
+            CaChoice::LocalElse(Some(r)) if !has_key => remote(ca, r, name, root, now),
+            _ if !has_key => Err(external(&ca.name)),
+            _ => local(ca, now),
+        };
     }
     // No CA on the node verifies it: either none has its issuer's name (external), or one does
     // but the signature says another CA of that name signed it.
@@ -484,6 +507,42 @@ fn local(ca: &Entry, now: OffsetDateTime) -> Result<IssuerPlan, Decision> {
         ca: ca.name.clone(),
         cert: Box::new(cert.clone()),
         key_path: key_path.clone(),
+    })
+}
+
+/// Signing through a remote CA. Its answer is checked against the CA certificate on the node, so
+/// that certificate must be readable and current; the auth key must be readable now, so that a
+/// plan does not promise what the build cannot do.
+fn remote(
+    ca: &Entry,
+    mut remote: RemoteCa,
+    name: &str,
+    root: &Root,
+    now: OffsetDateTime,
+) -> Result<IssuerPlan, Decision> {
+    let Some(cert) = &ca.cert else {
+        return Err(Decision::Refuse(format!(
+            "the CA {} cannot be read, so a remote CA's answer cannot be checked",
+            ca.name
+        )));
+    };
+    if cert.not_after <= now {
+        return Err(Decision::Refuse(format!(
+            "its CA {} expired at {}; rotate the CA first",
+            ca.name,
+            crate::report::rfc3339(cert.not_after)
+        )));
+    }
+    remote.auth_key_file = root.join(&remote.auth_key_file);
+    remote.ca_bundle = remote.ca_bundle.map(|b| root.join(b));
+    crate::issuer::cfssl::read_auth_key(&remote.auth_key_file).map_err(|e| {
+        Decision::Refuse(format!("issuer for CA {} via cfssl {}: {e}", ca.name, remote.url))
+    })?;
+    Ok(IssuerPlan::Remote {
+        ca: ca.name.clone(),
+        cert: Box::new(cert.clone()),
+        profile: remote.profile_for(name).to_owned(),
+        remote,
     })
 }
 

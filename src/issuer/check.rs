@@ -1,0 +1,113 @@
+//! Checking what a remote CA sent back before anything is made of it.
+//!
+//! A remote CA is another party: its profile may add or drop usages, rewrite the subject or the
+//! SANs, sign with another CA, or answer with somebody else's certificate. certrotd installs only
+//! a certificate that is the old one renewed: the same subject (DER), the same SANs, the key it
+//! asked for, at least the old usages, signed by the CA the old one chained to, valid now.
+
+use std::collections::BTreeSet;
+
+use time::OffsetDateTime;
+
+use crate::pki::cert::{Cert, San};
+
+/// Clock skew tolerated between the node and the remote CA for NotBefore.
+const SKEW: time::Duration = time::Duration::minutes(10);
+
+/// What is wrong with an answer: every difference, in words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the remote CA's certificate differs from what was asked for: {}", .0.join("; "))]
+pub struct Altered(pub Vec<String>);
+
+/// Checks the remote CA's answer `der` against the certificate it renews (`template`), the key
+/// asked for (`spki`) and the CA it must chain to. Returns the parsed certificate.
+pub fn answer(
+    der: &[u8],
+    template: &Cert,
+    spki: &[u8],
+    ca: &Cert,
+    now: OffsetDateTime,
+) -> Result<Cert, Altered> {
+    let new = Cert::from_der(der)
+        .map_err(|e| Altered(vec![format!("it is not a certificate ({e})")]))?;
+    let mut diffs = Vec::new();
+    if new.subject_der != template.subject_der {
+        diffs.push(format!(
+            "subject is \"{}\", not \"{}\"{}",
+            new.subject,
+            template.subject,
+            if new.subject == template.subject {
+                " (same text, different encoding)"
+            } else {
+                ""
+            }
+        ));
+    }
+    let sans = |c: &Cert| c.sans.iter().cloned().collect::<BTreeSet<San>>();
+    let (got, want) = (sans(&new), sans(template));
+    if got != want {
+        let list = |s: Vec<&San>| {
+            s.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let added: Vec<&San> = got.difference(&want).collect();
+        let missing: Vec<&San> = want.difference(&got).collect();
+        let mut d = String::from("SANs differ:");
+        if !added.is_empty() {
+            d.push_str(&format!(" added {}", list(added)));
+        }
+        if !missing.is_empty() {
+            d.push_str(&format!(" missing {}", list(missing)));
+        }
+        diffs.push(d);
+    }
+    if new.spki_der != spki {
+        diffs.push("it certifies another public key than the one requested".into());
+    }
+    let lacking = |have: &[String], need: &[String]| -> Vec<String> {
+        need.iter().filter(|u| !have.contains(u)).cloned().collect()
+    };
+    let ku = lacking(&new.key_usages, &template.key_usages);
+    if !ku.is_empty() {
+        diffs.push(format!("key usages lack {}", ku.join(", ")));
+    }
+    let eku = lacking(&new.ext_key_usages, &template.ext_key_usages);
+    if !eku.is_empty() {
+        diffs.push(format!("extended key usages lack {}", eku.join(", ")));
+    }
+    if new.is_ca {
+        diffs.push("it is a CA certificate (CA:TRUE)".into());
+    }
+    if !new.is_signed_by(ca) {
+        diffs.push(format!(
+            "it is not signed by the CA \"{}\" the old certificate chained to (issuer \"{}\")",
+            ca.subject, new.issuer
+        ));
+    }
+    if new.not_before > now + SKEW {
+        diffs.push(format!(
+            "it is valid only from {}",
+            crate::report::rfc3339(new.not_before)
+        ));
+    }
+    if new.not_after <= now {
+        diffs.push(format!(
+            "it expired at {}",
+            crate::report::rfc3339(new.not_after)
+        ));
+    }
+    if new.not_after > ca.not_after {
+        diffs.push(format!(
+            "it outlives its CA ({} > {})",
+            crate::report::rfc3339(new.not_after),
+            crate::report::rfc3339(ca.not_after)
+        ));
+    }
+    if diffs.is_empty() {
+        Ok(new)
+    } else {
+        Err(Altered(diffs))
+    }
+}

@@ -381,3 +381,68 @@ fn check_remote(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{LoadOptions, load};
+
+    fn load_text(text: &str) -> Result<IssuerSettings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("certrotd.toml");
+        std::fs::write(&path, text).unwrap();
+        load(&LoadOptions {
+            config: Some(&path),
+            root: Some(dir.path()),
+        })
+        .map(|s| s.issuer)
+    }
+
+    #[test]
+    fn per_ca_overrides_inherit_the_global_server() {
+        let s = load_text(
+            "[issuer]\nmode = \"cfssl\"\nurl = \"https://ca.example:8888\"\n\
+             auth_key_file = \"/etc/certrotd/cfssl.key\"\nca_bundle = \"/etc/certrotd/b.pem\"\n\
+             profile = \"client\"\nprofiles = { apiserver = \"server\" }\n\
+             [issuer.ca.\"etcd-ca\"]\nmode = \"local\"\n\
+             [issuer.ca.\"front-proxy-ca\"]\nmode = \"cfssl\"\nprofile = \"fp\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.for_ca("etcd-ca"), CaChoice::LocalOnly);
+        let CaChoice::LocalElse(Some(global)) = s.for_ca("ca") else {
+            panic!("{:?}", s.for_ca("ca"));
+        };
+        assert_eq!(global.profile_for("apiserver"), "server");
+        assert_eq!(global.profile_for("admin.conf"), "client");
+        let CaChoice::Remote(fp) = s.for_ca("front-proxy-ca") else {
+            panic!("{:?}", s.for_ca("front-proxy-ca"));
+        };
+        assert_eq!(fp.url, "https://ca.example:8888");
+        assert_eq!(fp.profile, "fp");
+        assert_eq!(fp.ca_bundle, Some(PathBuf::from("/etc/certrotd/b.pem")));
+        assert!(s.remote_for("ca") && !s.remote_for("etcd-ca"));
+        assert!(!IssuerSettings::default().remote_for("ca"));
+    }
+
+    #[test]
+    fn a_cfssl_issuer_without_what_it_needs_is_refused_where_written() {
+        let e = load_text("[issuer]\nmode = \"cfssl\"\nauth_key_file = \"/k\"\n").unwrap_err();
+        assert!(e.to_string().contains(":2:8: issuer: mode = \"cfssl\" needs url"), "{e}");
+        let e = load_text(
+            "[issuer]\nmode = \"cfssl\"\nurl = \"https://ca:1\"\nauth_key_file = \"/k\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains(":3:7: issuer.url = \"https://ca:1\" is https"), "{e}");
+        let e = load_text("[issuer]\nurl = \"ftp://x\"\n[issuer.ca.ca]\nmode = \"cfssl\"\nauth_key_file = \"/k\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("issuer.ca.\"ca\".url = \"ftp://x\""), "{e}");
+        let e = load_text("[issuer]\nauth_key_file = \"k\"\n").unwrap_err();
+        assert!(e.to_string().contains(":2:17: issuer.auth_key_file"), "{e}");
+        let e = load_text("[issuer]\nretry_initial = \"1h\"\nretry_max = \"1m\"\n").unwrap_err();
+        assert!(e.to_string().contains(":3:13: issuer.retry_max"), "{e}");
+        let e = load_text("[issuer.ca.ca]\nurl = \"http://x:1\"\n").unwrap_err();
+        assert!(e.to_string().contains("mode is missing"), "{e}");
+        let e = load_text("[issuer]\nmode = \"remote\"\n").unwrap_err();
+        assert!(e.to_string().contains(":2:8"), "{e}");
+    }
+}

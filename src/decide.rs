@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::inventory::{Entry, Inventory};
+use crate::pki::cert::Cert;
 use crate::policy::{self, Status, Windows as StatusWindows};
 use crate::window::Windows;
 
@@ -28,6 +29,8 @@ pub struct Policy {
     pub windows: Windows,
     /// This node's name (the jitter is derived from it).
     pub node: String,
+    /// `[issuer]`: which CAs whose key is not on the node a remote CA renews for.
+    pub issuer: crate::config::IssuerSettings,
 }
 
 impl Policy {
@@ -40,6 +43,7 @@ impl Policy {
             jitter: s.policy.jitter,
             windows: s.policy.windows(),
             node: s.node_name.clone(),
+            issuer: s.issuer.clone(),
         }
     }
 }
@@ -159,7 +163,7 @@ pub fn decide(
             });
             continue;
         };
-        let t = Times::of(e, cert.not_after, policy, kubelet_rotates);
+        let t = Times::of(e, cert, policy, kubelet_rotates);
         // Notices, once per certificate, serial and threshold.
         for (threshold, from) in [
             (Threshold::Notify, t.notify),
@@ -169,8 +173,7 @@ pub fn decide(
             if now >= from {
                 let key = (e.name.clone(), cert.serial.clone(), threshold);
                 if !announced.contains(&key) {
-                    d.notices
-                        .push(notice(e, &cert.serial, threshold, cert.not_after, now));
+                    d.notices.push(notice(e, cert, threshold, &t, now));
                 }
             } else {
                 wake.push(from);
@@ -179,7 +182,7 @@ pub fn decide(
         let (next, at) = if e.is_ca() {
             // CA rotation is a deliberate, cluster-wide act; certrotd announces, never starts it.
             (NextAction::None, None)
-        } else if let Some(why) = blocked(e) {
+        } else if let Some(why) = blocked(e, &policy.issuer) {
             if now >= t.notify {
                 (NextAction::Blocked(why), None)
             } else {
@@ -226,9 +229,16 @@ pub fn decide(
     d
 }
 
+/// The share of its lifetime after which the kubelet is late with its own rotation: client-go
+/// rotates at a random point between 70% and 90%.
+const KUBELET_LATE: f64 = 0.9;
+
 /// The moments that matter for one certificate.
 struct Times {
+    /// When operators are first told (for a certificate the kubelet rotates: when it is late).
     notify: OffsetDateTime,
+    /// Whether the kubelet rotates it itself (certrotd only watches, then takes over).
+    kubelet_rotates: bool,
     /// When renewal is planned: `renew_base` plus this node's jitter.
     renew: OffsetDateTime,
     /// `renew_before` before expiry, without jitter.
@@ -237,25 +247,41 @@ struct Times {
 }
 
 impl Times {
-    fn of(e: &Entry, not_after: OffsetDateTime, p: &Policy, kubelet_rotates: bool) -> Times {
+    fn of(e: &Entry, cert: &Cert, p: &Policy, kubelet_rotates: bool) -> Times {
+        let not_after = cert.not_after;
         let back =
             |d: Duration| not_after - time::Duration::try_from(d).unwrap_or(time::Duration::MAX);
         let emergency = back(p.emergency_before);
-        let (renew_base, renew) = if kubelet_rotates && is_kubelet_client(e) {
-            // The kubelet renews its own client certificate (at 70–90% of its lifetime); certrotd
-            // takes over only when it is about to expire, so the two never fight.
-            (emergency, emergency)
-        } else {
-            let base = back(p.renew_before);
-            (base, base + jitter(&p.node, e, p.jitter))
-        };
+        if kubelet_rotates && is_kubelet_client(e) {
+            // The kubelet renews its own client certificate (at 70–90% of its lifetime): certrotd
+            // says so when it is late, and takes over only when the certificate is about to expire
+            // — never before the kubelet is late — so the two never fight.
+            let late = kubelet_late(cert);
+            let takeover = emergency.max(late);
+            return Times {
+                notify: late,
+                kubelet_rotates: true,
+                renew: takeover,
+                renew_base: takeover,
+                emergency,
+            };
+        }
+        let base = back(p.renew_before);
+        let renew = base + jitter(&p.node, e, p.jitter);
         Times {
             notify: back(p.notify_before),
+            kubelet_rotates: false,
             renew: renew.min(emergency),
-            renew_base: renew_base.min(emergency),
+            renew_base: base.min(emergency),
             emergency,
         }
     }
+}
+
+/// When the kubelet is late with rotating `cert` (90% of its lifetime).
+pub fn kubelet_late(cert: &Cert) -> OffsetDateTime {
+    let life = cert.not_after - cert.not_before;
+    cert.not_before + life * KUBELET_LATE
 }
 
 fn is_kubelet_client(e: &Entry) -> bool {
@@ -282,9 +308,13 @@ fn jitter(node: &str, e: &Entry, max: Duration) -> time::Duration {
 }
 
 /// Why certrotd cannot renew this certificate itself, if it cannot.
-fn blocked(e: &Entry) -> Option<String> {
+fn blocked(e: &Entry, issuer: &crate::config::IssuerSettings) -> Option<String> {
     if !e.problems.is_empty() {
         return Some(first_problem(e));
+    }
+    // A remote CA renews what the node has no CA key for.
+    if e.signer.as_deref().is_some_and(|ca| issuer.remote_for(ca)) {
+        return None;
     }
     // The kubelet's self-signed serving certificate has no CA key by design; it is regenerated.
     if e.externally_managed && e.name != "kubelet-serving" {
@@ -303,16 +333,17 @@ fn first_problem(e: &Entry) -> String {
         .unwrap_or_else(|| "unreadable".to_owned())
 }
 
-fn notice(
-    e: &Entry,
-    serial: &str,
-    threshold: Threshold,
-    not_after: OffsetDateTime,
-    now: OffsetDateTime,
-) -> Notice {
+fn notice(e: &Entry, cert: &Cert, threshold: Threshold, t: &Times, now: OffsetDateTime) -> Notice {
+    let (serial, not_after) = (&cert.serial, cert.not_after);
     let when = crate::report::rfc3339(not_after);
     let left = crate::duration::format_residual((not_after - now).whole_seconds());
     let message = match threshold {
+        Threshold::Notify if t.kubelet_rotates => format!(
+            "the kubelet is late rotating its client certificate {} (rotateCertificates: true): \
+             90% of its lifetime has passed, it expires in {left} ({when}); certrotd takes over at {}",
+            e.name,
+            crate::report::rfc3339(t.renew)
+        ),
         Threshold::Notify => format!("certificate {} expires in {left} ({when})", e.name),
         Threshold::Emergency => format!(
             "certificate {} expires in {left} ({when}): renewal is urgent",
@@ -365,6 +396,7 @@ mod tests {
             )
             .unwrap(),
             node: "cp1".into(),
+            issuer: Default::default(),
         }
     }
 
@@ -521,6 +553,144 @@ mod tests {
             expiry + time::Duration::days(1),
         );
         assert!(d.expired && d.due.contains(&"kubelet-client-current".to_string()));
+    }
+
+    fn kubelet_client(inv: &Inventory) -> (OffsetDateTime, OffsetDateTime) {
+        let c = inv
+            .get("kubelet-client-current")
+            .unwrap()
+            .cert
+            .as_ref()
+            .unwrap();
+        (c.not_after, kubelet_late(c))
+    }
+
+    fn state_of(d: &Decision, name: &str) -> NextAction {
+        d.certs
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap()
+            .next
+            .clone()
+    }
+
+    #[test]
+    fn the_kubelets_own_rotation_is_watched_warned_about_when_late_then_taken_over() {
+        let (_t, inv, _) = node();
+        let p = policy(&[]);
+        let (expiry, late) = kubelet_client(&inv);
+        let name = "kubelet-client-current";
+        // A year-long certificate: late at 90% (36.5 days before expiry), taken over at
+        // emergency_before (7 days before).
+        assert_eq!((expiry - late).whole_days(), 36);
+        // Healthy: inside notify_before and renew_before, but the kubelet's to rotate: no notice,
+        // nothing due.
+        let d = decide(
+            &inv,
+            &p,
+            &BTreeSet::new(),
+            true,
+            late - time::Duration::days(5),
+        );
+        assert!(!d.due.contains(&name.to_string()));
+        assert!(!d.notices.iter().any(|n| n.name == name), "{:?}", d.notices);
+        assert_eq!(state_of(&d, name), NextAction::Renew);
+        // Late: warned once, still not touched.
+        let d = decide(
+            &inv,
+            &p,
+            &BTreeSet::new(),
+            true,
+            late + time::Duration::hours(1),
+        );
+        let n = d.notices.iter().find(|n| n.name == name).unwrap();
+        assert_eq!(n.threshold, Threshold::Notify);
+        assert!(n.message.contains("the kubelet is late"), "{}", n.message);
+        assert!(!d.due.contains(&name.to_string()));
+        let at = d.certs.iter().find(|c| c.name == name).unwrap().at.unwrap();
+        assert_eq!(at, expiry - time::Duration::days(7));
+        // About to expire: taken over, as an emergency (no window, no waiting).
+        let d = decide(
+            &inv,
+            &p,
+            &BTreeSet::new(),
+            true,
+            expiry - time::Duration::days(6),
+        );
+        assert!(d.due.contains(&name.to_string()) && d.emergency);
+        // Expired: taken over too.
+        let d = decide(
+            &inv,
+            &p,
+            &BTreeSet::new(),
+            true,
+            expiry + time::Duration::hours(1),
+        );
+        assert!(d.due.contains(&name.to_string()) && d.expired);
+    }
+
+    #[test]
+    fn short_lived_kubelet_certificates_are_never_taken_before_the_kubelet_is_late() {
+        let (_t, inv, issued) = node();
+        // emergency_before longer than 10% of the lifetime: the take-over waits for 90%.
+        let mut p = policy(&[]);
+        p.emergency_before = Duration::from_secs(300 * DAY as u64);
+        p.renew_before = Duration::from_secs(310 * DAY as u64);
+        p.notify_before = Duration::from_secs(320 * DAY as u64);
+        let (_, late) = kubelet_client(&inv);
+        let name = "kubelet-client-current".to_string();
+        let d = decide(
+            &inv,
+            &p,
+            &BTreeSet::new(),
+            true,
+            issued + time::Duration::days(100),
+        );
+        assert!(!d.due.contains(&name) && d.due.contains(&"apiserver".to_string()));
+        let d = decide(
+            &inv,
+            &p,
+            &BTreeSet::new(),
+            true,
+            late + time::Duration::minutes(1),
+        );
+        assert!(d.due.contains(&name));
+    }
+
+    #[test]
+    fn externally_managed_certificates_are_due_when_a_remote_ca_is_configured() {
+        let (t, _, _) = node();
+        std::fs::remove_file(t.path().join("etc/kubernetes/pki/ca.key")).unwrap();
+        let root = crate::root::Root::new(t.path());
+        let inv = crate::inventory::scan(&crate::inventory::Request {
+            root: &root,
+            layouts: None,
+            extra_paths: &[],
+        });
+        let now = leaf_expiry(&inv) - time::Duration::days(20);
+        let mut p = policy(&[]);
+        let d = decide(&inv, &p, &BTreeSet::new(), true, now);
+        assert!(
+            matches!(state_of(&d, "apiserver"), NextAction::Blocked(w) if w.contains("externally managed"))
+        );
+        assert!(d.due.contains(&"etcd-server".to_string()));
+        p.issuer.mode = crate::config::IssuerMode::Cfssl;
+        let d = decide(&inv, &p, &BTreeSet::new(), true, now);
+        assert!(d.due.contains(&"apiserver".to_string()));
+        assert!(d.due.contains(&"admin.conf".to_string()));
+        // A per-CA override that keeps the CA local leaves it blocked.
+        p.issuer.ca.insert(
+            "ca".into(),
+            crate::config::CaOverride {
+                mode: crate::config::IssuerMode::Local,
+                url: None,
+                auth_key_file: None,
+                profile: None,
+                ca_bundle: None,
+            },
+        );
+        let d = decide(&inv, &p, &BTreeSet::new(), true, now);
+        assert!(!d.due.contains(&"apiserver".to_string()));
     }
 
     #[test]

@@ -118,7 +118,10 @@ fn a_mixed_node_renews_through_cfssl_over_tls_and_its_local_cas() {
     let api = cert_at(&r.node.path("/etc/kubernetes/pki/apiserver.crt"));
     let admin = kubeconfig_cert(&r.node.path("/etc/kubernetes/admin.conf"));
     let client = kubelet_client(&r.node);
-    for (name, old, new) in [("apiserver", &old_api, &api), ("admin.conf", &old_admin, &admin)] {
+    for (name, old, new) in [
+        ("apiserver", &old_api, &api),
+        ("admin.conf", &old_admin, &admin),
+    ] {
         assert_ne!(new.serial, old.serial, "{name}");
         assert_eq!(new.subject_der, old.subject_der, "{name}");
         assert_eq!(new.sans, old.sans, "{name}");

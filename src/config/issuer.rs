@@ -285,9 +285,14 @@ impl IssuerLayer {
         for (name, layer) in &self.ca {
             let key = format!("issuer.ca.{name:?}");
             let Some(mode) = &layer.mode else {
-                let at = [&layer.url, &layer.auth_key_file, &layer.profile, &layer.ca_bundle]
-                    .into_iter()
-                    .find_map(|v| v.as_ref().map(|v| &v.at));
+                let at = [
+                    &layer.url,
+                    &layer.auth_key_file,
+                    &layer.profile,
+                    &layer.ca_bundle,
+                ]
+                .into_iter()
+                .find_map(|v| v.as_ref().map(|v| &v.at));
                 let message = format!("{key}: mode is missing (\"local\" or \"cfssl\")");
                 return Err(match at {
                     Some(at) => sources.invalid(at, message),
@@ -322,7 +327,10 @@ impl IssuerLayer {
 
 /// Paths must be absolute node paths.
 fn check_paths(sources: &Sources, w: &Written<'_>) -> Result<(), ConfigError> {
-    for (field, v) in [("auth_key_file", w.auth_key_file), ("ca_bundle", w.ca_bundle)] {
+    for (field, v) in [
+        ("auth_key_file", w.auth_key_file),
+        ("ca_bundle", w.ca_bundle),
+    ] {
         if let Some(v) = v.filter(|v| !v.value.is_empty()) {
             check_node_path(Path::new(&v.value)).map_err(|e| {
                 sources.invalid(&v.at, format!("{}.{field} = {:?}: {e}", w.key, v.value))
@@ -427,15 +435,26 @@ mod tests {
     #[test]
     fn a_cfssl_issuer_without_what_it_needs_is_refused_where_written() {
         let e = load_text("[issuer]\nmode = \"cfssl\"\nauth_key_file = \"/k\"\n").unwrap_err();
-        assert!(e.to_string().contains(":2:8: issuer: mode = \"cfssl\" needs url"), "{e}");
+        assert!(
+            e.to_string()
+                .contains(":2:8: issuer: mode = \"cfssl\" needs url"),
+            "{e}"
+        );
         let e = load_text(
             "[issuer]\nmode = \"cfssl\"\nurl = \"https://ca:1\"\nauth_key_file = \"/k\"\n",
         )
         .unwrap_err();
-        assert!(e.to_string().contains(":3:7: issuer.url = \"https://ca:1\" is https"), "{e}");
+        assert!(
+            e.to_string()
+                .contains(":3:7: issuer.url = \"https://ca:1\" is https"),
+            "{e}"
+        );
         let e = load_text("[issuer]\nurl = \"ftp://x\"\n[issuer.ca.ca]\nmode = \"cfssl\"\nauth_key_file = \"/k\"\n")
             .unwrap_err();
-        assert!(e.to_string().contains("issuer.ca.\"ca\".url = \"ftp://x\""), "{e}");
+        assert!(
+            e.to_string().contains("issuer.ca.\"ca\".url = \"ftp://x\""),
+            "{e}"
+        );
         let e = load_text("[issuer]\nauth_key_file = \"k\"\n").unwrap_err();
         assert!(e.to_string().contains(":2:17: issuer.auth_key_file"), "{e}");
         let e = load_text("[issuer]\nretry_initial = \"1h\"\nretry_max = \"1m\"\n").unwrap_err();

@@ -145,7 +145,10 @@ impl CfsslClient {
             req.profile,
             crate::report::rfc3339(new.not_after)
         ));
-        Ok(Issued { der: new.der, notes })
+        Ok(Issued {
+            der: new.der,
+            notes,
+        })
     }
 
     /// The authsign body: the request, and its HMAC under the auth key.
@@ -313,13 +316,14 @@ fn parse_answer(status: &u16, body: &[u8]) -> Result<Vec<u8>, String> {
 /// Reads a hex auth key as cfssl's `auth_keys` hold it. Errors name the path only.
 pub fn read_auth_key(path: &Path) -> Result<Vec<u8>, String> {
     let shown = path.display();
-    let data = std::fs::read(path)
-        .map_err(|e| format!("auth_key_file {shown}: cannot read it: {e}"))?;
+    let data =
+        std::fs::read(path).map_err(|e| format!("auth_key_file {shown}: cannot read it: {e}"))?;
     let text = std::str::from_utf8(&data)
         .map_err(|_| format!("auth_key_file {shown}: not hex text"))?
         .trim();
-    let key = hex::decode(text)
-        .map_err(|_| format!("auth_key_file {shown}: not a hex key as cfssl's auth_keys hold it"))?;
+    let key = hex::decode(text).map_err(|_| {
+        format!("auth_key_file {shown}: not a hex key as cfssl's auth_keys hold it")
+    })?;
     if key.len() < MIN_KEY_BYTES {
         return Err(format!(
             "auth_key_file {shown}: the key is {} bytes; at least {MIN_KEY_BYTES} (32 hex digits) are needed",
@@ -365,8 +369,8 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("invalid token (code 1000)"), "{e}");
-        let e = parse_answer(&200, br#"{"success":true,"result":{"certificate":"x"}}"#)
-            .unwrap_err();
+        let e =
+            parse_answer(&200, br#"{"success":true,"result":{"certificate":"x"}}"#).unwrap_err();
         assert!(e.contains("no CERTIFICATE"), "{e}");
     }
 
@@ -376,7 +380,10 @@ mod tests {
         let p = dir.path().join("k");
         std::fs::write(&p, "0123456789abcdef\n").unwrap();
         let e = read_auth_key(&p).unwrap_err();
-        assert!(e.contains(&p.display().to_string()) && e.contains("8 bytes"), "{e}");
+        assert!(
+            e.contains(&p.display().to_string()) && e.contains("8 bytes"),
+            "{e}"
+        );
         assert!(!e.contains("0123"), "the key must not be quoted: {e}");
         std::fs::write(&p, "zz").unwrap();
         assert!(read_auth_key(&p).unwrap_err().contains("not a hex key"));

@@ -28,8 +28,8 @@ pub fn answer(
     ca: &Cert,
     now: OffsetDateTime,
 ) -> Result<Cert, Altered> {
-    let new = Cert::from_der(der)
-        .map_err(|e| Altered(vec![format!("it is not a certificate ({e})")]))?;
+    let new =
+        Cert::from_der(der).map_err(|e| Altered(vec![format!("it is not a certificate ({e})")]))?;
     let mut diffs = Vec::new();
     if new.subject_der != template.subject_der {
         diffs.push(format!(

@@ -104,8 +104,7 @@ mod tests {
             ..Default::default()
         };
         crate::sandbox::write(tmp.path(), &opts, now).unwrap();
-        let pem_data =
-            std::fs::read(tmp.path().join("etc/kubernetes/pki/apiserver.crt")).unwrap();
+        let pem_data = std::fs::read(tmp.path().join("etc/kubernetes/pki/apiserver.crt")).unwrap();
         let blocks = crate::pki::pem::blocks(tmp.path(), &pem_data).unwrap();
         let old = Cert::from_der(&blocks[0].der).unwrap();
         let key = encode::generate(KeySpec::EcdsaP256).unwrap();

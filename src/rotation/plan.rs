@@ -536,7 +536,10 @@ fn remote(
     remote.auth_key_file = root.join(&remote.auth_key_file);
     remote.ca_bundle = remote.ca_bundle.map(|b| root.join(b));
     crate::issuer::cfssl::read_auth_key(&remote.auth_key_file).map_err(|e| {
-        Decision::Refuse(format!("issuer for CA {} via cfssl {}: {e}", ca.name, remote.url))
+        Decision::Refuse(format!(
+            "issuer for CA {} via cfssl {}: {e}",
+            ca.name, remote.url
+        ))
     })?;
     Ok(IssuerPlan::Remote {
         ca: ca.name.clone(),

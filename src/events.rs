@@ -29,6 +29,66 @@ pub mod ids {
     pub const RELOADED: &str = "6b0e3d4c2a8f4f6c9a1e7d5b3c2f1a08";
     /// A rotation was deferred (maintenance window, unhealthy components).
     pub const DEFERRED: &str = "6b0e3d4c2a8f4f6c9a1e7d5b3c2f1a09";
+    /// Renewal failed and is retried with backoff (e.g. the remote CA unreachable).
+    pub const RETRYING: &str = "6b0e3d4c2a8f4f6c9a1e7d5b3c2f1a0a";
+}
+
+/// How loud a retried failure is: louder as the certificates near expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// Still well before expiry.
+    Warning,
+    /// Inside `emergency_before`.
+    Error,
+    /// Already expired.
+    Critical,
+}
+
+/// Renewal of `certs` failed for the `attempts`-th time in a row; the next attempt is at `next`.
+pub fn retrying(
+    node: &str,
+    certs: &[String],
+    attempts: u32,
+    error: &str,
+    next: OffsetDateTime,
+    severity: Severity,
+) {
+    let certs = certs.join(",");
+    let next = rfc3339(next);
+    match severity {
+        Severity::Warning => tracing::warn!(
+            message_id = ids::RETRYING,
+            certrotd_event = "retrying",
+            node,
+            cert_name = %certs,
+            attempts,
+            next_retry = %next,
+            "renewing {certs} failed (attempt {attempts}), retrying at {next}: {error}"
+        ),
+        Severity::Error => tracing::error!(
+            message_id = ids::RETRYING,
+            certrotd_event = "retrying",
+            node,
+            cert_name = %certs,
+            attempts,
+            next_retry = %next,
+            "URGENT: {certs} expire within emergency_before and renewing them failed \
+             (attempt {attempts}), retrying at {next}: {error}"
+        ),
+        // journald's priority follows the level, and tracing's highest is ERROR: the field and the
+        // message say critical.
+        Severity::Critical => tracing::error!(
+            message_id = ids::RETRYING,
+            certrotd_event = "retrying",
+            severity = "critical",
+            node,
+            cert_name = %certs,
+            attempts,
+            next_retry = %next,
+            "CRITICAL: {certs} have EXPIRED and renewing them failed (attempt {attempts}), \
+             retrying at {next}: {error}"
+        ),
+    }
 }
 
 /// The daemon finished its first inventory.

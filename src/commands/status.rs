@@ -182,6 +182,16 @@ pub fn to_table(report: &StatusReport) -> String {
         let _ = write!(line, " ({detail})");
     }
     let _ = writeln!(out, "{line}");
+    if let Some(r) = &report.retry {
+        let _ = writeln!(
+            out,
+            "RETRY renewal failed {} time(s) in a row since {}; next attempt {}: {}",
+            r.attempts,
+            r.failing_since.as_deref().unwrap_or("-"),
+            r.next_retry.as_deref().unwrap_or("-"),
+            r.last_error
+        );
+    }
     if !report.notices.is_empty() {
         out.push_str("\nNOTICES\n");
         for n in &report.notices {

@@ -142,6 +142,22 @@ pub struct StatusReport {
     /// The one-line summary sd_notify's STATUS carries, e.g.
     /// "17 certificates ok; next renewal apiserver in 29d".
     pub summary: String,
+    /// Renewals failing and being retried with backoff (e.g. the remote CA unreachable).
+    pub retry: Option<RetryStatus>,
+}
+
+/// Failed renewals being retried.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetryStatus {
+    /// Failed attempts in a row.
+    pub attempts: u32,
+    /// Why the last one failed.
+    pub last_error: String,
+    /// When the first of them failed, RFC 3339.
+    pub failing_since: Option<String>,
+    /// When the next attempt may start, RFC 3339.
+    pub next_retry: Option<String>,
 }
 
 /// The daemon process.

@@ -5,6 +5,7 @@
 //! `run` is a library function that takes its configuration and a shutdown future, so the
 //! integration tests drive the real daemon in process (pueue, mini-redis).
 
+pub mod backoff;
 pub mod handler;
 pub mod notify;
 pub mod rotate;
@@ -139,9 +140,12 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
             if stopped {
                 break;
             }
-            // A failed rotation would be retried at once: wait for the next deadline instead.
+            // A failed rotation would be retried at once: back off (and say louder as the
+            // deadline nears); a success starts afresh.
             if daemon.last_failed {
-                daemon.retry_after = Some(OffsetDateTime::now_utc() + RETRY_AFTER);
+                daemon.back_off(&decision, OffsetDateTime::now_utc());
+            } else {
+                daemon.backoff.clear();
             }
             continue;
         }
@@ -184,9 +188,6 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
     daemon.stop(control).await
 }
 
-/// How long a failed automatic rotation waits before it is tried again.
-const RETRY_AFTER: time::Duration = time::Duration::minutes(5);
-
 fn sleep_until(wake: Option<OffsetDateTime>, now: OffsetDateTime) -> tokio::time::Sleep {
     // With nothing scheduled, only an event can change anything: sleep "forever" (a day, so a
     // clock jump is noticed) without waking in between.
@@ -219,7 +220,10 @@ struct Daemon {
     info: DaemonInfo,
     lease: LeaseStatus,
     last_failed: bool,
-    retry_after: Option<OffsetDateTime>,
+    /// Why the last rotation failed (or did not start).
+    last_error: Option<String>,
+    /// Retrying failed automatic rotations.
+    backoff: backoff::Backoff,
 }
 
 impl Daemon {
@@ -255,7 +259,8 @@ impl Daemon {
             progress: Arc::new(Mutex::new(None)),
             notifier: Notifier::default(),
             last_failed: false,
-            retry_after: None,
+            last_error: None,
+            backoff: backoff::Backoff::default(),
         })
     }
 
@@ -330,7 +335,7 @@ impl Daemon {
         // inventory, re-read after every rotation, does not already hold; they must not end the
         // pause, or a failing rotation would be retried at once, again and again.
         if replaced {
-            self.retry_after = None;
+            self.backoff.clear();
         }
     }
 
@@ -343,7 +348,7 @@ impl Daemon {
             rotates,
             now,
         );
-        if let Some(retry) = self.retry_after.filter(|r| *r > now) {
+        if let Some(retry) = self.backoff.waiting(now) {
             // After a failed rotation: nothing starts again before the retry time.
             d.due.clear();
             d.next_wake = Some(d.next_wake.map_or(retry, |w| w.min(retry)));
@@ -408,7 +413,48 @@ impl Daemon {
             .clone();
         let report = status::report(&self.inputs(d, progress.as_ref()), now);
         self.notifier.status(&report.summary);
-        *shared.status.write().unwrap_or_else(|e| e.into_inner()) = report;
+        *shared.status.write().unwrap_or_else(|e| e.into_inner()) = StatusReport {
+            retry: self.backoff.status(),
+            ..report
+        };
+    }
+
+    /// After a failed automatic rotation: wait before trying again, longer after each failure, and
+    /// tell the operator, the louder the nearer the certificates are to expiry.
+    fn back_off(&mut self, d: &Decision, now: OffsetDateTime) {
+        let error = self
+            .last_error
+            .clone()
+            .unwrap_or_else(|| "rotation failed".to_owned());
+        let issuer = &self.settings.issuer;
+        let next = self.backoff.failed(
+            now,
+            error.clone(),
+            issuer.retry_initial,
+            issuer.retry_max,
+            rand::random::<f64>(),
+        );
+        let severity = if d.expired {
+            events::Severity::Critical
+        } else if d.emergency {
+            events::Severity::Error
+        } else {
+            events::Severity::Warning
+        };
+        events::retrying(
+            &self.settings.node_name,
+            &d.due,
+            self.backoff.attempts,
+            &error,
+            next,
+            severity,
+        );
+        self.note(format!(
+            "renewal of {} failed (attempt {}): {error}; next attempt at {}",
+            d.due.join(", "),
+            self.backoff.attempts,
+            rfc3339(next)
+        ));
     }
 
     /// Takes the lease for a rotation, and shows it taken in status.
@@ -461,11 +507,14 @@ impl Daemon {
         let fut = rotate::rotate(&env, req, held, reply, &clock);
         let (result, stopping) = run_to_end(fut, stop, &self.progress, &mut self.notifier).await;
         self.give_back_lease();
-        self.last_failed = match &result {
-            Ok(r) => r.state == crate::control::proto::HistoryState::Failed,
+        (self.last_failed, self.last_error) = match &result {
+            Ok(r) if r.state == crate::control::proto::HistoryState::Failed => {
+                (true, r.reason.clone())
+            }
+            Ok(_) => (false, None),
             Err(e) => {
                 tracing::warn!("rotation not started: {e}");
-                true
+                (true, Some(e.clone()))
             }
         };
         stopping

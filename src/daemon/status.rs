@@ -55,6 +55,8 @@ pub fn report(i: &Inputs<'_>, now: OffsetDateTime) -> StatusReport {
         rotation: i.rotation.cloned(),
         lease: i.lease.clone(),
         notices: i.notices.to_vec(),
+        // The daemon adds its retry state (daemon/backoff.rs).
+        retry: None,
     }
 }
 

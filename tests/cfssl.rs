@@ -15,13 +15,15 @@ use certrotd::pki::cert::Cert;
 use certrotd::pki::encode::KeySpec;
 use certrotd::pki::pem;
 use certrotd::sandbox::SandboxOptions;
-use support::cfssl::Cfssl;
+use support::cfssl::{Cfssl, Tamper, Tamperer};
 use support::renewal::{self, Node};
 
 /// A sandbox node (ECDSA: quick to renew) whose cluster CA key has moved to a cfssl server.
 struct Remote {
     node: Node,
     cfssl: Cfssl,
+    /// The configuration the sandbox wrote, before any `[issuer]`.
+    base: String,
 }
 
 impl Remote {
@@ -38,19 +40,23 @@ impl Remote {
             tls,
         );
         std::fs::remove_file(&ca_key).unwrap();
-        Remote { node, cfssl }
+        let base = std::fs::read_to_string(node.root.join("certrotd.toml")).unwrap();
+        Remote { node, cfssl, base }
     }
 
-    /// Appends the `[issuer]` table for the server (plus `extra`) to the node's configuration.
+    /// Configures the `[issuer]` table for the server (plus `extra`).
     fn configure(&self, extra: &str) {
+        self.configure_url(&self.cfssl.url(), extra);
+    }
+
+    /// The same, pointed at `url` instead.
+    fn configure_url(&self, url: &str, extra: &str) {
         let table = self
             .cfssl
-            .issuer_config(&self.node.root, "/etc/certrotd/cfssl.key", extra);
+            .issuer_config(&self.node.root, "/etc/certrotd/cfssl.key", extra)
+            .replace(&self.cfssl.url(), url);
         let config = self.node.root.join("certrotd.toml");
-        let mut text = std::fs::read_to_string(&config).unwrap();
-        text.push('\n');
-        text.push_str(&table);
-        std::fs::write(config, text).unwrap();
+        std::fs::write(config, format!("{}\n{table}", self.base)).unwrap();
     }
 
     fn ca(&self) -> Cert {
@@ -144,4 +150,109 @@ fn a_mixed_node_renews_through_cfssl_over_tls_and_its_local_cas() {
     let etcd_server = cert_at(&r.node.path("/etc/kubernetes/pki/etcd/server.crt"));
     renewal::openssl_verify(&etcd_ca.der, &[&etcd_server.der], "etcd-server");
     renewal::assert_consistent(&r.node.root, None, &[]);
+}
+
+/// Renews `--cert apiserver` and expects a refusal mentioning every one of `words`; the node's
+/// files must be byte for byte as before.
+fn assert_refused(r: &Remote, certs: &[&str], words: &[&str]) -> String {
+    let before = renewal::snapshot(&r.node.root);
+    let mut args = Vec::new();
+    for c in certs {
+        args.extend(["--cert", c]);
+    }
+    let out = r.node.run("renew", &args);
+    assert!(!out.status.success(), "{}", out.text());
+    for w in words {
+        assert!(out.text().contains(w), "{w:?} not in:\n{}", out.text());
+    }
+    assert!(
+        renewal::snapshot(&r.node.root) == before,
+        "files changed:\n{}",
+        out.text()
+    );
+    out.stderr
+}
+
+#[test]
+fn a_wrong_auth_key_or_a_server_that_is_down_changes_nothing() {
+    let mut r = Remote::new(false);
+    r.configure("");
+    // cfssl is not running yet: connection refused, named with the server.
+    assert_refused(
+        &r,
+        &["admin.conf"],
+        &[
+            "renewing admin.conf",
+            &r.cfssl.url(),
+            "connecting to 127.0.0.1",
+        ],
+    );
+    r.cfssl.start();
+    // The node's key is not the server's.
+    let key = r.node.path("/etc/certrotd/cfssl.key");
+    std::fs::write(&key, format!("{}\n", "ab".repeat(32))).unwrap();
+    let err = assert_refused(&r, &["admin.conf"], &["signing refused", "HTTP"]);
+    assert!(!err.contains(&"ab".repeat(16)), "the key leaked: {err}");
+    assert!(
+        !err.contains(support::cfssl::AUTH_KEY),
+        "the key leaked: {err}"
+    );
+    // A key file too short to be cfssl's is refused before anything is asked, naming the file.
+    std::fs::write(&key, "abcd\n").unwrap();
+    let signed = r.cfssl.signed();
+    assert_refused(&r, &["admin.conf"], &[key.to_str().unwrap(), "2 bytes"]);
+    std::fs::remove_file(&key).unwrap();
+    assert_refused(&r, &["admin.conf"], &[key.to_str().unwrap(), "cannot read"]);
+    assert_eq!(r.cfssl.signed(), signed);
+}
+
+#[test]
+fn answers_the_remote_ca_altered_are_refused() {
+    let mut r = Remote::new(false);
+    r.cfssl.start();
+    // A profile without the client usage the old certificate has.
+    r.configure("[issuer.profiles]\n\"admin.conf\" = \"server\"\n");
+    assert_refused(
+        &r,
+        &["admin.conf"],
+        &["refused", "extended key usages lack clientAuth"],
+    );
+
+    // Another SAN, and another subject, signed by the real CA through a tampering server.
+    for (how, words) in [
+        (Tamper::AddSan, &["SANs differ: added DNS:evil.example"][..]),
+        (
+            Tamper::Subject,
+            &["CN=system:masters-evil\", not \"CN=kube-apiserver\""][..],
+        ),
+    ] {
+        let proxy = Tamperer::start(r.cfssl.port, how);
+        r.configure_url(&proxy.url(), "[issuer.profiles]\napiserver = \"server\"\n");
+        assert_refused(&r, &["apiserver"], words);
+    }
+    assert!(
+        r.cfssl.signed() >= 3,
+        "cfssl signed each of them:\n{}",
+        r.cfssl.log()
+    );
+
+    // A server holding another CA's key (etcd's): its certificate does not chain to the old one's CA.
+    let mut other = Cfssl::new(
+        &r.node.tmp.path().join("other"),
+        &r.node.path("/etc/kubernetes/pki/etcd/ca.crt"),
+        &r.node.path("/etc/kubernetes/pki/etcd/ca.key"),
+        false,
+    );
+    other.start();
+    let r2 = Remote {
+        node: r.node.copy(),
+        cfssl: other,
+        base: r.base.clone(),
+    };
+    r2.configure("");
+    assert_refused(
+        &r2,
+        &["admin.conf"],
+        &["not signed by the CA \"CN=kubernetes\""],
+    );
 }

@@ -213,3 +213,115 @@ fn make_tls(dir: &Path) {
         &d("tls.crt"),
     ]);
 }
+
+/// How a [`Tamperer`] alters what it forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tamper {
+    /// Adds a SAN (`evil.example`) to the request's hosts.
+    AddSan,
+    /// Asks for another subject (cfssl's sign request `subject` override).
+    Subject,
+}
+
+/// A tiny real HTTP server between certrotd and cfssl that alters each signing request (and
+/// re-authenticates it with the auth key), so the real CA signs a certificate other than the one
+/// certrotd asked for: a wrong answer, as a misconfigured or hostile remote CA would give.
+pub struct Tamperer {
+    /// Where certrotd is pointed.
+    pub port: u16,
+}
+
+impl Tamperer {
+    /// Starts it in a thread, forwarding to `cfssl_port` (plain HTTP).
+    pub fn start(cfssl_port: u16, how: Tamper) -> Tamperer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let Some(body) = read_request(&mut conn) else {
+                    continue;
+                };
+                let answer = forward(cfssl_port, &tamper(&body, how));
+                let _ = conn.write_all(&answer);
+            }
+        });
+        Tamperer { port }
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Reads one HTTP request and returns its body.
+fn read_request(conn: &mut TcpStream) -> Option<Vec<u8>> {
+    use std::io::Read as _;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        data.extend_from_slice(&buf[..n]);
+        let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0);
+        if data.len() >= end + 4 + len {
+            return Some(data[end + 4..end + 4 + len].to_vec());
+        }
+    }
+}
+
+/// The authsign body with its request altered and its token made again.
+fn tamper(body: &[u8], how: Tamper) -> Vec<u8> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let outer: serde_json::Value = serde_json::from_slice(body).unwrap();
+    let inner = b64.decode(outer["request"].as_str().unwrap()).unwrap();
+    let mut request: serde_json::Value = serde_json::from_slice(&inner).unwrap();
+    match how {
+        Tamper::AddSan => request["hosts"]
+            .as_array_mut()
+            .unwrap()
+            .push("evil.example".into()),
+        Tamper::Subject => {
+            request["subject"] =
+                serde_json::json!({"CN": "system:masters-evil", "names": [{"O": "system:masters"}]})
+        }
+    }
+    let inner = request.to_string();
+    let key = aws_lc_rs::hmac::Key::new(
+        aws_lc_rs::hmac::HMAC_SHA256,
+        &hex::decode(AUTH_KEY).unwrap(),
+    );
+    let token = aws_lc_rs::hmac::sign(&key, inner.as_bytes());
+    serde_json::json!({"token": b64.encode(token.as_ref()), "request": b64.encode(inner.as_bytes())})
+        .to_string()
+        .into_bytes()
+}
+
+/// Posts `body` to cfssl's authsign and returns its whole HTTP answer.
+fn forward(port: u16, body: &[u8]) -> Vec<u8> {
+    use std::io::Read as _;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "POST /api/v1/cfssl/authsign HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    answer
+}

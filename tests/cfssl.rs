@@ -9,14 +9,22 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use certrotd::control::client;
+use certrotd::control::proto::{HistoryRecord, HistoryState, Request, Response, StatusReport};
+use certrotd::issuer::tbs;
 use certrotd::pki::cert::Cert;
-use certrotd::pki::encode::KeySpec;
+use certrotd::pki::encode::{self, KeySpec};
+use certrotd::pki::key::PrivateKey;
 use certrotd::pki::pem;
 use certrotd::sandbox::SandboxOptions;
 use support::cfssl::{Cfssl, Tamper, Tamperer};
 use support::renewal::{self, Node};
+use time::OffsetDateTime;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 /// A sandbox node (ECDSA: quick to renew) whose cluster CA key has moved to a cfssl server.
 struct Remote {
@@ -255,4 +263,226 @@ fn answers_the_remote_ca_altered_are_refused() {
         &["admin.conf"],
         &["not signed by the CA \"CN=kubernetes\""],
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon: backoff while the remote CA is down, and the kubelet's own rotation
+// ---------------------------------------------------------------------------------------------
+
+/// Long enough for two shared cores; every wait ends as soon as its condition holds.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Re-issues the kubelet's client certificate (same key and attributes, signed with the CA key the
+/// cfssl server holds) valid from `since` ago for `left` more, replacing its file atomically.
+fn reissue_kubelet_client(r: &Remote, since: time::Duration, left: time::Duration) -> Cert {
+    let link = r
+        .node
+        .path("/var/lib/kubelet/pki/kubelet-client-current.pem");
+    let file = r
+        .node
+        .path(std::fs::read_link(link).unwrap().to_str().unwrap());
+    let data = std::fs::read(&file).unwrap();
+    let blocks = pem::blocks(&file, &data).unwrap();
+    let old = Cert::from_der(&blocks[0].der).unwrap();
+    let ca = r.ca();
+    let ca_key_file = r.cfssl.dir.join("ca.key");
+    let ca_key = PrivateKey::from_blocks(
+        &pem::blocks(&ca_key_file, &std::fs::read(&ca_key_file).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let now = OffsetDateTime::now_utc();
+    let der = tbs::renew(
+        &old.der,
+        &tbs::Changes {
+            serial: certrotd::issuer::local::random_serial(),
+            not_before: now - since,
+            not_after: now + left,
+            spki: &old.spki_der,
+            issuer_subject: &ca.subject_der,
+            issuer_key_id: ca.subject_key_id.as_deref(),
+        },
+        &ca_key.pair,
+    )
+    .unwrap();
+    let mut text = encode::cert_pem(&der);
+    for b in blocks.iter().filter(|b| b.label != "CERTIFICATE") {
+        text.push_str(&pem::encode(&b.label, &b.der));
+    }
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    Cert::from_der(&der).unwrap()
+}
+
+/// `certrotd::daemon::run` in process, stopped through its shutdown future.
+struct Daemon {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start(node: &Node) -> Daemon {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let opts = certrotd::daemon::Options {
+            config: Some(node.root.join("certrotd.toml")),
+            root: None,
+        };
+        let task = tokio::spawn(certrotd::daemon::run(opts, async move {
+            let _ = stopped.await;
+        }));
+        Daemon {
+            stop: Some(stop),
+            task,
+            socket: node.path("/run/certrotd/certrotd.sock"),
+        }
+    }
+
+    async fn status(&self) -> Option<StatusReport> {
+        match client::request(&self.socket, Request::Status, Duration::from_secs(5)).await {
+            Ok(Response::Status(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    async fn history(&self) -> Vec<HistoryRecord> {
+        match client::request(
+            &self.socket,
+            Request::History { limit: None },
+            Duration::from_secs(5),
+        )
+        .await
+        {
+            Ok(Response::History(h)) => h,
+            other => panic!("history: {other:?}"),
+        }
+    }
+
+    /// Polls status until `check` says yes.
+    async fn wait_for(&self, what: &str, check: impl Fn(&StatusReport) -> bool) -> StatusReport {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(s) = self.status().await.filter(|s| check(s)) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited {TIMEOUT:?} for {what} in vain; last status: {:#?}",
+                self.status().await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(TIMEOUT, &mut self.task)
+            .await
+            .expect("the daemon stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn next_action(s: &StatusReport, name: &str) -> String {
+    s.certificates
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("{name} not in status"))
+        .next_action
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_backs_off_while_cfssl_is_down_then_takes_the_kubelet_certificate_over() {
+    let mut r = Remote::new(false);
+    r.configure("retry_initial = \"1s\"\nretry_max = \"2s\"\n");
+    // The kubelet rotates its own certificate, but this one is late and about to expire.
+    let old = reissue_kubelet_client(&r, time::Duration::days(100), time::Duration::days(2));
+    let before = renewal::snapshot(&r.node.root);
+    let d = Daemon::start(&r.node);
+
+    // cfssl is down: each attempt fails, nothing changes, and the pauses are visible.
+    let s = d
+        .wait_for("two failed attempts", |s| {
+            s.retry.as_ref().is_some_and(|r| r.attempts >= 2)
+        })
+        .await;
+    let retry = s.retry.unwrap();
+    assert!(
+        retry.last_error.contains(&r.cfssl.url()) && retry.last_error.contains("connecting"),
+        "{retry:?}"
+    );
+    assert!(retry.next_retry.is_some() && retry.failing_since.is_some());
+    assert!(
+        s.notices.iter().any(|n| n.contains("failed (attempt 1)")),
+        "{:?}",
+        s.notices
+    );
+    let failed: Vec<HistoryRecord> = d
+        .history()
+        .await
+        .into_iter()
+        .filter(|h| h.state == HistoryState::Failed)
+        .collect();
+    assert!(!failed.is_empty());
+    assert!(
+        failed[0]
+            .certificates
+            .contains(&"kubelet-client-current".to_owned())
+            && failed[0]
+                .reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("remote CA"),
+        "{failed:#?}"
+    );
+    assert!(renewal::snapshot(&r.node.root) == before, "files changed");
+
+    // Back: the next attempt renews it through cfssl, and the retry state is gone.
+    r.cfssl.start();
+    d.wait_for("the retry state cleared", |s| s.retry.is_none())
+        .await;
+    let done = d.history().await;
+    assert!(
+        done.iter().any(|h| h.state == HistoryState::Success),
+        "{done:#?}"
+    );
+    d.stop().await;
+    let new = kubelet_client(&r.node);
+    assert_ne!(new.serial, old.serial);
+    assert_eq!(new.subject_der, old.subject_der);
+    renewal::openssl_verify(
+        &r.ca().der,
+        &[&new.der],
+        "the taken-over kubelet certificate",
+    );
+    assert!(r.cfssl.signed() >= 1);
+    renewal::assert_kubectl_reads(&r.node.path("/etc/kubernetes/kubelet.conf"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubelets_own_rotation_is_left_alone_and_warned_about_when_late() {
+    let mut r = Remote::new(false);
+    r.configure("");
+    r.cfssl.start();
+    let d = Daemon::start(&r.node);
+    let name = "kubelet-client-current";
+    // Healthy: watched, not touched, no word about it.
+    let s = d.wait_for("status", |_| true).await;
+    assert_eq!(next_action(&s, name), "renew");
+    assert!(!s.notices.iter().any(|n| n.contains("kubelet is late")));
+
+    // Past 90% of its lifetime but not yet within emergency_before (7d): warned, left alone.
+    let late = reissue_kubelet_client(&r, time::Duration::days(95), time::Duration::days(8));
+    let s = d
+        .wait_for("the late warning", |s| {
+            s.notices.iter().any(|n| n.contains("the kubelet is late"))
+        })
+        .await;
+    assert_eq!(next_action(&s, name), "renew", "{s:#?}");
+    assert!(d.history().await.is_empty());
+    d.stop().await;
+    assert_eq!(kubelet_client(&r.node).serial, late.serial);
+    assert_eq!(r.cfssl.signed(), 0, "{}", r.cfssl.log());
 }

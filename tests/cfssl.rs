@@ -20,7 +20,7 @@ use certrotd::pki::encode::{self, KeySpec};
 use certrotd::pki::key::PrivateKey;
 use certrotd::pki::pem;
 use certrotd::sandbox::SandboxOptions;
-use support::cfssl::{Cfssl, Tamper, Tamperer};
+use support::cfssl::{Broken, Cfssl, Tamper, Tamperer};
 use support::renewal::{self, Node};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
@@ -485,4 +485,36 @@ async fn the_kubelets_own_rotation_is_left_alone_and_warned_about_when_late() {
     d.stop().await;
     assert_eq!(kubelet_client(&r.node).serial, late.serial);
     assert_eq!(r.cfssl.signed(), 0, "{}", r.cfssl.log());
+}
+
+#[test]
+fn a_slow_failing_or_garbled_server_changes_nothing() {
+    let r = Remote::new(false);
+    let cases: [(Duration, &str, &[&str]); 3] = [
+        (
+            Duration::from_secs(5),
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            &["no answer within 1s (issuer.timeout)"],
+        ),
+        (
+            Duration::ZERO,
+            "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 11\r\nConnection: close\r\n\r\nbad gateway",
+            &["HTTP 502", "not cfssl's JSON", "bad gateway"],
+        ),
+        (
+            Duration::ZERO,
+            "HTTP/1.1 200 OK\r\nContent-Length: 45\r\nConnection: close\r\n\r\n{\"success\":true,\"result\":{\"certificate\":\"x\"}}",
+            &["the answer's certificate", "no PEM block"],
+        ),
+    ];
+    for (delay, answer, words) in cases {
+        let server = Broken::start(delay, answer);
+        r.configure_url(&server.url(), "");
+        let config = r.node.root.join("certrotd.toml");
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("timeout = \"5s\"", "timeout = \"1s\"");
+        std::fs::write(&config, text).unwrap();
+        assert_refused(&r, &["scheduler.conf"], words);
+    }
 }

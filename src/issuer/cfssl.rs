@@ -371,7 +371,7 @@ mod tests {
         assert!(e.contains("invalid token (code 1000)"), "{e}");
         let e =
             parse_answer(&200, br#"{"success":true,"result":{"certificate":"x"}}"#).unwrap_err();
-        assert!(e.contains("no CERTIFICATE"), "{e}");
+        assert!(e.contains("the answer's certificate"), "{e}");
     }
 
     #[test]

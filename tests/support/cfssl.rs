@@ -325,3 +325,33 @@ fn forward(port: u16, body: &[u8]) -> Vec<u8> {
     s.read_to_end(&mut answer).unwrap();
     answer
 }
+
+/// A server that is not a working cfssl: it answers every request with `answer` after `delay`.
+pub struct Broken {
+    /// Where certrotd is pointed.
+    pub port: u16,
+}
+
+impl Broken {
+    /// Starts it in a thread.
+    pub fn start(delay: Duration, answer: &'static str) -> Broken {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                std::thread::spawn(move || {
+                    let _ = read_request(&mut conn);
+                    std::thread::sleep(delay);
+                    let _ = conn.write_all(answer.as_bytes());
+                });
+            }
+        });
+        Broken { port }
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}

@@ -111,3 +111,149 @@ pub fn answer(
         Err(Altered(diffs))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::issuer::local::LocalCa;
+    use crate::issuer::{IssueRequest, Issuer as _};
+    use crate::pki::encode::{self, KeySpec};
+    use crate::pki::key::PrivateKey;
+    use rcgen::PublicKeyData as _;
+
+    /// A sandbox node's CAs and leaves, read back.
+    struct Pki {
+        _tmp: tempfile::TempDir,
+        inv: crate::inventory::Inventory,
+        now: OffsetDateTime,
+    }
+
+    fn pki() -> Pki {
+        let tmp = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let opts = crate::sandbox::SandboxOptions {
+            key: KeySpec::EcdsaP256,
+            ..Default::default()
+        };
+        crate::sandbox::write(tmp.path(), &opts, now).unwrap();
+        let root = crate::root::Root::new(tmp.path());
+        let inv = crate::inventory::scan(&crate::inventory::Request {
+            root: &root,
+            layouts: None,
+            extra_paths: &[],
+        });
+        Pki {
+            _tmp: tmp,
+            inv,
+            now,
+        }
+    }
+
+    impl Pki {
+        fn cert(&self, name: &str) -> Cert {
+            self.inv.get(name).unwrap().cert.clone().unwrap()
+        }
+
+        fn ca(&self, name: &str) -> LocalCa {
+            let e = self.inv.get(name).unwrap();
+            let path = e.key_path.as_ref().unwrap();
+            let blocks = crate::pki::pem::blocks(path, &std::fs::read(path).unwrap()).unwrap();
+            LocalCa::new(
+                name,
+                self.cert(name),
+                PrivateKey::from_blocks(&blocks).unwrap(),
+            )
+            .unwrap()
+        }
+
+        /// `template` renewed by the CA `ca` for a new key.
+        fn renewed(&self, template: &Cert, ca: &str) -> (Vec<u8>, Vec<u8>) {
+            let spki = encode::generate(KeySpec::EcdsaP256)
+                .unwrap()
+                .subject_public_key_info();
+            let der = self
+                .ca(ca)
+                .issue(&IssueRequest {
+                    template,
+                    spki: &spki,
+                    validity: std::time::Duration::from_secs(86400 * 365),
+                    now: self.now,
+                })
+                .unwrap()
+                .der;
+            (der, spki)
+        }
+    }
+
+    #[test]
+    fn a_faithful_renewal_passes() {
+        let p = pki();
+        let old = p.cert("apiserver");
+        let (der, spki) = p.renewed(&old, "ca");
+        let new = answer(&der, &old, &spki, &p.cert("ca"), p.now).unwrap();
+        assert_eq!(new.subject_der, old.subject_der);
+    }
+
+    #[test]
+    fn every_difference_is_named() {
+        let p = pki();
+        let api = p.cert("apiserver");
+        // Another certificate's renewal: other subject, SANs and usages.
+        let (der, spki) = p.renewed(&p.cert("apiserver-kubelet-client"), "ca");
+        let e = answer(&der, &api, &spki, &p.cert("ca"), p.now).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("CN=kube-apiserver-kubelet-client\", not \"CN=kube-apiserver\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("SANs differ: missing DNS:kubernetes"),
+            "{text}"
+        );
+        assert!(
+            text.contains("extended key usages lack serverAuth"),
+            "{text}"
+        );
+        // Another key than the one asked for.
+        let (der, _) = p.renewed(&api, "ca");
+        let other = encode::generate(KeySpec::EcdsaP256)
+            .unwrap()
+            .subject_public_key_info();
+        let e = answer(&der, &api, &other, &p.cert("ca"), p.now).unwrap_err();
+        assert_eq!(
+            e.0,
+            ["it certifies another public key than the one requested"]
+        );
+        // Another CA (of the same name would not help either: the signature is checked).
+        let (der, spki) = p.renewed(&api, "front-proxy-ca");
+        let e = answer(&der, &api, &spki, &p.cert("ca"), p.now).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("not signed by the CA \"CN=kubernetes\""),
+            "{e}"
+        );
+        // Not valid yet, or no longer.
+        let (der, spki) = p.renewed(&api, "ca");
+        let e = answer(
+            &der,
+            &api,
+            &spki,
+            &p.cert("ca"),
+            p.now - time::Duration::hours(1),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("valid only from"), "{e}");
+        let e = answer(
+            &der,
+            &api,
+            &spki,
+            &p.cert("ca"),
+            p.now + time::Duration::days(400),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("expired at"), "{e}");
+        // Not a certificate at all.
+        let e = answer(b"garbage", &api, &spki, &p.cert("ca"), p.now).unwrap_err();
+        assert!(e.to_string().contains("it is not a certificate"), "{e}");
+    }
+}

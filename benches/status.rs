@@ -157,6 +157,7 @@ fn node_status() -> StatusReport {
         },
         notices: vec!["13 certificates expire within 60d".to_owned()],
         summary: "30 certificates ok; next renewal ingress-17.crt in 16d".to_owned(),
+        retry: None,
     }
 }
 

@@ -81,6 +81,7 @@ fn canned_status() -> StatusReport {
         },
         notices: vec!["etcd-server expires in 50d".to_owned()],
         summary: "3 certificates ok; next renewal apiserver in 153d".to_owned(),
+        retry: None,
     }
 }
 

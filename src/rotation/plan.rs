@@ -472,6 +472,18 @@ fn issuer(
         .collect();
     let usable = same_name.iter().find(|c| c.key == KeyState::Match);
     match (same_name.is_empty(), usable) {
+        (true, _) if opts.issuer.mode == crate::config::IssuerMode::Cfssl => {
+            let reason = format!(
+                "its CA \"{}\" is not on this node, so a remote CA's answer could not be checked \
+                 (put the CA certificate on the node)",
+                old.issuer
+            );
+            Err(if explicit {
+                Decision::Refuse(reason)
+            } else {
+                Decision::Skip(reason)
+            })
+        }
         (true, _) => Err(external(&format!("CA \"{}\"", old.issuer))),
         (false, Some(ca)) if opts.force => {
             notes.push(format!(

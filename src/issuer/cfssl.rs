@@ -185,7 +185,7 @@ impl CfsslClient {
             .unwrap_or_else(|_| Err("the HTTP thread panicked".into()))
         })
         .map_err(err)?;
-        parse_answer(&answer.0, &answer.1).map_err(err)
+        parse_answer(answer.0, &answer.1).map_err(err)
     }
 
     async fn post(&self, body: Vec<u8>) -> Result<(u16, Bytes), String> {
@@ -274,7 +274,7 @@ struct ApiMessage {
 }
 
 /// The certificate in cfssl's answer, or why there is none.
-fn parse_answer(status: &u16, body: &[u8]) -> Result<Vec<u8>, String> {
+fn parse_answer(status: u16, body: &[u8]) -> Result<Vec<u8>, String> {
     let quote = || {
         let text = String::from_utf8_lossy(&body[..body.len().min(QUOTE)]).into_owned();
         format!("{:?}{}", text, if body.len() > QUOTE { "…" } else { "" })
@@ -285,7 +285,7 @@ fn parse_answer(status: &u16, body: &[u8]) -> Result<Vec<u8>, String> {
             quote()
         )
     })?;
-    if !envelope.success || *status != 200 {
+    if !envelope.success || status != 200 {
         let errors: Vec<String> = envelope
             .errors
             .iter()
@@ -361,16 +361,15 @@ mod tests {
 
     #[test]
     fn answers_that_are_not_a_certificate_say_why() {
-        let e = parse_answer(&502, b"<html>bad gateway</html>").unwrap_err();
+        let e = parse_answer(502, b"<html>bad gateway</html>").unwrap_err();
         assert!(e.contains("HTTP 502") && e.contains("bad gateway"), "{e}");
         let e = parse_answer(
-            &400,
+            400,
             br#"{"success":false,"result":null,"errors":[{"code":1000,"message":"invalid token"}],"messages":[]}"#,
         )
         .unwrap_err();
         assert!(e.contains("invalid token (code 1000)"), "{e}");
-        let e =
-            parse_answer(&200, br#"{"success":true,"result":{"certificate":"x"}}"#).unwrap_err();
+        let e = parse_answer(200, br#"{"success":true,"result":{"certificate":"x"}}"#).unwrap_err();
         assert!(e.contains("the answer's certificate"), "{e}");
     }
 

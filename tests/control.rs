@@ -96,6 +96,7 @@ fn record(id: &str, state: HistoryState) -> HistoryRecord {
         disruptive_from: None,
         disruptive_to: None,
         fencing_token: Some(7),
+        recovery: false,
     }
 }
 

@@ -251,6 +251,10 @@ pub struct HistoryRecord {
     /// The lease's fencing token while it ran, so records from competing nodes can be ordered.
     #[serde(default)]
     pub fencing_token: Option<u64>,
+    /// A recovery: run WITHOUT the lease (no fencing token) because this node's etcd
+    /// certificates had expired, so the cluster could not be up.
+    #[serde(default)]
+    pub recovery: bool,
 }
 
 /// Where a rotation stands, serialised as the word.

@@ -7,6 +7,7 @@
 
 pub mod handler;
 pub mod notify;
+pub mod recovery;
 pub mod rotate;
 pub mod status;
 
@@ -133,6 +134,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
                     "inside renew_before".into()
                 },
                 skip_health_gate: decision.expired,
+                recovery: false,
             };
             let stopped = daemon.rotate_guarded(req, None, &mut stop).await;
             daemon.refresh(OffsetDateTime::now_utc());
@@ -163,6 +165,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
                         selection,
                         why: "requested with certrotd rotate".into(),
                         skip_health_gate: false,
+                        recovery: false,
                     };
                     let stopped = daemon.rotate_guarded(req, Some(reply), &mut stop).await;
                     daemon.refresh(OffsetDateTime::now_utc());

@@ -39,6 +39,9 @@ pub struct Request {
     /// Skip the health gate: certificates are already expired, so the components cannot be
     /// healthy, and rotating is the cure.
     pub skip_health_gate: bool,
+    /// A recovery (see [`super::recovery`]): runs without the lease, records no fencing token,
+    /// and is never rolled back onto the expired certificates it replaces.
+    pub recovery: bool,
 }
 
 /// The rotation in progress, shared with `certrotd status`.
@@ -90,7 +93,17 @@ pub async fn rotate(
             clock(),
         )
         .map_err(|e| format!("{e:#}"))?;
-    record.fencing_token = Some(lease.fencing_token);
+    if req.recovery {
+        // No lease was taken: a token would claim an order this rotation never had.
+        record.recovery = true;
+        events::recovery(&node, &plan.id, &names, &req.why);
+        // Marked at once, so a crash part-way still leaves the record saying it was a recovery.
+        if let Err(e) = env.history.append(&record) {
+            tracing::error!("recording recovery {} in history: {e:#}", record.id);
+        }
+    } else {
+        record.fencing_token = Some(lease.fencing_token);
+    }
     if let Some(tx) = started {
         let _ = tx.send(Ok(plan.id.clone()));
     }
@@ -159,6 +172,17 @@ async fn restart_and_prove(
         }
         Err(e) => Err(e),
     };
+    if let Err(why) = &outcome
+        && record.recovery
+    {
+        // The previous certificates are expired: putting them back cannot bring anything up.
+        // Most likely the member is waiting for peers that are still recovering.
+        record.disruptive_to = Some(rfc3339(clock()));
+        let reason = format!(
+            "{why}; not rolled back: the previous certificates are expired (its peers may still be recovering)"
+        );
+        return finish(env, record, Err(reason), clock());
+    }
     if let Err(why) = outcome {
         step("rollback");
         let rolled = roll_back(env, id, lease).await;
@@ -236,6 +260,9 @@ pub async fn resume(
                     record.reason.as_deref().unwrap_or("rotation")
                 ));
                 let installed = installed(&j);
+                // The disruption this start causes: the restarts and proof, under its own lease.
+                record.disruptive_from = Some(rfc3339(clock()));
+                record.disruptive_to = None;
                 restart_and_prove(env, &id, &installed, lease.clone(), record, clock).await
             }
             // "abandoned": closed before anything was installed, so nothing read the new files.
@@ -244,10 +271,12 @@ pub async fn resume(
                     && !j.outcome.as_deref().unwrap_or("").starts_with("abandoned") =>
             {
                 let why = "interrupted, and rolled back to the previous certificates";
+                record.disruptive_from = Some(rfc3339(clock()));
                 let reason = match restart_onto_disk(env, &id, &installed(&j), clock).await {
                     Ok(()) => format!("{why}, which are served again"),
                     Err(e) => format!("{why}, but after the rollback: {e}"),
                 };
+                record.disruptive_to = Some(rfc3339(clock()));
                 finish(env, record, Err(reason), clock())
             }
             Ok(_) => finish(

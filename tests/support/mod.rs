@@ -1,6 +1,7 @@
 //! Shared test harness: node roots from fixtures and sandboxes, and openssl as an independent judge.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cluster;
 pub mod etcd;
 pub mod systemd;
 

@@ -173,17 +173,12 @@ impl PeerNode {
         .unwrap()
     }
 
-    /// Re-issues each named certificate, same key and attributes, from `ca` (cert, key) as of
-    /// `now`, valid for `validity`.
-    pub fn reissue(
-        &self,
-        names: &[&str],
-        ca: &(Cert, PrivateKey),
-        now: OffsetDateTime,
-        validity: Duration,
-    ) {
+    /// Re-issues each named certificate, same key and attributes, from the etcd CA in the PKI
+    /// directory `ca_pki`, as of `now`, valid for `validity`.
+    pub fn reissue(&self, names: &[&str], ca_pki: &Path, now: OffsetDateTime, validity: Duration) {
         let inv = self.inventory();
-        let issuer = LocalCa::new("etcd-ca", ca.0.clone(), ca.1.clone()).unwrap();
+        let (cert, key) = etcd_ca(ca_pki);
+        let issuer = LocalCa::new("etcd-ca", cert, key).unwrap();
         for name in names {
             let e = inv
                 .get(name)
@@ -218,14 +213,11 @@ impl PeerNode {
             let Some(ca) = e.signer.as_ref().and_then(|s| inv.get(s)) else {
                 continue;
             };
+            // Through stdin: a kubeconfig embeds its certificate, openssl reads PEM only.
+            let pem = encode::cert_pem(&cert.der);
             let out = super::openssl(
-                &[
-                    "verify",
-                    "-CAfile",
-                    ca.path.to_str().unwrap(),
-                    e.path.to_str().unwrap(),
-                ],
-                None,
+                &["verify", "-CAfile", ca.path.to_str().unwrap()],
+                Some(pem.as_bytes()),
             );
             assert!(
                 out.trim_end().ends_with(": OK"),
@@ -318,9 +310,8 @@ impl Cluster {
                 std::fs::copy(first_pki.join(f), node.etcd_pki().join(f)).unwrap();
             }
         }
-        let ca = etcd_ca(&first_pki);
         for node in &nodes {
-            node.reissue(ETCD_LEAVES, &ca, at, leaf_ttl);
+            node.reissue(ETCD_LEAVES, &first_pki, at, leaf_ttl);
         }
         let cluster = Cluster { nodes };
         for node in &cluster.nodes {
@@ -329,9 +320,9 @@ impl Cluster {
         cluster
     }
 
-    /// The cluster's etcd CA (cert and key).
-    pub fn ca(&self) -> (Cert, PrivateKey) {
-        etcd_ca(&self.nodes[0].etcd_pki())
+    /// The PKI directory holding the cluster's etcd CA.
+    pub fn ca_pki(&self) -> PathBuf {
+        self.nodes[0].etcd_pki()
     }
 
     /// `--initial-cluster` naming every member.

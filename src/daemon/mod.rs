@@ -223,7 +223,7 @@ struct Control {
 
 /// Where and how rotations run (an [`Env`] of the daemon's fields, borrowed one by one so the
 /// notifier stays free for [`run_to_end`]), with `$on_step` told each step.
-macro_rules! env {
+macro_rules! rotation_env {
     ($d:expr, $on_step:expr) => {
         Env {
             settings: &$d.settings,
@@ -285,7 +285,7 @@ impl Daemon {
                 config_sources: config_sources(&settings),
             },
             lease: LeaseStatus {
-                backend: settings.lease.backend.to_string(),
+                backend: peers::backend_name(&settings),
                 ..LeaseStatus::default()
             },
             settings,
@@ -614,7 +614,7 @@ impl Daemon {
         let clock = OffsetDateTime::now_utc;
         let on_step = rotate::no_step_hook;
         let planned = {
-            let env = env!(self, &on_step);
+            let env = rotation_env!(self, &on_step);
             rotate::plan_for(&env, &req, reply, &clock).await
         };
         let plan = match planned {
@@ -666,7 +666,7 @@ impl Daemon {
             ),
         };
         let (result, stopping) = {
-            let env = env!(self, hook.as_ref());
+            let env = rotation_env!(self, hook.as_ref());
             let fut = rotate::run_planned(&env, req.clone(), plan, held.clone(), &clock);
             run_to_end(fut, stop, &self.progress, &mut self.notifier).await
         };
@@ -727,7 +727,7 @@ impl Daemon {
             ),
         };
         let (closed, stopping) = {
-            let env = env!(self, hook.as_ref());
+            let env = rotation_env!(self, hook.as_ref());
             let fut = rotate::resume(&env, held.clone(), &clock);
             run_to_end(fut, stop, &self.progress, &mut self.notifier).await
         };
@@ -771,7 +771,7 @@ impl Daemon {
                 self.settings = s;
                 // The [lease] table may name another cluster: opened again on next use.
                 self.peers.reset();
-                self.lease.backend = self.settings.lease.backend.to_string();
+                self.lease.backend = peers::backend_name(&self.settings);
                 self.info.config_sources = config_sources(&self.settings);
                 self.history = Arc::new(History::for_settings(&self.settings));
                 // `certrotd history` reads through the handler: the state directory may have moved.

@@ -21,8 +21,17 @@ use crate::lease::{self, Held, Lease, NodeSummary, Want};
 use crate::report::rfc3339;
 use crate::root::Root;
 
-/// How often an idle node republishes its summary: one etcd request a minute (the budget is two).
-pub const PUBLISH_EVERY: Duration = Duration::from_secs(60);
+/// How often an idle node republishes its summary: half a request a minute, on top of the lease
+/// refreshing the summary's TTL (the budget is two a minute).
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(120);
+/// The backend's name as the configuration spells it ("local", "etcd").
+pub fn backend_name(settings: &Settings) -> String {
+    match settings.lease.backend {
+        crate::config::LeaseBackend::Local => "local".to_owned(),
+        crate::config::LeaseBackend::Etcd => "etcd".to_owned(),
+    }
+}
+
 /// How long one call to the lease (open, publish, view, set_step, release) may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a node waiting for its turn looks up its place in the queue, for status.
@@ -94,13 +103,11 @@ impl Peers {
         if let Some(l) = self.lease.get() {
             return Ok(l);
         }
-        let opened = tokio::time::timeout(
-            CALL_TIMEOUT,
-            lease::open(&settings.lease, root, state_dir, now),
-        )
-        .await
-        .map_err(|_| format!("opening the lease: no answer within {CALL_TIMEOUT:?}"))
-        .and_then(|r| r.map_err(|e| format!("opening the lease: {e}")));
+        let opened =
+            tokio::time::timeout(CALL_TIMEOUT, lease::open(settings, root, state_dir, now))
+                .await
+                .map_err(|_| format!("opening the lease: no answer within {CALL_TIMEOUT:?}"))
+                .and_then(|r| r.map_err(|e| format!("opening the lease: {e}")));
         match opened {
             Ok(l) => {
                 tracing::info!("lease: {}", l.describe());

@@ -220,18 +220,22 @@ fn mint(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// Reads a key file and checks it belongs to `cert`; returns it as PEM.
+/// Reads a key file and checks it belongs to `cert`; returns its key block as PEM, in the
+/// format the file has (PKCS#1, SEC1 or PKCS#8: rustls reads them all).
 fn read_key(path: &Path, cert: &Cert) -> Result<String, LeaseError> {
-    let key = PrivateKey::from_blocks(&read_blocks(path)?)
-        .map_err(|e| credentials(path, &e.to_string()))?;
+    let blocks = read_blocks(path)?;
+    let key = PrivateKey::from_blocks(&blocks).map_err(|e| credentials(path, &e.to_string()))?;
     if !key.matches(cert) {
         return Err(credentials(
             path,
             "the key does not belong to the client certificate",
         ));
     }
-    // PKCS#8 whatever the file held: rustls reads it, and the key never leaves memory.
-    Ok(key.pair.serialize_pem())
+    let block = blocks
+        .iter()
+        .find(|b| crate::pki::key::is_key_label(&b.label))
+        .ok_or_else(|| credentials(path, "no private key block"))?;
+    Ok(pem::encode(&block.label, &block.der))
 }
 
 /// The real path of a node path under the root.

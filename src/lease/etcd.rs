@@ -28,6 +28,8 @@ use super::record::{ClusterView, HolderRecord, NodeSummary, QueueEntry, rfc3339}
 use super::{BoxFuture, Held, Lease, LeaseError, Want, queue};
 use crate::config::LeaseSettings;
 
+/// How long to wait before repeating a failed request.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// How long connecting to an endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a node's summary outlives its daemon, at least. Refreshed every third of it, which
@@ -95,6 +97,10 @@ impl EtcdLease {
             endpoints: endpoints.join(","),
             error,
         };
+        // tonic falls back to ring when no process-wide provider is set, and ring cannot read
+        // every key kubeadm writes; aws-lc (which the rest of certrotd uses) can. Installing
+        // fails only if a provider is already set, which tonic then uses.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let mut options = ConnectOptions::new().with_connect_timeout(CONNECT_TIMEOUT);
         if let Some(ca) = &credentials.ca_pem {
             let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(ca));
@@ -105,7 +111,7 @@ impl EtcdLease {
         }
         let client = Client::connect(&endpoints, Some(options))
             .await
-            .map_err(|e| connect_error(chain(&e)))?;
+            .map_err(|e| connect_error(format!("{} {e:?}", chain(&e))))?;
         let lease = EtcdLease {
             client,
             node: node.to_owned(),
@@ -139,30 +145,35 @@ impl EtcdLease {
         format!("{}{kind}/{name}", self.prefix)
     }
 
-    /// Runs one request with the op timeout, counting it.
-    async fn call<T>(
-        &self,
-        op: &str,
-        fut: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, LeaseError> {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        match timeout(self.op_timeout(), fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(etcd_error(op, &chain(&e))),
-            Err(_) => Err(etcd_error(
-                op,
-                &format!("no answer within {:?}", self.op_timeout()),
-            )),
+    /// Runs one request with the op timeout, counting it, and tries once more on failure: the
+    /// first request after a member died goes to its broken connection. Every request here is
+    /// safe to repeat (a transaction's compare makes its repeat a no-op, which the caller sees).
+    async fn call<T, F, Fut>(&self, op: &str, request: F) -> Result<T, LeaseError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut error = String::new();
+        for attempt in 0..2 {
+            if attempt > 0 {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            match timeout(self.op_timeout(), request(self.client.clone())).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => error = chain(&e),
+                Err(_) => error = format!("no answer within {:?}", self.op_timeout()),
+            }
         }
+        Err(etcd_error(op, &error))
     }
 
     async fn grant(&self, ttl: Duration) -> Result<i64, LeaseError> {
         let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
         let resp = self
-            .call(
-                "granting a lease",
-                self.client.lease_client().grant(secs, None),
-            )
+            .call("granting a lease", |c| async move {
+                c.lease_client().grant(secs, None).await
+            })
             .await?;
         Ok(resp.id())
     }
@@ -172,12 +183,14 @@ impl EtcdLease {
         let from = self.key("queue", "");
         let to = format!("{}slots0", self.prefix); // '0' follows '/'
         let resp = self
-            .call(
-                &format!("reading {from}"),
-                self.client
-                    .kv_client()
-                    .get(from.clone(), Some(GetOptions::new().with_range(to))),
-            )
+            .call(&format!("reading {from}"), |c| {
+                let (from, to) = (from.clone(), to.clone());
+                async move {
+                    c.kv_client()
+                        .get(from, Some(GetOptions::new().with_range(to)))
+                        .await
+                }
+            })
             .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         Ok(Snapshot::parse(&self.prefix, revision, resp.kvs()))
@@ -187,17 +200,15 @@ impl EtcdLease {
     async fn watch_from(&self, revision: i64) -> Result<WatchStream, LeaseError> {
         let from = self.key("queue", "");
         let to = format!("{}slots0", self.prefix);
-        self.call(
-            &format!("watching {from}"),
-            self.client.watch_client().watch(
-                from.clone(),
-                Some(
-                    WatchOptions::new()
-                        .with_range(to)
-                        .with_start_revision(revision),
-                ),
-            ),
-        )
+        self.call(&format!("watching {from}"), |c| {
+            let (from, to) = (from.clone(), to.clone());
+            async move {
+                let options = WatchOptions::new()
+                    .with_range(to)
+                    .with_start_revision(revision);
+                c.watch_client().watch(from, Some(options)).await
+            }
+        })
         .await
     }
 
@@ -237,7 +248,7 @@ impl EtcdLease {
             client: Some(self.client.clone()),
             lease_id,
         };
-        let mut held = Held::new(&want.node, 0);
+        let held = Held::new(&want.node, 0);
         let keepalive = AbortOnDrop(tokio::spawn(keep_alive(
             self.client.clone(),
             lease_id,
@@ -252,17 +263,11 @@ impl EtcdLease {
             earliest_expiry: rfc3339(want.earliest_expiry),
             since: rfc3339(want.now),
         };
-        self.call(
-            &format!("writing {queue_key}"),
-            self.client.kv_client().put(
-                queue_key.clone(),
-                json(&entry),
-                Some(PutOptions::new().with_lease(lease_id)),
-            ),
-        )
-        .await?;
-        let mut snap = self.snapshot().await?;
-        let mut watch = self.watch_from(snap.revision + 1).await.ok();
+        // A failure here is retried by the loop, which puts the entry back whenever it is missing.
+        if let Err(e) = self.put(&queue_key, json(&entry), lease_id).await {
+            tracing::debug!("lease: {e}; retrying");
+        }
+        let mut watch = None;
         loop {
             if !held.is_held() {
                 return Err(LeaseError::Lost(format!(
@@ -270,60 +275,88 @@ impl EtcdLease {
                     held.why_lost()
                 )));
             }
+            let snap = match self.snapshot().await {
+                Ok(snap) => snap,
+                // Transient (a member restarting): the keep-alive decides when to give up.
+                Err(e) => {
+                    tracing::debug!("lease: {e}; retrying");
+                    tokio::time::sleep(self.op_timeout() / 2).await;
+                    continue;
+                }
+            };
+            if watch.is_none() {
+                watch = self.watch_from(snap.revision + 1).await.ok();
+            }
+            // A take whose answer was lost on the way back is found here, by its lease.
+            let mine = snap.holders.iter().find(|(id, _)| *id == lease_id);
+            if let Some((_, record)) = mine {
+                revoke.client = None;
+                return Ok(self.holding(held, record.clone(), lease_id, keepalive));
+            }
             if !snap.queue.iter().any(|e| e.node == want.node) {
-                return Err(LeaseError::Lost(format!(
-                    "{queue_key} vanished while waiting (its etcd lease expired?)"
-                )));
+                if let Err(e) = self.put(&queue_key, json(&entry), lease_id).await {
+                    tracing::debug!("lease: {e}; retrying");
+                    tokio::time::sleep(self.op_timeout() / 2).await;
+                }
+                continue;
             }
             if let Some(slot) = snap.slot_for(&want.node, self.slots) {
-                let since = want.now + started.elapsed();
                 let record = HolderRecord {
                     slot,
                     node: want.node.clone(),
                     rotation_id: want.rotation_id.clone(),
-                    since: rfc3339(since),
+                    since: rfc3339(want.now + started.elapsed()),
                     step: "acquired".to_owned(),
                     fencing_token: 0,
                 };
-                if let Some(token) = self.take_slot(&record, &queue_key, lease_id).await? {
-                    held.fencing_token = token;
-                    let key = self.key("slots", &slot.to_string());
-                    held.etcd = Some(Arc::new(Holding {
-                        lease_id,
-                        key,
-                        record: std::sync::Mutex::new(HolderRecord {
+                match self.take_slot(&record, &queue_key, lease_id).await {
+                    Ok(Some(token)) => {
+                        revoke.client = None;
+                        let record = HolderRecord {
                             fencing_token: token,
                             ..record
-                        }),
-                        keepalive,
-                    }));
-                    revoke.client = None;
-                    tracing::info!(
-                        "lease: {} took slot {slot} of cluster {} (fencing token {token})",
-                        want.node,
-                        self.cluster
-                    );
-                    return Ok(held);
-                }
-            } else {
-                self.wait_change(&mut watch, snap.revision).await;
-            }
-            snap = loop {
-                match self.snapshot().await {
-                    Ok(s) => break s,
-                    // Transient (a member restarting): the keep-alive decides when to give up.
-                    Err(e) if held.is_held() => {
-                        tracing::debug!("lease: {e}; retrying");
-                        tokio::time::sleep(self.op_timeout() / 2).await;
+                        };
+                        return Ok(self.holding(held, record, lease_id, keepalive));
                     }
-                    Err(e) => return Err(e),
+                    // Someone was faster: the next read shows who.
+                    Ok(None) => {}
+                    // The answer may have been lost after the take: the next read tells.
+                    Err(e) => tracing::debug!("lease: {e}; retrying"),
                 }
-            };
+                continue;
+            }
+            self.wait_change(&mut watch, snap.revision).await;
         }
     }
 
+    /// Makes `held` the holder of `record`'s slot.
+    fn holding(
+        &self,
+        mut held: Held,
+        record: HolderRecord,
+        lease_id: i64,
+        keepalive: AbortOnDrop,
+    ) -> Held {
+        tracing::info!(
+            "lease: {} took slot {} of cluster {} (fencing token {})",
+            record.node,
+            record.slot,
+            self.cluster,
+            record.fencing_token
+        );
+        held.fencing_token = record.fencing_token;
+        held.etcd = Some(Arc::new(Holding {
+            lease_id,
+            key: self.key("slots", &record.slot.to_string()),
+            record: std::sync::Mutex::new(record),
+            keepalive,
+        }));
+        held
+    }
+
     /// Creates the slot key if absent and removes the queue entry, in one transaction; the
-    /// fencing token (the transaction's revision) when it worked, `None` when someone was faster.
+    /// fencing token (the transaction's revision, so the key's create revision) when it worked,
+    /// `None` when someone was faster.
     async fn take_slot(
         &self,
         record: &HolderRecord,
@@ -344,9 +377,7 @@ impl EtcdLease {
                 ),
                 TxnOp::delete(queue_key, None),
             ]);
-        let resp = self
-            .call(&format!("taking {key}"), self.client.kv_client().txn(txn))
-            .await?;
+        let resp = self.txn(&format!("taking {key}"), txn).await?;
         if !resp.succeeded() {
             return Ok(None);
         }
@@ -376,12 +407,7 @@ impl EtcdLease {
                 json(&record),
                 Some(PutOptions::new().with_lease(holding.lease_id)),
             )]);
-        let resp = self
-            .call(
-                &format!("writing {}", holding.key),
-                self.client.kv_client().txn(txn),
-            )
-            .await?;
+        let resp = self.txn(&format!("writing {}", holding.key), txn).await?;
         if !resp.succeeded() {
             let why = format!(
                 "{} is no longer held by fencing token {} (the TTL ran out)",
@@ -397,9 +423,10 @@ impl EtcdLease {
         let holding = holding(&held)?;
         holding.keepalive.0.abort();
         held.mark_lost("released");
+        let id = holding.lease_id;
         self.call(
             &format!("revoking the lease of {}", holding.key),
-            self.client.lease_client().revoke(holding.lease_id),
+            |c| async move { c.lease_client().revoke(id).await },
         )
         .await?;
         Ok(())
@@ -444,27 +471,42 @@ impl EtcdLease {
     }
 
     async fn put_summary(&self, summary: &NodeSummary, lease_id: i64) -> Result<(), LeaseError> {
-        let key = self.key("nodes", &self.node);
-        self.call(
-            &format!("writing {key}"),
-            self.client.kv_client().put(
-                key.clone(),
-                json(summary),
-                Some(PutOptions::new().with_lease(lease_id)),
-            ),
-        )
+        self.put(&self.key("nodes", &self.node), json(summary), lease_id)
+            .await
+    }
+
+    /// Writes a key attached to an etcd lease.
+    async fn put(&self, key: &str, value: Vec<u8>, lease_id: i64) -> Result<(), LeaseError> {
+        self.call(&format!("writing {key}"), |c| {
+            let (key, value) = (key.to_owned(), value.clone());
+            async move {
+                let options = PutOptions::new().with_lease(lease_id);
+                c.kv_client().put(key, value, Some(options)).await
+            }
+        })
         .await
         .map(drop)
     }
 
+    /// Runs a transaction.
+    async fn txn(&self, op: &str, txn: Txn) -> Result<etcd_client::TxnResponse, LeaseError> {
+        self.call(op, |c| {
+            let txn = txn.clone();
+            async move { c.kv_client().txn(txn).await }
+        })
+        .await
+    }
+
     async fn view_inner(&self) -> Result<ClusterView, LeaseError> {
         let resp = self
-            .call(
-                &format!("reading {}", self.prefix),
-                self.client
-                    .kv_client()
-                    .get(self.prefix.clone(), Some(GetOptions::new().with_prefix())),
-            )
+            .call(&format!("reading {}", self.prefix), |c| {
+                let prefix = self.prefix.clone();
+                async move {
+                    c.kv_client()
+                        .get(prefix, Some(GetOptions::new().with_prefix()))
+                        .await
+                }
+            })
             .await?;
         let snap = Snapshot::parse(&self.prefix, 0, resp.kvs());
         let mut queue = snap.queue;
@@ -472,7 +514,7 @@ impl EtcdLease {
         Ok(ClusterView {
             cluster: self.cluster.clone(),
             slots: self.slots,
-            holders: snap.holders,
+            holders: snap.holders.into_iter().map(|(_, r)| r).collect(),
             queue,
             nodes: snap.nodes,
         })
@@ -519,7 +561,8 @@ impl Lease for EtcdLease {
 #[derive(Debug, Default)]
 struct Snapshot {
     revision: i64,
-    holders: Vec<HolderRecord>,
+    /// Each holder's record, with the etcd lease its slot key is attached to.
+    holders: Vec<(i64, HolderRecord)>,
     /// Slot numbers taken, including records that could not be read (taken is the safe guess).
     taken: Vec<u32>,
     /// Slot keys present, whatever their number.
@@ -550,7 +593,7 @@ impl Snapshot {
                     match serde_json::from_slice::<HolderRecord>(kv.value()) {
                         Ok(mut r) => {
                             r.fencing_token = u64::try_from(kv.create_revision()).unwrap_or(0);
-                            snap.holders.push(r);
+                            snap.holders.push((kv.lease(), r));
                         }
                         Err(e) => {
                             tracing::warn!("lease: {prefix}{rest}: unreadable holder record: {e}")

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use certrotd::control::client;
 use certrotd::control::proto::{HistoryRecord, HistoryState, Request, Response};
-use support::cluster::{Cluster, ETCD_LEAVES, rfc3339, wait_for};
+use support::cluster::{Cluster, ETCD_LEAVES, ETCD_UNIT, rfc3339, wait_for};
 use time::OffsetDateTime;
 
 /// Long enough for three daemons taking turns on two shared cores.
@@ -178,6 +178,197 @@ async fn every_node_due_at_once_rotates_in_turn_and_the_cluster_stays_healthy() 
         assert!(text.contains(&n.name), "{text}");
     }
     assert!(text.contains("lease: free"), "{text}");
+    for n in &mut c.nodes {
+        n.stop_daemon();
+    }
+}
+
+/// Tests that arm failpoints in the binary fail plainly without them.
+#[cfg(not(feature = "failpoints"))]
+fn needs_failpoints() {
+    panic!("this test arms certrotd's failpoints: run `cargo test --features failpoints`");
+}
+
+#[cfg(feature = "failpoints")]
+fn needs_failpoints() {}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_killed_mid_rotation_frees_its_slot_at_the_ttl_and_finishes_from_its_journal() {
+    needs_failpoints();
+    let mut c = Cluster::new(3, OffsetDateTime::now_utc(), YEAR).await;
+    let ca = c.ca_pki();
+    for n in &c.nodes {
+        n.reissue(ETCD_LEAVES, &ca, OffsetDateTime::now_utc(), DUE);
+    }
+    c.start_etcd().await;
+    c.wait_healthy(Duration::from_secs(60)).await;
+    c.configure(TTL, "");
+
+    // peer-1 takes the lease and stops after installing (committed, nothing restarted yet).
+    let trace = c.nodes[0].work().join("failpoints");
+    let never = c.nodes[0].work().join("never-released");
+    c.nodes[0].start_daemon(&[
+        ("CERTROTD_FAILPOINT", "journal-committed:1:pause".to_owned()),
+        ("CERTROTD_FAILPOINT_RELEASE", never.display().to_string()),
+        ("CERTROTD_FAILPOINT_TRACE", trace.display().to_string()),
+    ]);
+    wait_for("peer-1 paused after installing", TIMEOUT, || async {
+        std::fs::read_to_string(&trace)
+            .unwrap_or_default()
+            .contains("journal-committed")
+            .then_some(())
+    })
+    .await;
+    // The others queue behind it; nobody proceeds while it holds the slot.
+    c.nodes[1].start_daemon(&[]);
+    c.nodes[2].start_daemon(&[]);
+    let socket = c.nodes[1].socket();
+    wait_for("peer-1 holding and another node queued", TIMEOUT, || async {
+        match client::request(&socket, Request::Cluster, Duration::from_secs(10)).await {
+            Ok(Response::Cluster(v))
+                if v.holders.iter().any(|h| h.node == "peer-1") && !v.queue.is_empty() =>
+            {
+                Some(())
+            }
+            _ => None,
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        finished(&c).is_empty(),
+        "nobody may rotate while peer-1 holds the lease: {:#?}",
+        finished(&c)
+    );
+
+    let killed = OffsetDateTime::now_utc();
+    c.nodes[0].kill_daemon();
+    wait_for("peer-2 and peer-3 rotated after the kill", TIMEOUT, || async {
+        let done = c.nodes[1..].iter().all(|n| {
+            n.history()
+                .iter()
+                .any(|r| r.state == HistoryState::Success)
+        });
+        done.then_some(())
+    })
+    .await;
+    for n in &c.nodes[1..] {
+        let r = n.history().into_iter().find(|r| r.state == HistoryState::Success).unwrap();
+        let from = rfc3339(r.disruptive_from.as_deref().unwrap());
+        assert!(
+            from > killed,
+            "{}: disrupted at {from}, before the holder was killed at {killed}",
+            n.name
+        );
+    }
+    // peer-1's rotation is still open in its history, until it starts again.
+    let open: Vec<HistoryRecord> = c.nodes[0]
+        .history()
+        .into_iter()
+        .filter(|r| r.state == HistoryState::Initiated)
+        .collect();
+    assert_eq!(open.len(), 1, "{open:#?}");
+
+    c.nodes[0].start_daemon(&[]);
+    let id = open[0].id.clone();
+    let resumed = wait_for("peer-1 finished its rotation from its journal", TIMEOUT, || async {
+        c.nodes[0]
+            .history()
+            .into_iter()
+            .find(|r| r.id == id && r.state != HistoryState::Initiated)
+    })
+    .await;
+    let logs = logs(&c);
+    assert_eq!(resumed.state, HistoryState::Success, "{resumed:#?}\n{logs}");
+    assert!(
+        resumed.reason.as_deref().unwrap_or("").contains("finished by the next start"),
+        "{resumed:#?}"
+    );
+    assert_turns_taken(&finished(&c), &logs);
+    assert_all_healthy(&c).await;
+    for n in &mut c.nodes {
+        n.stop_daemon();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_member_stopped_turns_never_overlap_and_progress_resumes_when_it_returns() {
+    let mut c = Cluster::new(3, OffsetDateTime::now_utc(), YEAR).await;
+    let ca = c.ca_pki();
+    for n in &c.nodes {
+        n.reissue(ETCD_LEAVES, &ca, OffsetDateTime::now_utc(), DUE);
+    }
+    c.start_etcd().await;
+    c.wait_healthy(Duration::from_secs(60)).await;
+    // Longer than a member's restart plus an election: with one member away, every restart of
+    // another costs the quorum for a moment.
+    c.configure("10s", "");
+    c.nodes[2].manager.systemctl(&["stop", ETCD_UNIT]).await;
+    c.nodes[0].start_daemon(&[]);
+    c.nodes[1].start_daemon(&[]);
+    // The two others make progress without the third member...
+    wait_for("one rotation with a member stopped", TIMEOUT, || async {
+        finished(&c)
+            .iter()
+            .any(|r| r.state == HistoryState::Success)
+            .then_some(())
+    })
+    .await;
+    // ...and when it returns, its node takes its turn too.
+    c.nodes[2].manager.start_unit(ETCD_UNIT).await;
+    c.nodes[2].start_daemon(&[]);
+    let records = every_node_rotated(&c).await;
+    let logs = logs(&c);
+    assert_turns_taken(&records, &logs);
+    assert_all_healthy(&c).await;
+    for n in &mut c.nodes {
+        n.stop_daemon();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_powered_off_for_400_days_is_brought_back_by_the_daemons_alone() {
+    let then = OffsetDateTime::now_utc() - time::Duration::days(400);
+    let mut c = Cluster::new(3, then, YEAR).await;
+    // Every leaf is due, the kubelet's too: it needs a kubelet to restart and probe.
+    c.start_kubelets().await;
+    c.configure(TTL, "");
+    // Every leaf expired 35 days ago: the members start, but cannot talk to each other.
+    c.start_etcd().await;
+    for n in &mut c.nodes {
+        n.start_daemon(&[]);
+    }
+    c.wait_healthy(TIMEOUT).await;
+    let records = every_node_rotated(&c).await;
+    let logs = logs(&c);
+    for n in &c.nodes {
+        let history = n.history();
+        let recovery = history
+            .iter()
+            .find(|r| r.recovery)
+            .unwrap_or_else(|| panic!("{}: no recovery in history: {history:#?}\n{logs}", n.name));
+        assert_eq!(recovery.fencing_token, None, "{recovery:#?}");
+        assert!(recovery.reason.as_deref().unwrap_or("").contains("RECOVERY"), "{recovery:#?}");
+        assert!(n.log().contains("RECOVERY"), "{}: the journal must say so loudly", n.name);
+    }
+    assert_turns_taken(&records, &logs);
+    // Quorum: every member answers its health check; every certificate is valid again.
+    wait_for("every certificate renewed", TIMEOUT, || async {
+        let now = OffsetDateTime::now_utc();
+        c.nodes
+            .iter()
+            .all(|n| {
+                n.inventory()
+                    .entries
+                    .iter()
+                    .filter(|e| !e.is_ca())
+                    .filter_map(|e| e.cert.as_ref())
+                    .all(|cert| cert.not_after > now)
+            })
+            .then_some(())
+    })
+    .await;
+    assert_all_healthy(&c).await;
     for n in &mut c.nodes {
         n.stop_daemon();
     }

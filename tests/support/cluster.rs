@@ -57,6 +57,8 @@ pub struct PeerNode {
     pub manager: UserManager,
     /// Its certrotd daemon, while one runs.
     pub daemon: Option<Child>,
+    /// The kubelet stand-in's TLS and health ports, once started.
+    pub kubelet: Option<(u16, u16)>,
 }
 
 impl PeerNode {
@@ -301,6 +303,7 @@ impl Cluster {
                 spec,
                 manager,
                 daemon: None,
+                kubelet: None,
             });
         }
         // One etcd CA for the cluster: the first node's, as kubeadm join copies it.
@@ -369,6 +372,40 @@ impl Cluster {
         node.manager.write_unit(ETCD_UNIT, &unit).await;
     }
 
+    /// Starts a kubelet stand-in on every node, for tests whose rotations include the kubelet's
+    /// certificates: `kubelet.service` is `openssl s_server` serving the node's kubelet serving
+    /// certificate (read again at each restart, so the probe sees the new one), and its health
+    /// port is answered `200` by this test process (the stand-in has no health endpoint). Call
+    /// before [`Cluster::configure`].
+    pub async fn start_kubelets(&mut self) {
+        for node in &mut self.nodes {
+            let tls = super::etcd::free_port();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let health = listener.local_addr().unwrap().port();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                while let Ok((mut conn, _)) = listener.accept().await {
+                    let mut buf = [0u8; 1024];
+                    let _ = conn.read(&mut buf).await;
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                        .await;
+                }
+            });
+            let pki = node.sandbox.path("/var/lib/kubelet/pki");
+            let unit = format!(
+                "[Service]\nExecStart={} s_server -quiet -www -accept 127.0.0.1:{tls} -cert {} -key {}\n\
+                 Restart=always\nRestartSec=200ms\nStandardOutput=null\n",
+                which("openssl").display(),
+                pki.join("kubelet.crt").display(),
+                pki.join("kubelet.key").display()
+            );
+            node.manager.write_unit("kubelet.service", &unit).await;
+            node.manager.start_unit("kubelet.service").await;
+            node.kubelet = Some((tls, health));
+        }
+    }
+
     /// Starts every member's unit (without waiting for them).
     pub async fn start_etcd(&self) {
         for node in &self.nodes {
@@ -410,12 +447,18 @@ impl Cluster {
                 "[restart]\nstatic_pods = \"none\"\nunits = true\ndbus_address = \"{bus}\"\njob_timeout = \"30s\"\n\n\
                  [probe]\ntimeout = \"30s\"\n\n\
                  [probe.endpoints]\netcd = [{{ host = \"127.0.0.1\", port = {client}, serves = \"etcd-server\" }}, \
-                 {{ host = \"127.0.0.1\", port = {peer}, serves = \"etcd-peer\" }}]\n\n\
-                 [probe.health]\netcd = \"127.0.0.1:{client}\"\n\n\
+                 {{ host = \"127.0.0.1\", port = {peer}, serves = \"etcd-peer\" }}]\n{kubelet_tls}\n\
+                 [probe.health]\netcd = \"127.0.0.1:{client}\"\n{kubelet_health}\n\
                  [lease]\nbackend = \"etcd\"\nendpoints = [{endpoints}]\ncluster = \"peers-test\"\nttl = \"{ttl}\"\n\n{extra}",
                 bus = node.manager.bus_address(),
                 client = node.spec.client_port,
                 peer = node.spec.peer_port,
+                kubelet_tls = node.kubelet.map_or(String::new(), |(tls, _)| format!(
+                    "kubelet = [{{ host = \"127.0.0.1\", port = {tls}, serves = \"kubelet-serving\" }}]\n"
+                )),
+                kubelet_health = node.kubelet.map_or(String::new(), |(_, health)| format!(
+                    "kubelet = \"127.0.0.1:{health}\"\n"
+                )),
             );
             node.drop_in("50-peers.toml", &text);
         }

@@ -223,16 +223,20 @@ async fn a_holder_killed_mid_rotation_frees_its_slot_at_the_ttl_and_finishes_fro
     c.nodes[1].start_daemon(&[]);
     c.nodes[2].start_daemon(&[]);
     let socket = c.nodes[1].socket();
-    wait_for("peer-1 holding and another node queued", TIMEOUT, || async {
-        match client::request(&socket, Request::Cluster, Duration::from_secs(10)).await {
-            Ok(Response::Cluster(v))
-                if v.holders.iter().any(|h| h.node == "peer-1") && !v.queue.is_empty() =>
-            {
-                Some(())
+    wait_for(
+        "peer-1 holding and another node queued",
+        TIMEOUT,
+        || async {
+            match client::request(&socket, Request::Cluster, Duration::from_secs(10)).await {
+                Ok(Response::Cluster(v))
+                    if v.holders.iter().any(|h| h.node == "peer-1") && !v.queue.is_empty() =>
+                {
+                    Some(())
+                }
+                _ => None,
             }
-            _ => None,
-        }
-    })
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(
@@ -243,17 +247,23 @@ async fn a_holder_killed_mid_rotation_frees_its_slot_at_the_ttl_and_finishes_fro
 
     let killed = OffsetDateTime::now_utc();
     c.nodes[0].kill_daemon();
-    wait_for("peer-2 and peer-3 rotated after the kill", TIMEOUT, || async {
-        let done = c.nodes[1..].iter().all(|n| {
-            n.history()
+    wait_for(
+        "peer-2 and peer-3 rotated after the kill",
+        TIMEOUT,
+        || async {
+            let done = c.nodes[1..]
                 .iter()
-                .any(|r| r.state == HistoryState::Success)
-        });
-        done.then_some(())
-    })
+                .all(|n| n.history().iter().any(|r| r.state == HistoryState::Success));
+            done.then_some(())
+        },
+    )
     .await;
     for n in &c.nodes[1..] {
-        let r = n.history().into_iter().find(|r| r.state == HistoryState::Success).unwrap();
+        let r = n
+            .history()
+            .into_iter()
+            .find(|r| r.state == HistoryState::Success)
+            .unwrap();
         let from = rfc3339(r.disruptive_from.as_deref().unwrap());
         assert!(
             from > killed,
@@ -271,17 +281,25 @@ async fn a_holder_killed_mid_rotation_frees_its_slot_at_the_ttl_and_finishes_fro
 
     c.nodes[0].start_daemon(&[]);
     let id = open[0].id.clone();
-    let resumed = wait_for("peer-1 finished its rotation from its journal", TIMEOUT, || async {
-        c.nodes[0]
-            .history()
-            .into_iter()
-            .find(|r| r.id == id && r.state != HistoryState::Initiated)
-    })
+    let resumed = wait_for(
+        "peer-1 finished its rotation from its journal",
+        TIMEOUT,
+        || async {
+            c.nodes[0]
+                .history()
+                .into_iter()
+                .find(|r| r.id == id && r.state != HistoryState::Initiated)
+        },
+    )
     .await;
     let logs = logs(&c);
     assert_eq!(resumed.state, HistoryState::Success, "{resumed:#?}\n{logs}");
     assert!(
-        resumed.reason.as_deref().unwrap_or("").contains("finished by the next start"),
+        resumed
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("finished by the next start"),
         "{resumed:#?}"
     );
     assert_turns_taken(&finished(&c), &logs);
@@ -348,8 +366,19 @@ async fn a_cluster_powered_off_for_400_days_is_brought_back_by_the_daemons_alone
             .find(|r| r.recovery)
             .unwrap_or_else(|| panic!("{}: no recovery in history: {history:#?}\n{logs}", n.name));
         assert_eq!(recovery.fencing_token, None, "{recovery:#?}");
-        assert!(recovery.reason.as_deref().unwrap_or("").contains("RECOVERY"), "{recovery:#?}");
-        assert!(n.log().contains("RECOVERY"), "{}: the journal must say so loudly", n.name);
+        assert!(
+            recovery
+                .reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("RECOVERY"),
+            "{recovery:#?}"
+        );
+        assert!(
+            n.log().contains("RECOVERY"),
+            "{}: the journal must say so loudly",
+            n.name
+        );
     }
     assert_turns_taken(&records, &logs);
     // Quorum: every member answers its health check; every certificate is valid again.

@@ -226,7 +226,7 @@ fn waiting_line(view: &lease::ClusterView, node: &str) -> String {
 pub fn step_mirror(
     lease: Arc<dyn Lease>,
     held: Held,
-) -> (impl Fn(&str) + Sync, tokio::task::JoinHandle<()>) {
+) -> (impl Fn(&str) + Send + Sync, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let task = tokio::spawn(async move {
         while let Some(step) = rx.recv().await {

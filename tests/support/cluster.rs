@@ -388,7 +388,9 @@ impl Cluster {
                     let mut buf = [0u8; 1024];
                     let _ = conn.read(&mut buf).await;
                     let _ = conn
-                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                        )
                         .await;
                 }
             });

@@ -1296,16 +1296,31 @@ async fn the_cluster_view_is_served_to_anyone_and_printed_as_a_table_or_json() {
         Response::Cluster(view) => assert_eq!(view, canned_cluster()),
         other => panic!("{other:?}"),
     }
-    assert!(!Request::Cluster.changes_state(), "reading the view is not a change");
+    assert!(
+        !Request::Cluster.changes_state(),
+        "reading the view is not a change"
+    );
     let socket = running.socket.to_str().unwrap();
     // Read-only: a client that is not root may ask.
     let out = cli(&["status", "--cluster", "--socket", socket], true).await;
     let table = text(&out.stdout);
     assert!(out.status.success(), "{table}{}", text(&out.stderr));
-    for want in ["cluster prod (1 slot)", "cp1", "cp2", "cp3", "restart", "42", "POSITION"] {
+    for want in [
+        "cluster prod (1 slot)",
+        "cp1",
+        "cp2",
+        "cp3",
+        "restart",
+        "42",
+        "POSITION",
+    ] {
         assert!(table.contains(want), "{want} missing:\n{table}");
     }
-    let out = cli(&["status", "--cluster", "-o", "json", "--socket", socket], false).await;
+    let out = cli(
+        &["status", "--cluster", "-o", "json", "--socket", socket],
+        false,
+    )
+    .await;
     let view: ClusterView = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(view, canned_cluster());
     running.stop().await;
@@ -1324,7 +1339,11 @@ async fn a_daemon_without_a_lease_says_so_and_the_cli_exits_1() {
     let socket = running.socket.to_str().unwrap();
     let out = cli(&["status", "--cluster", "--socket", socket], false).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("the lease is not open yet"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("the lease is not open yet"),
+        "{}",
+        text(&out.stderr)
+    );
     running.stop().await;
 }
 
@@ -1342,7 +1361,10 @@ fn records_and_requests_of_older_and_newer_versions_still_parse() {
     let json = serde_json::to_string(&rec).unwrap();
     assert!(json.contains("\"recovery\":true"), "{json}");
     // The new request, as it travels.
-    assert_eq!(serde_json::to_string(&Request::Cluster).unwrap(), "\"Cluster\"");
+    assert_eq!(
+        serde_json::to_string(&Request::Cluster).unwrap(),
+        "\"Cluster\""
+    );
     // A view from a newer daemon with fields this one does not know still reads.
     let newer = r#"{"cluster":"c","slots":2,"holders":[],"queue":[],"nodes":[{"node":"w1","state":"idle","updated":"t","future":1}],"extra":true}"#;
     let v: ClusterView = serde_json::from_str(newer).unwrap();

@@ -238,6 +238,31 @@ async fn a_holder_killed_mid_rotation_frees_its_slot_at_the_ttl_and_finishes_fro
         },
     )
     .await;
+    // Status keeps answering while a node waits, and says where it stands.
+    let detail = wait_for(
+        "peer-2's status showing its place in the queue",
+        TIMEOUT,
+        || async {
+            match client::request(&socket, Request::Status, Duration::from_secs(10)).await {
+                Ok(Response::Status(s)) => s
+                    .lease
+                    .detail
+                    .filter(|d| d.contains("waiting for the lease, position")),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    assert!(detail.contains("held by peer-1"), "{detail}");
+    // A stop while queued is prompt (nothing was started), and the node queues again after.
+    let asked = std::time::Instant::now();
+    c.nodes[2].stop_daemon();
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "stopping a queued daemon took {:?}",
+        asked.elapsed()
+    );
+    c.nodes[2].start_daemon(&[]);
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(
         finished(&c).is_empty(),

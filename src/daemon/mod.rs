@@ -658,7 +658,10 @@ impl Daemon {
         let (hook, mirror) = match (req.recovery, self.peers.lease()) {
             (false, Some(lease)) => {
                 let (hook, task) = peers::step_mirror(lease, held.clone());
-                (Box::new(hook) as Box<dyn Fn(&str) + Send + Sync>, Some(task))
+                (
+                    Box::new(hook) as Box<dyn Fn(&str) + Send + Sync>,
+                    Some(task),
+                )
             }
             _ => (
                 Box::new(rotate::no_step_hook) as Box<dyn Fn(&str) + Send + Sync>,
@@ -719,7 +722,10 @@ impl Daemon {
         let (hook, mirror) = match self.peers.lease() {
             Some(lease) => {
                 let (hook, task) = peers::step_mirror(lease, held.clone());
-                (Box::new(hook) as Box<dyn Fn(&str) + Send + Sync>, Some(task))
+                (
+                    Box::new(hook) as Box<dyn Fn(&str) + Send + Sync>,
+                    Some(task),
+                )
             }
             None => (
                 Box::new(rotate::no_step_hook) as Box<dyn Fn(&str) + Send + Sync>,

@@ -327,6 +327,12 @@ async fn a_holder_killed_mid_rotation_frees_its_slot_at_the_ttl_and_finishes_fro
             .contains("finished by the next start"),
         "{resumed:#?}"
     );
+    // Its disruption (the restart and proof after the crash) is recorded under its new lease.
+    assert!(
+        resumed.disruptive_from.is_some() && resumed.disruptive_to.is_some(),
+        "{resumed:#?}"
+    );
+    assert!(resumed.fencing_token.is_some(), "{resumed:#?}");
     assert_turns_taken(&finished(&c), &logs);
     assert_all_healthy(&c).await;
     for n in &mut c.nodes {

@@ -99,6 +99,10 @@ pub enum Command {
         /// Output format.
         #[arg(long, short = 'o', value_enum, default_value_t)]
         output: Output,
+        /// Show the whole cluster as the lease sees it: every node's summary, who holds each
+        /// slot (since when, at which step, with which fencing token) and the queue in order.
+        #[arg(long)]
+        cluster: bool,
     },
     /// Ask the running daemon to rotate now, with all its safety (root only); prints the
     /// rotation id.

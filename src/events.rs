@@ -31,6 +31,8 @@ pub mod ids {
     pub const DEFERRED: &str = "6b0e3d4c2a8f4f6c9a1e7d5b3c2f1a09";
     /// Renewal failed and is retried with backoff (e.g. the remote CA unreachable).
     pub const RETRYING: &str = "6b0e3d4c2a8f4f6c9a1e7d5b3c2f1a0a";
+    /// This node's etcd certificates had all expired: they are renewed without the lease.
+    pub const RECOVERY: &str = "6b0e3d4c2a8f4f6c9a1e7d5b3c2f1a0b";
 }
 
 /// How loud a retried failure is: louder as the certificates near expiry.
@@ -206,6 +208,20 @@ pub fn deferred(node: &str, certs: &[String], why: &str) {
         node,
         cert_name = %certs.join(","),
         "renewal of {} deferred: {why}",
+        certs.join(", ")
+    );
+}
+
+/// This node's etcd server and peer certificates expired, so the cluster cannot be up: they are
+/// renewed WITHOUT the lease. Error level: an operator must learn that the cluster was down.
+pub fn recovery(node: &str, rotation_id: &str, certs: &[String], why: &str) {
+    tracing::error!(
+        message_id = ids::RECOVERY,
+        certrotd_event = "recovery",
+        node,
+        rotation_id,
+        cert_name = %certs.join(","),
+        "RECOVERY: rotation {rotation_id} renews {} WITHOUT the lease: {why}",
         certs.join(", ")
     );
 }

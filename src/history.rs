@@ -169,6 +169,7 @@ impl History {
             disruptive_from: None,
             disruptive_to: None,
             fencing_token: None,
+            recovery: false,
         };
         self.append(&record)?;
         Ok(record)

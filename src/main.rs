@@ -23,7 +23,16 @@ fn main() -> ExitCode {
         Command::Run { node } => commands::run::run(node),
         Command::Restore { node, id } => commands::restore::run(node, id),
         Command::Recover { node } => commands::recover::run(node),
-        Command::Status { client, output } => commands::status::run(client, *output),
+        Command::Status {
+            client,
+            output,
+            cluster: false,
+        } => commands::status::run(client, *output),
+        Command::Status {
+            client,
+            output,
+            cluster: true,
+        } => commands::cluster::run(client, *output),
         Command::Rotate {
             client,
             types,

@@ -21,6 +21,7 @@ use certrotd::control::server::{
     self, BindError, Handler, HandlerError, HandlerFuture, ServerOptions,
 };
 use certrotd::history::{History, HistoryError};
+use certrotd::lease::{ClusterView, HolderRecord, NodeSummary, QueueEntry, Role};
 use tempfile::TempDir;
 use time::OffsetDateTime;
 use time::macros::datetime;
@@ -97,6 +98,7 @@ fn record(id: &str, state: HistoryState) -> HistoryRecord {
         disruptive_from: None,
         disruptive_to: None,
         fencing_token: Some(7),
+        recovery: false,
     }
 }
 
@@ -112,6 +114,8 @@ struct TestHandler {
     status_delay: Option<Duration>,
     /// What rotate answers instead of an id.
     rotate_error: Option<HandlerError>,
+    /// The cluster view (`None`: no lease, as a daemon whose etcd is unreachable).
+    cluster: Option<ClusterView>,
 }
 
 impl TestHandler {
@@ -160,6 +164,14 @@ impl Handler for TestHandler {
             ];
             all.truncate(limit.unwrap_or(usize::MAX));
             Ok(all)
+        })
+    }
+
+    fn cluster(&self) -> HandlerFuture<'_, ClusterView> {
+        Box::pin(async move {
+            self.cluster
+                .clone()
+                .ok_or_else(|| HandlerError::failed("the lease is not open yet"))
         })
     }
 
@@ -1236,4 +1248,127 @@ fn bad_control_values_name_file_line_and_column() {
         );
         assert!(message.contains(words), "{text}: {message}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cluster view (status --cluster)
+// ---------------------------------------------------------------------------------------------
+
+fn canned_cluster() -> ClusterView {
+    ClusterView {
+        cluster: "prod".into(),
+        slots: 1,
+        holders: vec![HolderRecord {
+            slot: 0,
+            node: "cp2".into(),
+            rotation_id: "20260501T100000Z-abcdef".into(),
+            since: "2026-05-01T10:00:00Z".into(),
+            step: "restart".into(),
+            fencing_token: 42,
+        }],
+        queue: vec![QueueEntry {
+            node: "cp3".into(),
+            role: Role::EtcdMember,
+            earliest_expiry: "2026-05-03T00:00:00Z".into(),
+            since: "2026-05-01T10:00:01Z".into(),
+        }],
+        nodes: ["cp1", "cp2", "cp3"]
+            .iter()
+            .map(|n| NodeSummary {
+                node: (*n).into(),
+                role: Some(Role::EtcdMember),
+                earliest_expiry: Some("2026-05-03T00:00:00Z".into()),
+                state: "idle".into(),
+                last_rotation: None,
+                updated: "2026-05-01T10:00:00Z".into(),
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_view_is_served_to_anyone_and_printed_as_a_table_or_json() {
+    let handler = TestHandler {
+        cluster: Some(canned_cluster()),
+        ..TestHandler::new()
+    };
+    let running = start_with(handler, 0o666, ServerOptions::default()).await;
+    match ask(&running.socket, Request::Cluster).await {
+        Response::Cluster(view) => assert_eq!(view, canned_cluster()),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !Request::Cluster.changes_state(),
+        "reading the view is not a change"
+    );
+    let socket = running.socket.to_str().unwrap();
+    // Read-only: a client that is not root may ask.
+    let out = cli(&["status", "--cluster", "--socket", socket], true).await;
+    let table = text(&out.stdout);
+    assert!(out.status.success(), "{table}{}", text(&out.stderr));
+    for want in [
+        "cluster prod (1 slot)",
+        "cp1",
+        "cp2",
+        "cp3",
+        "restart",
+        "42",
+        "POSITION",
+    ] {
+        assert!(table.contains(want), "{want} missing:\n{table}");
+    }
+    let out = cli(
+        &["status", "--cluster", "-o", "json", "--socket", socket],
+        false,
+    )
+    .await;
+    let view: ClusterView = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(view, canned_cluster());
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_without_a_lease_says_so_and_the_cli_exits_1() {
+    let running = start(0o600).await;
+    match ask(&running.socket, Request::Cluster).await {
+        Response::Error { kind, message } => {
+            assert_eq!(kind, ErrorKind::Failed);
+            assert!(message.contains("lease"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let socket = running.socket.to_str().unwrap();
+    let out = cli(&["status", "--cluster", "--socket", socket], false).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("the lease is not open yet"),
+        "{}",
+        text(&out.stderr)
+    );
+    running.stop().await;
+}
+
+#[test]
+fn records_and_requests_of_older_and_newer_versions_still_parse() {
+    // A record written before `recovery` existed is not a recovery.
+    let old = r#"{"id":"r-1","node":"cp1","state":"Success","started_at":"2026-05-01T10:00:00Z"}"#;
+    let r: HistoryRecord = serde_json::from_str(old).unwrap();
+    assert!(!r.recovery);
+    assert_eq!(r.fencing_token, None);
+    // A recovery says so, with no fencing token.
+    let mut rec = record("r-2", HistoryState::Success);
+    rec.recovery = true;
+    rec.fencing_token = None;
+    let json = serde_json::to_string(&rec).unwrap();
+    assert!(json.contains("\"recovery\":true"), "{json}");
+    // The new request, as it travels.
+    assert_eq!(
+        serde_json::to_string(&Request::Cluster).unwrap(),
+        "\"Cluster\""
+    );
+    // A view from a newer daemon with fields this one does not know still reads.
+    let newer = r#"{"cluster":"c","slots":2,"holders":[],"queue":[],"nodes":[{"node":"w1","state":"idle","updated":"t","future":1}],"extra":true}"#;
+    let v: ClusterView = serde_json::from_str(newer).unwrap();
+    assert_eq!(v.slots, 2);
+    assert_eq!(v.nodes[0].node, "w1");
 }

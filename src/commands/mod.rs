@@ -2,6 +2,7 @@
 //! arguments and `now`, and return the process exit code.
 
 pub mod check;
+pub mod cluster;
 pub mod config;
 pub mod history;
 pub mod recover;

@@ -67,6 +67,7 @@ pub fn unexpected(command: &str, response: &Response) -> Failure {
         Response::Rotate { .. } => "rotate",
         Response::History(_) => "history",
         Response::Reloaded => "reloaded",
+        Response::Cluster(_) => "cluster",
         Response::Error { .. } => "error",
     };
     Failure {

@@ -49,13 +49,16 @@ pub enum Request {
     },
     /// Re-read the configuration (as SIGHUP does). Root only.
     Reload,
+    /// The cluster as the lease sees it: every node's summary, the slots' holders and the
+    /// queue. Anyone the socket admits. (A daemon older than this answers it as a bad request.)
+    Cluster,
 }
 
 impl Request {
     /// Whether the request changes the daemon's state, and so needs a privileged peer.
     pub fn changes_state(&self) -> bool {
         match self {
-            Request::Status | Request::History { .. } => false,
+            Request::Status | Request::History { .. } | Request::Cluster => false,
             Request::Rotate { .. } | Request::Reload => true,
         }
     }
@@ -67,6 +70,7 @@ impl Request {
             Request::Rotate { .. } => "rotate",
             Request::History { .. } => "history",
             Request::Reload => "reload",
+            Request::Cluster => "cluster",
         }
     }
 }
@@ -88,6 +92,8 @@ pub enum Response {
     History(Vec<HistoryRecord>),
     /// The configuration was reloaded.
     Reloaded,
+    /// The answer to [`Request::Cluster`].
+    Cluster(crate::lease::ClusterView),
     /// The request was not carried out.
     Error {
         /// Why, as a program should tell it apart.
@@ -267,6 +273,10 @@ pub struct HistoryRecord {
     /// The lease's fencing token while it ran, so records from competing nodes can be ordered.
     #[serde(default)]
     pub fencing_token: Option<u64>,
+    /// A recovery: run WITHOUT the lease (no fencing token) because this node's etcd
+    /// certificates had expired, so the cluster could not be up.
+    #[serde(default)]
+    pub recovery: bool,
 }
 
 /// Where a rotation stands, serialised as the word.

@@ -51,6 +51,14 @@ pub trait Handler: Send + Sync {
     fn history(&self, limit: Option<usize>) -> HandlerFuture<'_, Vec<HistoryRecord>>;
     /// Re-reads the configuration; a bad one is refused and the old one kept.
     fn reload(&self) -> HandlerFuture<'_, ()>;
+    /// The cluster as the lease sees it. A handler without a lease says so.
+    fn cluster(&self) -> HandlerFuture<'_, crate::lease::ClusterView> {
+        Box::pin(async {
+            Err(HandlerError::failed(
+                "this daemon has no lease to show the cluster from",
+            ))
+        })
+    }
 }
 
 /// Why a handler did not carry out a request; sent to the client as [`Response::Error`].
@@ -520,6 +528,7 @@ async fn answer(request: Request, peer: Peer, handler: &dyn Handler) -> Response
                 .map(|rotation_id| Response::Rotate { rotation_id }),
             Request::History { limit } => handler.history(limit).await.map(Response::History),
             Request::Reload => handler.reload().await.map(|()| Response::Reloaded),
+            Request::Cluster => handler.cluster().await.map(Response::Cluster),
         }
     };
     // A panicking handler must cost one answer, not the connection or the server.

@@ -39,7 +39,12 @@ pub struct Shared {
     pub history: RwLock<Arc<History>>,
     /// The loop's inbox.
     pub commands: mpsc::Sender<Command>,
+    /// The lease, once open: `status --cluster` is answered from it without the loop.
+    pub lease: super::peers::SharedLease,
 }
+
+/// How long `status --cluster` waits for the lease's view before answering that it cannot.
+const VIEW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The daemon's [`Handler`].
 #[derive(Debug, Clone)]
@@ -117,6 +122,24 @@ impl Handler for DaemonHandler {
                 .map_err(|e| HandlerError::failed(e.to_string()))?
                 .map(|r| r.records)
                 .map_err(|e| HandlerError::failed(format!("{e:#}")))
+        })
+    }
+
+    fn cluster(&self) -> HandlerFuture<'_, crate::lease::ClusterView> {
+        Box::pin(async move {
+            let lease = self.0.lease.get().ok_or_else(|| {
+                HandlerError::failed("the lease is not open yet (is etcd reachable?)")
+            })?;
+            match tokio::time::timeout(VIEW_TIMEOUT, lease.view()).await {
+                Ok(Ok(view)) => Ok(view),
+                Ok(Err(e)) => Err(HandlerError::failed(format!(
+                    "reading the cluster view: {e}"
+                ))),
+                Err(_) => Err(HandlerError::failed(format!(
+                    "reading the cluster view: no answer from {} within {VIEW_TIMEOUT:?}",
+                    lease.describe()
+                ))),
+            }
         })
     }
 

@@ -8,6 +8,8 @@
 pub mod backoff;
 pub mod handler;
 pub mod notify;
+pub mod peers;
+pub mod recovery;
 pub mod rotate;
 pub mod status;
 
@@ -28,7 +30,6 @@ use crate::events;
 use crate::history::History;
 use crate::inventory::Inventory;
 use crate::lease::Held;
-use crate::lease::local::LocalLease;
 use crate::report::rfc3339;
 use crate::root::Root;
 use crate::rotation::{Selection, StateDirs, lock};
@@ -68,6 +69,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         progress: daemon.progress.clone(),
         history: RwLock::new(daemon.history.clone()),
         commands: tx,
+        lease: daemon.peers.shared(),
     });
     let control = daemon.start_control(Arc::clone(&shared))?;
     // The inventory first: it is what says which files to watch.
@@ -101,9 +103,15 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
     };
     tokio::pin!(stop);
 
+    // A cluster whose certificates all expired first: its lease cannot be reached, so nothing
+    // below that needs it may run before this node's etcd is back.
+    if daemon.recover(&shared, &mut stop).await {
+        return daemon.stop(control).await;
+    }
+    daemon.publish_summary("idle").await;
     // Rotations a crash interrupted: recovery in `Daemon::start` made their files whole; their
     // components still have to be restarted and proved, and their records closed.
-    if daemon.resume_guarded(&mut stop).await {
+    if daemon.resume_guarded(&shared, &mut stop).await {
         return daemon.stop(control).await;
     }
 
@@ -116,6 +124,9 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
                 tracing::warn!("updating watched files: {e}");
             }
             watched = now_watched;
+        }
+        if daemon.recover(&shared, &mut stop).await {
+            break;
         }
         let now = OffsetDateTime::now_utc();
         let decision = daemon.decide(now);
@@ -134,9 +145,9 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
                     "inside renew_before".into()
                 },
                 skip_health_gate: decision.expired,
+                recovery: false,
             };
-            let stopped = daemon.rotate_guarded(req, None, &mut stop).await;
-            daemon.refresh(OffsetDateTime::now_utc());
+            let stopped = daemon.rotate_guarded(&shared, req, None, &mut stop).await;
             if stopped {
                 break;
             }
@@ -158,8 +169,13 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         }
         daemon.publish(&shared, &decision, now);
         let sleep = sleep_until(decision.next_wake, now);
+        let publish_at = daemon
+            .peers
+            .next_publish
+            .unwrap_or_else(|| tokio::time::Instant::now() + peers::PUBLISH_EVERY);
         tokio::select! {
             _ = sleep => {}
+            () = tokio::time::sleep_until(publish_at) => daemon.publish_summary("idle").await,
             Some(paths) = changes.recv() => daemon.on_change(&paths),
             Some(cmd) = commands.recv() => match cmd {
                 Command::Rotate { selection, reply } => {
@@ -167,9 +183,9 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
                         selection,
                         why: "requested with certrotd rotate".into(),
                         skip_health_gate: false,
+                        recovery: false,
                     };
-                    let stopped = daemon.rotate_guarded(req, Some(reply), &mut stop).await;
-                    daemon.refresh(OffsetDateTime::now_utc());
+                    let stopped = daemon.rotate_guarded(&shared, req, Some(reply), &mut stop).await;
                     if stopped { break; }
                 }
                 Command::Reload { reply } => {
@@ -206,6 +222,21 @@ struct Control {
     stop: tokio::sync::watch::Sender<bool>,
 }
 
+/// Where and how rotations run (an [`Env`] of the daemon's fields, borrowed one by one so the
+/// notifier stays free for [`run_to_end`]), with `$on_step` told each step.
+macro_rules! rotation_env {
+    ($d:expr, $on_step:expr) => {
+        Env {
+            settings: &$d.settings,
+            root: &$d.root,
+            state: &$d.state,
+            history: &$d.history,
+            progress: &$d.progress,
+            on_step: $on_step,
+        }
+    };
+}
+
 /// The daemon's state, owned by its loop.
 struct Daemon {
     settings: Settings,
@@ -224,6 +255,10 @@ struct Daemon {
     last_error: Option<String>,
     /// Retrying failed automatic rotations.
     backoff: backoff::Backoff,
+    /// The lease shared with the other nodes, and the node's summary for them.
+    peers: peers::Peers,
+    /// The last rotation finished, for the node's summary.
+    last_rotation: Option<crate::control::proto::HistoryRecord>,
 }
 
 impl Daemon {
@@ -238,8 +273,15 @@ impl Daemon {
             rotate::recover_locked(&root, &state, &settings).map_err(anyhow::Error::msg)?;
         }
         let announced = load_announced(&state.dir);
+        let history = Arc::new(History::for_settings(&settings));
+        let last_rotation = history
+            .read(None)
+            .ok()
+            .and_then(|h| h.records.into_iter().find(|r| r.finished_at.is_some()));
         Ok(Daemon {
-            history: Arc::new(History::for_settings(&settings)),
+            history,
+            last_rotation,
+            peers: peers::Peers::default(),
             info: DaemonInfo {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 started_at: rfc3339(now),
@@ -247,7 +289,7 @@ impl Daemon {
                 config_sources: config_sources(&settings),
             },
             lease: LeaseStatus {
-                backend: "local".into(),
+                backend: peers::backend_name(&settings),
                 ..LeaseStatus::default()
             },
             settings,
@@ -457,56 +499,247 @@ impl Daemon {
         ));
     }
 
-    /// Takes the lease for a rotation, and shows it taken in status.
-    fn take_lease(&mut self) -> Result<Held, String> {
-        let held = LocalLease::new(&self.state.dir, &self.settings.node_name)
-            .acquire()
-            .map_err(|e| format!("taking the lease: {e}"))?;
-        self.lease.held = true;
-        self.lease.holder = Some(self.settings.node_name.clone());
-        self.lease.since = Some(rfc3339(OffsetDateTime::now_utc()));
-        Ok(held)
+    /// Shows the lease in status (and in the STATUS line's summary) while the loop is busy.
+    fn show_lease(&mut self, shared: &Shared, lease: LeaseStatus) {
+        self.lease = lease.clone();
+        shared
+            .status
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .lease = lease;
     }
 
-    fn give_back_lease(&mut self) {
-        self.lease.held = false;
-        self.lease.holder = None;
-        self.lease.since = None;
+    /// Publishes this node's summary for the cluster view.
+    async fn publish_summary(&mut self, state: &str) {
+        let now = OffsetDateTime::now_utc();
+        let summary = peers::summary(
+            &self.settings.node_name,
+            &self.inventory,
+            state,
+            self.last_rotation.as_ref(),
+            now,
+        );
+        self.peers
+            .publish(&self.settings, &self.root, &self.state.dir, &summary)
+            .await;
     }
 
-    /// Runs a rotation to its end. A request to stop during it is noted, and the daemon stops
-    /// once the rotation is over: stopping half-way would leave the node half-installed or its
-    /// components on certificates no longer on disk, for the next start to sort out. Every step
-    /// left (install, restart, proof, rollback) is bounded by its timeout. Returns whether the
+    /// Waits for this node's turn (see [`peers::wait_turn`]), showing its place in status.
+    async fn take_turn(
+        &mut self,
+        shared: &Shared,
+        rotation_id: &str,
+        certs: &[String],
+        stop: &mut (impl Future<Output = &'static str> + Unpin),
+    ) -> Result<peers::Turn, String> {
+        // An unreachable cluster (etcd restarting, a recovery under way elsewhere) is waited
+        // for, not a failed rotation: the lease is the only way forward.
+        let mut pause = std::time::Duration::from_millis(500);
+        let lease = loop {
+            let now = OffsetDateTime::now_utc();
+            match self
+                .peers
+                .open(&self.settings, &self.root, &self.state.dir, now)
+                .await
+            {
+                Ok(l) => break l,
+                Err(e) => {
+                    tracing::warn!("{e}; trying again in {pause:?}");
+                    self.show_lease(
+                        shared,
+                        LeaseStatus {
+                            detail: Some(format!("waiting for the lease: {e}")),
+                            ..self.lease.clone()
+                        },
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        why = &mut *stop => return Ok(peers::Turn::Stopping(why)),
+                    }
+                    pause = (pause * 2).min(std::time::Duration::from_secs(10));
+                }
+            }
+        };
+        let now = OffsetDateTime::now_utc();
+        let want = peers::want(
+            &self.settings.node_name,
+            rotation_id,
+            &self.inventory,
+            certs,
+            now,
+        );
+        let waiting = LeaseStatus {
+            backend: lease.describe(),
+            detail: Some("waiting for the lease".into()),
+            ..LeaseStatus::default()
+        };
+        self.show_lease(shared, waiting.clone());
+        self.publish_summary("waiting").await;
+        let turn = peers::wait_turn(lease.as_ref(), &want, stop, |line| {
+            let mut s = shared.status.write().unwrap_or_else(|e| e.into_inner());
+            s.lease.detail = Some(line);
+        })
+        .await;
+        if let peers::Turn::Held(held) = &turn {
+            self.show_lease(
+                shared,
+                LeaseStatus {
+                    backend: lease.describe(),
+                    held: true,
+                    holder: Some(held.holder.clone()),
+                    since: Some(rfc3339(OffsetDateTime::now_utc())),
+                    detail: Some(format!("fencing token {}", held.fencing_token)),
+                },
+            );
+        }
+        Ok(turn)
+    }
+
+    /// Recovers this node's etcd without the lease when its certificates all expired (see
+    /// [`recovery`]): renews them, restarts etcd and waits until it answers. Returns whether the
     /// daemon is stopping.
+    async fn recover(
+        &mut self,
+        shared: &Shared,
+        stop: &mut (impl Future<Output = &'static str> + Unpin),
+    ) -> bool {
+        let now = OffsetDateTime::now_utc();
+        if self.backoff.waiting(now).is_some() {
+            return false;
+        }
+        let Some(plan) = recovery::needed(&self.inventory, now) else {
+            return false;
+        };
+        let req = Request {
+            selection: Selection {
+                types: Vec::new(),
+                certs: plan.certs,
+            },
+            why: plan.why,
+            // Expired certificates: the components cannot be healthy, renewing is the cure.
+            skip_health_gate: true,
+            recovery: true,
+        };
+        let stopping = self.rotate_guarded(shared, req, None, stop).await;
+        if self.last_failed {
+            let error = self
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "recovery failed".to_owned());
+            let issuer = &self.settings.issuer;
+            self.backoff.failed(
+                OffsetDateTime::now_utc(),
+                error,
+                issuer.retry_initial,
+                issuer.retry_max,
+                rand::random::<f64>(),
+            );
+        } else {
+            self.backoff.clear();
+        }
+        stopping
+    }
+
+    /// Gives the lease back and shows it so.
+    async fn give_back(&mut self, shared: &Shared, held: Option<Held>) {
+        if let (Some(held), Some(lease)) = (held, self.peers.lease()) {
+            peers::release(lease.as_ref(), held).await;
+        }
+        let backend = self.lease.backend.clone();
+        self.show_lease(
+            shared,
+            LeaseStatus {
+                backend,
+                ..LeaseStatus::default()
+            },
+        );
+    }
+
+    /// Runs a rotation to its end: planned first (so `certrotd rotate` gets its id at once and
+    /// the queue can name it), then this node waits its turn (a stop while waiting is prompt),
+    /// then the rotation runs with the lease as the guard of every disruptive step, each step
+    /// mirrored into the holder record. A recovery takes no lease. A request to stop during the
+    /// rotation is noted, and the daemon stops once it is over: stopping half-way would leave the
+    /// node half-installed or its components on certificates no longer on disk. Every step left
+    /// (install, restart, proof, rollback) is bounded by its timeout. Returns whether the daemon
+    /// is stopping.
     async fn rotate_guarded(
         &mut self,
+        shared: &Shared,
         req: Request,
         reply: Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
         stop: &mut (impl Future<Output = &'static str> + Unpin),
     ) -> bool {
-        let held = match self.take_lease() {
-            Ok(h) => h,
-            Err(why) => {
-                if let Some(r) = reply {
-                    let _ = r.send(Err(why.clone()));
-                }
-                tracing::error!("{why}");
+        let clock = OffsetDateTime::now_utc;
+        let on_step = rotate::no_step_hook;
+        let planned = {
+            let env = rotation_env!(self, &on_step);
+            rotate::plan_for(&env, &req, reply, &clock).await
+        };
+        let plan = match planned {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("rotation not started: {e}");
                 self.last_failed = true;
+                self.last_error = Some(e);
                 return false;
             }
         };
-        let env = Env {
-            settings: &self.settings,
-            root: &self.root,
-            state: &self.state,
-            history: &self.history,
-            progress: &self.progress,
+        let held = if req.recovery {
+            // The cluster is down (this member cannot talk to anyone): there is no lease to take.
+            Held::new(&self.settings.node_name, 0)
+        } else {
+            match self
+                .take_turn(shared, &plan.id, &req.selection.certs, stop)
+                .await
+            {
+                Ok(peers::Turn::Held(h)) => h,
+                Ok(peers::Turn::Stopping(why)) => {
+                    tracing::info!(
+                        "{why}: stopping while waiting for the lease; rotation {} not started",
+                        plan.id
+                    );
+                    self.give_back(shared, None).await;
+                    return true;
+                }
+                Err(why) => {
+                    tracing::error!("rotation {} not started: {why}", plan.id);
+                    self.last_failed = true;
+                    self.last_error = Some(why);
+                    return false;
+                }
+            }
         };
-        let clock = OffsetDateTime::now_utc;
-        let fut = rotate::rotate(&env, req, held, reply, &clock);
-        let (result, stopping) = run_to_end(fut, stop, &self.progress, &mut self.notifier).await;
-        self.give_back_lease();
+        self.publish_summary(if req.recovery {
+            "recovering"
+        } else {
+            "rotating"
+        })
+        .await;
+        let (hook, mirror) = match (req.recovery, self.peers.lease()) {
+            (false, Some(lease)) => {
+                let (hook, task) = peers::step_mirror(lease, held.clone());
+                (
+                    Box::new(hook) as Box<dyn Fn(&str) + Send + Sync>,
+                    Some(task),
+                )
+            }
+            _ => (
+                Box::new(rotate::no_step_hook) as Box<dyn Fn(&str) + Send + Sync>,
+                None,
+            ),
+        };
+        let (result, stopping) = {
+            let env = rotation_env!(self, hook.as_ref());
+            let fut = rotate::run_planned(&env, req.clone(), plan, held.clone(), &clock);
+            run_to_end(fut, stop, &self.progress, &mut self.notifier).await
+        };
+        drop(hook);
+        if let Some(task) = mirror {
+            let _ = task.await;
+        }
+        self.give_back(shared, (!req.recovery).then_some(held))
+            .await;
         (self.last_failed, self.last_error) = match &result {
             Ok(r) if r.state == crate::control::proto::HistoryState::Failed => {
                 (true, r.reason.clone())
@@ -517,6 +750,11 @@ impl Daemon {
                 (true, Some(e.clone()))
             }
         };
+        if let Ok(r) = result {
+            self.last_rotation = Some(r);
+        }
+        self.refresh(OffsetDateTime::now_utc());
+        self.publish_summary("idle").await;
         stopping
     }
 
@@ -524,30 +762,55 @@ impl Daemon {
     /// Returns whether the daemon is stopping.
     async fn resume_guarded(
         &mut self,
+        shared: &Shared,
         stop: &mut (impl Future<Output = &'static str> + Unpin),
     ) -> bool {
-        if rotate::interrupted(&self.history).is_empty() {
+        let interrupted = rotate::interrupted(&self.history);
+        let Some(first) = interrupted.first() else {
             return false;
-        }
-        let held = match self.take_lease() {
-            Ok(h) => h,
+        };
+        let (id, certs) = (first.id.clone(), first.certificates.clone());
+        let held = match self.take_turn(shared, &id, &certs, stop).await {
+            Ok(peers::Turn::Held(h)) => h,
+            Ok(peers::Turn::Stopping(why)) => {
+                tracing::info!("{why}: stopping while waiting for the lease to finish {id}");
+                self.give_back(shared, None).await;
+                return true;
+            }
             Err(why) => {
                 tracing::error!("not finishing interrupted rotations: {why}");
                 return false;
             }
         };
-        let env = Env {
-            settings: &self.settings,
-            root: &self.root,
-            state: &self.state,
-            history: &self.history,
-            progress: &self.progress,
-        };
         let clock = OffsetDateTime::now_utc;
-        let fut = rotate::resume(&env, held, &clock);
-        let (_, stopping) = run_to_end(fut, stop, &self.progress, &mut self.notifier).await;
-        self.give_back_lease();
+        let (hook, mirror) = match self.peers.lease() {
+            Some(lease) => {
+                let (hook, task) = peers::step_mirror(lease, held.clone());
+                (
+                    Box::new(hook) as Box<dyn Fn(&str) + Send + Sync>,
+                    Some(task),
+                )
+            }
+            None => (
+                Box::new(rotate::no_step_hook) as Box<dyn Fn(&str) + Send + Sync>,
+                None,
+            ),
+        };
+        let (closed, stopping) = {
+            let env = rotation_env!(self, hook.as_ref());
+            let fut = rotate::resume(&env, held.clone(), &clock);
+            run_to_end(fut, stop, &self.progress, &mut self.notifier).await
+        };
+        drop(hook);
+        if let Some(task) = mirror {
+            let _ = task.await;
+        }
+        self.give_back(shared, Some(held)).await;
+        if let Some(r) = closed.into_iter().last() {
+            self.last_rotation = Some(r);
+        }
         self.refresh(OffsetDateTime::now_utc());
+        self.publish_summary("idle").await;
         stopping
     }
 
@@ -576,6 +839,9 @@ impl Daemon {
         let result = match loaded {
             Ok(s) => {
                 self.settings = s;
+                // The [lease] table may name another cluster: opened again on next use.
+                self.peers.reset();
+                self.lease.backend = peers::backend_name(&self.settings);
                 self.info.config_sources = config_sources(&self.settings);
                 self.history = Arc::new(History::for_settings(&self.settings));
                 // `certrotd history` reads through the handler: the state directory may have moved.

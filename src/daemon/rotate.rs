@@ -27,7 +27,7 @@ use crate::root::Root;
 use crate::rotation::execute::{self, Report};
 use crate::rotation::journal::{Journal, Phase};
 use crate::rotation::plan::{self, Plan, PlanOptions};
-use crate::rotation::{Context, Selection, StateDirs, lock, recover, select};
+use crate::rotation::{Context, Guard as _, Selection, StateDirs, lock, recover, select};
 
 /// What to rotate and why.
 #[derive(Debug, Clone)]
@@ -39,6 +39,9 @@ pub struct Request {
     /// Skip the health gate: certificates are already expired, so the components cannot be
     /// healthy, and rotating is the cure.
     pub skip_health_gate: bool,
+    /// A recovery (see [`super::recovery`]): runs without the lease, records no fencing token,
+    /// and is never rolled back onto the expired certificates it replaces.
+    pub recovery: bool,
 }
 
 /// The rotation in progress, shared with `certrotd status`.
@@ -56,7 +59,12 @@ pub struct Env<'a> {
     pub history: &'a History,
     /// The rotation in progress.
     pub progress: &'a Progress,
+    /// Told each step as it begins (the daemon mirrors it into the lease's holder record).
+    pub on_step: &'a (dyn Fn(&str) + Sync),
 }
+
+/// An [`Env::on_step`] that tells no one.
+pub fn no_step_hook(_step: &str) {}
 
 /// Runs one rotation. `started` learns the rotation id as soon as it is planned. `clock` gives the
 /// time at each step (the daemon passes the wall clock, tests may pass their own). Returns the final
@@ -69,15 +77,34 @@ pub async fn rotate(
     started: Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
     clock: &(dyn Fn() -> OffsetDateTime + Sync),
 ) -> Result<HistoryRecord, String> {
-    let plan = match make_plan(env, &req.selection, clock()).await {
-        Ok(p) => p,
-        Err(e) => {
-            if let Some(tx) = started {
-                let _ = tx.send(Err(e.clone()));
-            }
-            return Err(e);
-        }
-    };
+    let plan = plan_for(env, &req, started, clock).await?;
+    run_planned(env, req, plan, lease, clock).await
+}
+
+/// Plans a rotation under the rotation lock; `started` learns its id (or why there is none).
+/// The daemon plans before it waits for the lease, so the lease's holder record and queue can
+/// name the rotation, and `certrotd rotate` answers without waiting its turn.
+pub async fn plan_for(
+    env: &Env<'_>,
+    req: &Request,
+    started: Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
+    clock: &(dyn Fn() -> OffsetDateTime + Sync),
+) -> Result<Plan, String> {
+    let planned = make_plan(env, &req.selection, clock()).await;
+    if let Some(tx) = started {
+        let _ = tx.send(planned.as_ref().map(|p| p.id.clone()).map_err(Clone::clone));
+    }
+    planned
+}
+
+/// Runs a planned rotation with `lease` held (or, for a recovery, a token-less stand-in).
+pub async fn run_planned(
+    env: &Env<'_>,
+    req: Request,
+    plan: Plan,
+    lease: Held,
+    clock: &(dyn Fn() -> OffsetDateTime + Sync),
+) -> Result<HistoryRecord, String> {
     let names: Vec<String> = plan.items.iter().map(|i| i.name().to_owned()).collect();
     let node = env.settings.node_name.clone();
     let mut record = env
@@ -90,12 +117,19 @@ pub async fn rotate(
             clock(),
         )
         .map_err(|e| format!("{e:#}"))?;
-    record.fencing_token = Some(lease.fencing_token);
-    if let Some(tx) = started {
-        let _ = tx.send(Ok(plan.id.clone()));
+    if req.recovery {
+        // No lease was taken: a token would claim an order this rotation never had.
+        record.recovery = true;
+        events::recovery(&node, &plan.id, &names, &req.why);
+        // Marked at once, so a crash part-way still leaves the record saying it was a recovery.
+        if let Err(e) = env.history.append(&record) {
+            tracing::error!("recording recovery {} in history: {e:#}", record.id);
+        }
+    } else {
+        record.fencing_token = Some(lease.fencing_token);
     }
     events::rotation_started(&node, &plan.id, &names, &req.why);
-    let step = |s: &str| set_step(env.progress, &plan.id, s, &names, clock());
+    let step = |s: &str| set_step(env, &plan.id, s, &names, clock());
     let consumers = consumers(&plan);
 
     step("health-gate");
@@ -150,7 +184,15 @@ async fn restart_and_prove(
     clock: &(dyn Fn() -> OffsetDateTime + Sync),
 ) -> HistoryRecord {
     let names = record.certificates.clone();
-    let step = |s: &str| set_step(env.progress, id, s, &names, clock());
+    let step = |s: &str| set_step(env, id, s, &names, clock());
+    // A restart is the disruption itself: with the lease lost, another node may be disrupting
+    // its components now, so nothing is restarted. The new files stay installed (they are
+    // valid); the components read them at their next restart.
+    if let Err(lost) = lease.check("restart") {
+        record.disruptive_to = Some(rfc3339(clock()));
+        let reason = format!("{lost}; the new certificates are installed, nothing was restarted");
+        return finish(env, record, Err(reason), clock());
+    }
     step("restart");
     let outcome = match restart_all(env, id, &installed.consumers, clock()).await {
         Ok(()) => {
@@ -159,6 +201,17 @@ async fn restart_and_prove(
         }
         Err(e) => Err(e),
     };
+    if let Err(why) = &outcome
+        && record.recovery
+    {
+        // The previous certificates are expired: putting them back cannot bring anything up.
+        // Most likely the member is waiting for peers that are still recovering.
+        record.disruptive_to = Some(rfc3339(clock()));
+        let reason = format!(
+            "{why}; not rolled back: the previous certificates are expired (its peers may still be recovering)"
+        );
+        return finish(env, record, Err(reason), clock());
+    }
     if let Err(why) = outcome {
         step("rollback");
         let rolled = roll_back(env, id, lease).await;
@@ -236,6 +289,9 @@ pub async fn resume(
                     record.reason.as_deref().unwrap_or("rotation")
                 ));
                 let installed = installed(&j);
+                // The disruption this start causes: the restarts and proof, under its own lease.
+                record.disruptive_from = Some(rfc3339(clock()));
+                record.disruptive_to = None;
                 restart_and_prove(env, &id, &installed, lease.clone(), record, clock).await
             }
             // "abandoned": closed before anything was installed, so nothing read the new files.
@@ -244,10 +300,12 @@ pub async fn resume(
                     && !j.outcome.as_deref().unwrap_or("").starts_with("abandoned") =>
             {
                 let why = "interrupted, and rolled back to the previous certificates";
+                record.disruptive_from = Some(rfc3339(clock()));
                 let reason = match restart_onto_disk(env, &id, &installed(&j), clock).await {
                     Ok(()) => format!("{why}, which are served again"),
                     Err(e) => format!("{why}, but after the rollback: {e}"),
                 };
+                record.disruptive_to = Some(rfc3339(clock()));
                 finish(env, record, Err(reason), clock())
             }
             Ok(_) => finish(
@@ -283,8 +341,9 @@ pub fn interrupted(history: &History) -> Vec<HistoryRecord> {
     }
 }
 
-fn set_step(progress: &Progress, id: &str, step: &str, names: &[String], now: OffsetDateTime) {
-    let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+fn set_step(env: &Env<'_>, id: &str, step: &str, names: &[String], now: OffsetDateTime) {
+    (env.on_step)(step);
+    let mut p = env.progress.lock().unwrap_or_else(|e| e.into_inner());
     let started_at = p
         .as_ref()
         .filter(|p| p.id == id)

@@ -2,14 +2,24 @@
 //! kept in the state directory so that tokens keep increasing across restarts.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use super::Held;
+use super::{BoxFuture, ClusterView, Held, Lease, LeaseError, NodeSummary, Want};
 
 /// A single node's lease.
 #[derive(Debug, Clone)]
 pub struct LocalLease {
     token_file: PathBuf,
     node: String,
+    /// What `set_step` and `publish` were told, for `view`.
+    state: Arc<Mutex<LocalState>>,
+}
+
+/// The local lease's memory.
+#[derive(Debug, Clone, Default)]
+struct LocalState {
+    holder: Option<super::HolderRecord>,
+    summary: Option<NodeSummary>,
 }
 
 impl LocalLease {
@@ -18,6 +28,7 @@ impl LocalLease {
         LocalLease {
             token_file: state_dir.join("lease-token"),
             node: node.to_owned(),
+            state: Arc::default(),
         }
     }
 
@@ -34,6 +45,83 @@ impl LocalLease {
         crate::store::write_atomic(&self.token_file, format!("{next}\n").as_bytes(), 0o600)
             .map_err(std::io::Error::other)?;
         Ok(Held::new(&self.node, next))
+    }
+}
+
+impl LocalLease {
+    fn take(&self) -> Result<Held, LeaseError> {
+        self.acquire().map_err(|e| LeaseError::Local {
+            op: "writing the fencing token",
+            path: self.token_file.clone(),
+            error: e.to_string(),
+        })
+    }
+}
+
+impl Lease for LocalLease {
+    fn describe(&self) -> String {
+        "local lease".to_owned()
+    }
+
+    fn acquire<'a>(&'a self, want: &'a Want) -> BoxFuture<'a, Result<Held, LeaseError>> {
+        Box::pin(async move {
+            let held = self.take()?;
+            self.state.lock().unwrap_or_else(|p| p.into_inner()).holder =
+                Some(super::HolderRecord {
+                    slot: 0,
+                    node: self.node.clone(),
+                    rotation_id: want.rotation_id.clone(),
+                    since: super::record::rfc3339(want.now),
+                    step: "acquired".to_owned(),
+                    fencing_token: held.fencing_token,
+                });
+            Ok(held)
+        })
+    }
+
+    fn set_step<'a>(
+        &'a self,
+        held: &'a Held,
+        step: &'a str,
+    ) -> BoxFuture<'a, Result<(), LeaseError>> {
+        Box::pin(async move {
+            if !held.is_held() {
+                return Err(LeaseError::Lost(held.why_lost()));
+            }
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(holder) = state.holder.as_mut() {
+                holder.step = step.to_owned();
+            }
+            Ok(())
+        })
+    }
+
+    fn release<'a>(&'a self, held: Held) -> BoxFuture<'a, Result<(), LeaseError>> {
+        Box::pin(async move {
+            held.mark_lost("released");
+            self.state.lock().unwrap_or_else(|p| p.into_inner()).holder = None;
+            Ok(())
+        })
+    }
+
+    fn publish<'a>(&'a self, summary: &'a NodeSummary) -> BoxFuture<'a, Result<(), LeaseError>> {
+        Box::pin(async move {
+            self.state.lock().unwrap_or_else(|p| p.into_inner()).summary = Some(summary.clone());
+            Ok(())
+        })
+    }
+
+    fn view<'a>(&'a self) -> BoxFuture<'a, Result<ClusterView, LeaseError>> {
+        Box::pin(async move {
+            let state = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            Ok(ClusterView {
+                cluster: "local".to_owned(),
+                slots: 1,
+                holders: state.holder.into_iter().collect(),
+                queue: Vec::new(),
+                nodes: state.summary.into_iter().collect(),
+            })
+        })
     }
 }
 

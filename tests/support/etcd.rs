@@ -7,6 +7,9 @@
 //!
 //! Readiness is judged by `etcdctl endpoint health` with the healthcheck client, not by the code
 //! under test.
+//!
+//! [`EtcdCluster`] runs several members on loopback as one cluster, each with its own server,
+//! peer and healthcheck-client certificates signed by one etcd CA ([`issue_member_pki`]).
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
@@ -144,12 +147,18 @@ pub struct Etcd {
     /// Its configuration.
     pub spec: EtcdSpec,
     child: Option<Child>,
+    /// `--initial-cluster` when it is a member of a larger cluster.
+    initial_cluster: Option<String>,
 }
 
 impl Etcd {
     /// Starts etcd and waits until it is healthy; panics with its log when it is not.
     pub fn start(spec: EtcdSpec) -> Etcd {
-        let mut etcd = Etcd { spec, child: None };
+        let mut etcd = Etcd {
+            spec,
+            child: None,
+            initial_cluster: None,
+        };
         etcd.spawn();
         etcd.wait_healthy();
         etcd
@@ -157,7 +166,22 @@ impl Etcd {
 
     /// Starts etcd without waiting for it.
     pub fn spawn_only(spec: EtcdSpec) -> Etcd {
-        let mut etcd = Etcd { spec, child: None };
+        let mut etcd = Etcd {
+            spec,
+            child: None,
+            initial_cluster: None,
+        };
+        etcd.spawn();
+        etcd
+    }
+
+    /// Starts a member of the cluster `initial_cluster` names, without waiting for it.
+    pub fn spawn_member(spec: EtcdSpec, initial_cluster: &str) -> Etcd {
+        let mut etcd = Etcd {
+            spec,
+            child: None,
+            initial_cluster: Some(initial_cluster.to_owned()),
+        };
         etcd.spawn();
         etcd
     }
@@ -169,8 +193,17 @@ impl Etcd {
             .append(true)
             .open(self.spec.log_path())
             .unwrap();
+        let mut args = self.spec.args();
+        if let Some(cluster) = &self.initial_cluster {
+            for a in args.iter_mut() {
+                if a.starts_with("--initial-cluster=") {
+                    *a = format!("--initial-cluster={cluster}");
+                }
+            }
+            args.push("--initial-cluster-token=certrotd-test".to_owned());
+        }
         let child = Command::new("etcd")
-            .args(self.spec.args())
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -239,6 +272,16 @@ impl Etcd {
         self.stop();
         self.spawn();
     }
+
+    /// Starts it again after [`Etcd::stop`], on the same ports and data; does not wait.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
+    /// Whether it runs.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
 }
 
 impl Drop for Etcd {
@@ -247,5 +290,142 @@ impl Drop for Etcd {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Several etcd members on loopback forming one cluster, each with its own certificates signed by
+/// one etcd CA. Members are stopped by PID when dropped.
+pub struct EtcdCluster {
+    /// The members, in order.
+    pub members: Vec<Etcd>,
+    /// The etcd CA's certificate (shared by every member).
+    pub ca_file: PathBuf,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members under `work`, their certificates issued by the etcd CA in `ca_pki` (a
+    /// kubeadm `pki/etcd` directory holding `ca.crt` and `ca.key`), and waits until each is
+    /// healthy.
+    pub fn start(ca_pki: &Path, work: &Path, n: usize) -> EtcdCluster {
+        let specs: Vec<EtcdSpec> = (0..n)
+            .map(|i| {
+                let name = format!("member{i}");
+                let pki = work.join(&name).join("pki");
+                issue_member_pki(ca_pki, &pki, &name);
+                let member_work = work.join(&name);
+                std::fs::create_dir_all(&member_work).unwrap();
+                EtcdSpec {
+                    name,
+                    pki,
+                    work: member_work,
+                    client_port: free_port(),
+                    peer_port: free_port(),
+                }
+            })
+            .collect();
+        let initial = specs
+            .iter()
+            .map(|s| format!("{}=https://{}", s.name, s.peer_addr()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members: Vec<Etcd> = specs
+            .into_iter()
+            .map(|spec| Etcd::spawn_member(spec, &initial))
+            .collect();
+        for m in &mut members {
+            m.wait_healthy();
+        }
+        EtcdCluster {
+            members,
+            ca_file: ca_pki.join("ca.crt"),
+        }
+    }
+
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("https://{}", m.spec.client_addr()))
+            .collect()
+    }
+
+    /// Stops every member.
+    pub fn stop_all(&mut self) {
+        for m in &mut self.members {
+            m.stop();
+        }
+    }
+
+    /// Starts every stopped member again and waits until each is healthy.
+    pub fn start_all(&mut self) {
+        for m in &mut self.members {
+            if !m.running() {
+                m.start_again();
+            }
+        }
+        for m in &mut self.members {
+            m.wait_healthy();
+        }
+    }
+}
+
+/// The etcd CA in a kubeadm `pki/etcd` directory.
+pub fn etcd_ca(ca_pki: &Path) -> (rcgen::Issuer<'static, rcgen::KeyPair>, Vec<u8>) {
+    let ca_pem = std::fs::read_to_string(ca_pki.join("ca.crt")).unwrap();
+    let key_pem = std::fs::read_to_string(ca_pki.join("ca.key")).unwrap();
+    let blocks = certrotd::pki::pem::blocks(&ca_pki.join("ca.key"), key_pem.as_bytes()).unwrap();
+    let key = certrotd::pki::key::PrivateKey::from_blocks(&blocks)
+        .unwrap()
+        .pair;
+    let der = certrotd::pki::pem::blocks(&ca_pki.join("ca.crt"), ca_pem.as_bytes()).unwrap()[0]
+        .der
+        .clone();
+    let issuer = rcgen::Issuer::from_ca_cert_der(&der.as_slice().into(), key).unwrap();
+    (issuer, der)
+}
+
+/// Issues `<stem>.crt` and `<stem>.key` in `dir`, signed by the etcd CA in `ca_pki`, for `cn`,
+/// valid from `not_before` to `not_after`, for server and client use on loopback and `cn`.
+pub fn issue_leaf(
+    ca_pki: &Path,
+    dir: &Path,
+    stem: &str,
+    cn: &str,
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+) {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, SanType};
+    let (issuer, _) = etcd_ca(ca_pki);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec![cn.to_owned(), "localhost".to_owned()]).unwrap();
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress([127, 0, 0, 1].into()));
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join(format!("{stem}.crt")), cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
+}
+
+/// Writes a member's PKI directory: `ca.crt` (copied), and its own `server`, `peer` and
+/// `healthcheck-client` certificates, valid for a day.
+pub fn issue_member_pki(ca_pki: &Path, dir: &Path, name: &str) {
+    let now = time::OffsetDateTime::now_utc();
+    let (from, to) = (
+        now - time::Duration::hours(1),
+        now + time::Duration::days(1),
+    );
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(ca_pki.join("ca.crt"), dir.join("ca.crt")).unwrap();
+    for stem in ["server", "peer", "healthcheck-client"] {
+        issue_leaf(ca_pki, dir, stem, name, from, to);
     }
 }

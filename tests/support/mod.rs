@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod cfssl;
+pub mod cluster;
 pub mod etcd;
 pub mod systemd;
 

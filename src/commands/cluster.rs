@@ -1,0 +1,207 @@
+//! `certrotd status --cluster`: the cluster as the lease sees it, asked of the local daemon (which
+//! reads it from etcd with a timeout): every node's summary, who holds each slot since when and at
+//! which step, and the queue in order. A table, or `--output json`.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::Outcome;
+use super::status::{ask, unexpected};
+use crate::cli::{ClientArgs, Output};
+use crate::control::proto::{Request, Response};
+use crate::duration::format_residual;
+use crate::lease::ClusterView;
+use crate::report::table;
+
+/// Runs `certrotd status --cluster`.
+pub fn run(client: &ClientArgs, output: Output) -> Outcome {
+    let view = match ask(client, Request::Cluster, "certrotd status --cluster")? {
+        Response::Cluster(view) => view,
+        other => return Err(unexpected("certrotd status --cluster", &other)),
+    };
+    match output {
+        Output::Table => print!("{}", to_table(&view, OffsetDateTime::now_utc())),
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&view).map_err(anyhow::Error::from)?
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The view as people read it at `now`: nodes, holders, queue.
+pub fn to_table(view: &ClusterView, now: OffsetDateTime) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "cluster {} ({} slot{})\n",
+        view.cluster,
+        view.slots,
+        if view.slots == 1 { "" } else { "s" }
+    );
+    let rows: Vec<Vec<String>> = view
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.node.clone(),
+                n.role.map_or("-", |r| r.as_str()).to_owned(),
+                n.earliest_expiry
+                    .as_deref()
+                    .map(|t| format!("{t} ({})", relative(t, now)))
+                    .unwrap_or_else(|| "-".to_owned()),
+                n.state.clone(),
+                n.last_rotation.clone().unwrap_or_else(|| "-".to_owned()),
+                format!("{} ago", age(&n.updated, now)),
+            ]
+        })
+        .collect();
+    table(
+        &mut out,
+        &[
+            "NODE",
+            "ROLE",
+            "EARLIEST EXPIRY",
+            "STATE",
+            "LAST ROTATION",
+            "SUMMARY AGE",
+        ],
+        &rows,
+    );
+    out.push('\n');
+    if view.holders.is_empty() {
+        let _ = writeln!(out, "lease: free");
+    } else {
+        let rows: Vec<Vec<String>> = view
+            .holders
+            .iter()
+            .map(|h| {
+                vec![
+                    h.slot.to_string(),
+                    h.node.clone(),
+                    h.rotation_id.clone(),
+                    h.since.clone(),
+                    age(&h.since, now),
+                    h.step.clone(),
+                    h.fencing_token.to_string(),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &[
+                "SLOT", "HOLDER", "ROTATION", "SINCE", "HELD FOR", "STEP", "FENCING",
+            ],
+            &rows,
+        );
+    }
+    out.push('\n');
+    if view.queue.is_empty() {
+        let _ = writeln!(out, "queue: empty");
+    } else {
+        let rows: Vec<Vec<String>> = view
+            .queue
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                vec![
+                    (i + 1).to_string(),
+                    q.node.clone(),
+                    q.role.as_str().to_owned(),
+                    q.earliest_expiry.clone(),
+                    format!("{} ago", age(&q.since, now)),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &[
+                "POSITION",
+                "NODE",
+                "ROLE",
+                "EARLIEST EXPIRY",
+                "WAITING SINCE",
+            ],
+            &rows,
+        );
+    }
+    out
+}
+
+/// How long ago `text` (RFC 3339) was, "-" when it does not parse.
+fn age(text: &str, now: OffsetDateTime) -> String {
+    OffsetDateTime::parse(text, &Rfc3339)
+        .map(|t| format_residual((now - t).whole_seconds().max(0)))
+        .unwrap_or_else(|_| "-".to_owned())
+}
+
+/// "in 29d" or "expired 3d ago".
+fn relative(text: &str, now: OffsetDateTime) -> String {
+    match OffsetDateTime::parse(text, &Rfc3339) {
+        Ok(t) if t > now => format!("in {}", format_residual((t - now).whole_seconds())),
+        Ok(t) => format!("expired {} ago", format_residual((now - t).whole_seconds())),
+        Err(_) => "-".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::{HolderRecord, NodeSummary, QueueEntry, Role};
+
+    #[test]
+    fn the_table_shows_nodes_holders_and_the_queue_in_order() {
+        let now = OffsetDateTime::parse("2026-05-01T10:00:00Z", &Rfc3339).unwrap();
+        let view = ClusterView {
+            cluster: "prod".into(),
+            slots: 1,
+            holders: vec![HolderRecord {
+                slot: 0,
+                node: "cp2".into(),
+                rotation_id: "20260501T095930Z-abcdef".into(),
+                since: "2026-05-01T09:59:30Z".into(),
+                step: "restart".into(),
+                fencing_token: 42,
+            }],
+            queue: vec![
+                QueueEntry {
+                    node: "cp3".into(),
+                    role: Role::EtcdMember,
+                    earliest_expiry: "2026-05-03T00:00:00Z".into(),
+                    since: "2026-05-01T09:59:00Z".into(),
+                },
+                QueueEntry {
+                    node: "w1".into(),
+                    role: Role::Worker,
+                    earliest_expiry: "2026-05-02T00:00:00Z".into(),
+                    since: "2026-05-01T09:58:00Z".into(),
+                },
+            ],
+            nodes: vec![NodeSummary {
+                node: "cp1".into(),
+                role: Some(Role::EtcdMember),
+                earliest_expiry: Some("2027-05-01T10:00:00Z".into()),
+                state: "idle".into(),
+                last_rotation: Some("20260501T090000Z-123456 Success".into()),
+                updated: "2026-05-01T09:59:00Z".into(),
+            }],
+        };
+        let t = to_table(&view, now);
+        assert!(t.contains("cluster prod (1 slot)"), "{t}");
+        assert!(
+            t.contains("cp1") && t.contains("etcd-member") && t.contains("idle"),
+            "{t}"
+        );
+        let holder = t.lines().find(|l| l.contains("cp2")).unwrap();
+        assert!(
+            holder.contains("restart") && holder.contains("42") && holder.contains("30s"),
+            "{t}"
+        );
+        let cp3 = t.find("cp3").unwrap();
+        let w1 = t.find("w1").unwrap();
+        assert!(cp3 < w1, "the queue keeps its order: {t}");
+    }
+}

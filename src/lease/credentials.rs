@@ -1,0 +1,260 @@
+//! The lease's TLS credentials, from the node's own PKI: the etcd CA, and a client certificate
+//! (kubeadm's `apiserver-etcd-client`, or `etcd/healthcheck-client` when that is absent).
+//!
+//! A node whose certificates all expired still has to reach etcd to take its turn; if the etcd
+//! CA's key is on the node, a short-lived client certificate is minted in memory for the lease.
+//! It is never written to disk: it is the lease's own credential, not part of the node's PKI.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use time::OffsetDateTime;
+
+use super::LeaseError;
+use crate::config::{DEFAULT_LEASE_CERT, DEFAULT_LEASE_KEY, LeaseSettings};
+use crate::pki::cert::Cert;
+use crate::pki::key::PrivateKey;
+use crate::pki::pem::{self, Block, ReadError};
+use crate::root::Root;
+
+/// kubeadm's other etcd client certificate, tried when the default one is absent.
+pub const FALLBACK_CERT: &str = "/etc/kubernetes/pki/etcd/healthcheck-client.crt";
+/// Its key.
+pub const FALLBACK_KEY: &str = "/etc/kubernetes/pki/etcd/healthcheck-client.key";
+
+/// How long a minted client certificate lives: long enough for a rotation, short enough that
+/// losing it in memory matters little.
+pub const MINTED_VALIDITY: time::Duration = time::Duration::hours(1);
+
+/// What the lease presents to etcd.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    /// The CA bundle (PEM) etcd's serving certificate must chain to; `None` for plain http.
+    pub ca_pem: Option<String>,
+    /// The client certificate (PEM), if any.
+    pub cert_pem: Option<String>,
+    key_pem: Option<String>,
+    /// Where the client certificate came from: a node path, or "minted in memory ...".
+    pub source: String,
+    /// Whether the client certificate was minted in memory.
+    pub minted: bool,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Credentials(ca: {}, client: {}, key: <redacted>)",
+            self.ca_pem.is_some(),
+            self.source
+        )
+    }
+}
+
+impl Credentials {
+    /// No TLS: for plain http endpoints (a lab).
+    pub fn plain() -> Credentials {
+        Credentials {
+            source: "none (plain http)".to_owned(),
+            ..Credentials::default()
+        }
+    }
+
+    /// The client certificate and its key, both PEM, when there is one.
+    pub fn identity(&self) -> Option<(&str, &str)> {
+        Some((self.cert_pem.as_deref()?, self.key_pem.as_deref()?))
+    }
+
+    /// Credentials from PEM text (tests, and callers with their own files).
+    pub fn from_pem(ca_pem: &str, cert_pem: &str, key_pem: &str, source: &str) -> Credentials {
+        Credentials {
+            ca_pem: Some(ca_pem.to_owned()),
+            cert_pem: Some(cert_pem.to_owned()),
+            key_pem: Some(key_pem.to_owned()),
+            source: source.to_owned(),
+            minted: false,
+        }
+    }
+}
+
+/// Reads the configured credentials under `root`; mints a client certificate when the one on disk
+/// is absent or not valid at `now` and the etcd CA key is at hand. Plain-http endpoints need none.
+pub fn load(
+    lease: &LeaseSettings,
+    root: &Root,
+    now: OffsetDateTime,
+) -> Result<Credentials, LeaseError> {
+    if lease.endpoints.iter().all(|e| e.starts_with("http://")) {
+        return Ok(Credentials::plain());
+    }
+    let ca_path = real(root, &lease.ca_file)?;
+    let ca_blocks = read_blocks(&ca_path)?;
+    let ca_certs: Vec<&Block> = ca_blocks
+        .iter()
+        .filter(|b| b.label == "CERTIFICATE")
+        .collect();
+    let Some(ca_first) = ca_certs.first() else {
+        return Err(credentials(&ca_path, "no CERTIFICATE block"));
+    };
+    let ca_cert =
+        Cert::from_der(&ca_first.der).map_err(|e| credentials(&ca_path, &e.to_string()))?;
+    let ca_pem: String = ca_certs
+        .iter()
+        .map(|b| pem::encode("CERTIFICATE", &b.der))
+        .collect();
+
+    let (cert_node, key_node) = client_paths(lease, root);
+    let cert_path = real(root, &cert_node)?;
+    let why_not = match read_blocks(&cert_path) {
+        Ok(blocks) => {
+            let cert = blocks
+                .iter()
+                .find(|b| b.label == "CERTIFICATE")
+                .ok_or_else(|| credentials(&cert_path, "no CERTIFICATE block"))
+                .and_then(|b| {
+                    Cert::from_der(&b.der).map_err(|e| credentials(&cert_path, &e.to_string()))
+                })?;
+            if cert.not_before <= now && now < cert.not_after {
+                let key_path = real(root, &key_node)?;
+                let key_pem = read_key(&key_path, &cert)?;
+                return Ok(Credentials {
+                    ca_pem: Some(ca_pem),
+                    cert_pem: Some(pem::encode("CERTIFICATE", &cert.der)),
+                    key_pem: Some(key_pem),
+                    source: cert_node.display().to_string(),
+                    minted: false,
+                });
+            }
+            format!(
+                "not valid now (valid {} to {})",
+                crate::report::rfc3339(cert.not_before),
+                crate::report::rfc3339(cert.not_after)
+            )
+        }
+        Err(LeaseError::Credentials { error, .. }) if error == "file not found" => error,
+        Err(e) => return Err(e),
+    };
+    let ca_key_path = ca_path.with_extension("key");
+    if !ca_key_path.exists() {
+        return Err(credentials(
+            &cert_path,
+            &format!(
+                "{why_not}, and no etcd CA key at {} to mint a short-lived client certificate",
+                ca_key_path.display()
+            ),
+        ));
+    }
+    let (cert_pem, key_pem) = mint(&ca_cert, &ca_key_path, MINTED_CN, now)?;
+    let source = format!(
+        "minted in memory for 1h, signed by {} ({} is {why_not})",
+        lease.ca_file.display(),
+        cert_node.display()
+    );
+    tracing::warn!(
+        "lease credentials: {} is {why_not}; using a client certificate minted in memory, \
+         signed by the etcd CA, valid for 1h (never written to disk)",
+        cert_node.display()
+    );
+    Ok(Credentials {
+        ca_pem: Some(ca_pem),
+        cert_pem: Some(cert_pem),
+        key_pem: Some(key_pem),
+        source,
+        minted: true,
+    })
+}
+
+/// The client certificate's node paths: the configured ones, or kubeadm's healthcheck client when
+/// the defaults are configured and the apiserver's client certificate is absent.
+fn client_paths(lease: &LeaseSettings, root: &Root) -> (PathBuf, PathBuf) {
+    let configured = (lease.cert_file.clone(), lease.key_file.clone());
+    let defaults = lease.cert_file == Path::new(DEFAULT_LEASE_CERT)
+        && lease.key_file == Path::new(DEFAULT_LEASE_KEY);
+    let present = |p: &Path| root.resolve(p).is_ok_and(|r| r.exists());
+    if defaults && !present(&lease.cert_file) && present(Path::new(FALLBACK_CERT)) {
+        return (PathBuf::from(FALLBACK_CERT), PathBuf::from(FALLBACK_KEY));
+    }
+    configured
+}
+
+/// The common name of a minted certificate: etcd checks no name (kubeadm's etcd has no RBAC),
+/// so it only says who made it.
+pub const MINTED_CN: &str = "certrotd-lease";
+
+/// Signs a fresh client certificate with the etcd CA, valid from a minute ago for
+/// [`MINTED_VALIDITY`]; returns (certificate PEM, key PEM).
+fn mint(
+    ca: &Cert,
+    ca_key_path: &Path,
+    cn: &str,
+    now: OffsetDateTime,
+) -> Result<(String, String), LeaseError> {
+    let ca_key = PrivateKey::from_blocks(&read_blocks(ca_key_path)?)
+        .map_err(|e| credentials(ca_key_path, &e.to_string()))?;
+    if !ca_key.matches(ca) {
+        return Err(credentials(
+            ca_key_path,
+            "the etcd CA key does not belong to the etcd CA certificate",
+        ));
+    }
+    let sign_error = |e: rcgen::Error| credentials(ca_key_path, &format!("minting: {e}"));
+    let issuer = rcgen::Issuer::from_ca_cert_der(&ca.der.as_slice().into(), &ca_key.pair)
+        .map_err(sign_error)?;
+    let key = rcgen::KeyPair::generate().map_err(sign_error)?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(sign_error)?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params.not_before = now - time::Duration::minutes(1);
+    params.not_after = (now + MINTED_VALIDITY).min(ca.not_after);
+    params.serial_number = Some(crate::issuer::local::random_serial().into());
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::DigitalSignature,
+        rcgen::KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, &issuer).map_err(sign_error)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Reads a key file and checks it belongs to `cert`; returns its key block as PEM, in the
+/// format the file has (PKCS#1, SEC1 or PKCS#8: rustls reads them all).
+fn read_key(path: &Path, cert: &Cert) -> Result<String, LeaseError> {
+    let blocks = read_blocks(path)?;
+    let key = PrivateKey::from_blocks(&blocks).map_err(|e| credentials(path, &e.to_string()))?;
+    if !key.matches(cert) {
+        return Err(credentials(
+            path,
+            "the key does not belong to the client certificate",
+        ));
+    }
+    let block = blocks
+        .iter()
+        .find(|b| crate::pki::key::is_key_label(&b.label))
+        .ok_or_else(|| credentials(path, "no private key block"))?;
+    Ok(pem::encode(&block.label, &block.der))
+}
+
+/// The real path of a node path under the root.
+fn real(root: &Root, node: &Path) -> Result<PathBuf, LeaseError> {
+    root.resolve(node)
+        .map_err(|e| credentials(&root.join(node), &e.to_string()))
+}
+
+fn read_blocks(path: &Path) -> Result<Vec<Block>, LeaseError> {
+    let data = pem::read_capped(path).map_err(|e| match e {
+        ReadError::Missing { .. } => credentials(path, "file not found"),
+        other => credentials(path, &other.to_string()),
+    })?;
+    pem::blocks(path, &data).map_err(|e| credentials(path, &e.to_string()))
+}
+
+fn credentials(path: &Path, error: &str) -> LeaseError {
+    LeaseError::Credentials {
+        path: path.to_owned(),
+        error: error.to_owned(),
+    }
+}

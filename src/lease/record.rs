@@ -1,0 +1,134 @@
+//! What the lease store holds, as JSON under the cluster's prefix: the holders' records, the
+//! queue of waiting nodes, and each node's published summary.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a node stands in the fair order (etcd members first, then other control planes, then
+/// workers), as Rancher orders its nodes: etcd's quorum is the most fragile thing to disrupt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Runs an etcd member.
+    EtcdMember,
+    /// Runs the API server but no etcd member.
+    ControlPlane,
+    /// Neither.
+    Worker,
+}
+
+impl Role {
+    /// The name as records write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::EtcdMember => "etcd-member",
+            Role::ControlPlane => "control-plane",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The holder's record stored under the slot key (JSON).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct HolderRecord {
+    /// The slot held (0-based).
+    pub slot: u32,
+    /// The holding node.
+    pub node: String,
+    /// The rotation it holds the slot for.
+    pub rotation_id: String,
+    /// When it took the slot (RFC 3339).
+    pub since: String,
+    /// The step it is in ("acquired", "install", "restart etcd", ...).
+    pub step: String,
+    /// Strictly increasing across holders: the etcd revision that created the slot key.
+    pub fencing_token: u64,
+}
+
+/// A waiting node (JSON under the queue key), in queue order.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct QueueEntry {
+    /// The waiting node.
+    pub node: String,
+    /// Its role.
+    pub role: Role,
+    /// The soonest NotAfter it renews (RFC 3339).
+    pub earliest_expiry: String,
+    /// When it started waiting (RFC 3339).
+    pub since: String,
+}
+
+/// What each daemon publishes about its node (JSON, with its own TTL).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeSummary {
+    /// The node.
+    pub node: String,
+    /// Its role, once its inventory is known.
+    pub role: Option<Role>,
+    /// The soonest NotAfter among its certificates (RFC 3339).
+    pub earliest_expiry: Option<String>,
+    /// What its daemon is doing ("idle", "waiting", "rotating", "failed", ...).
+    pub state: String,
+    /// When it last finished a rotation (RFC 3339).
+    pub last_rotation: Option<String>,
+    /// When this summary was written (RFC 3339).
+    pub updated: String,
+}
+
+impl NodeSummary {
+    /// Whether two summaries say the same thing, apart from when they were written.
+    pub fn same_news(&self, other: &NodeSummary) -> bool {
+        NodeSummary {
+            updated: String::new(),
+            ..self.clone()
+        } == NodeSummary {
+            updated: String::new(),
+            ..other.clone()
+        }
+    }
+}
+
+/// The whole cluster as the lease store sees it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterView {
+    /// The cluster's name (the key prefix's).
+    pub cluster: String,
+    /// How many nodes may be disrupted at once.
+    pub slots: u32,
+    /// Who holds a slot, by slot.
+    pub holders: Vec<HolderRecord>,
+    /// Who waits, in the order they will go.
+    pub queue: Vec<QueueEntry>,
+    /// Every node that published a summary, by name.
+    pub nodes: Vec<NodeSummary>,
+}
+
+/// RFC 3339, as every record writes time.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_order_and_spell_as_documented() {
+        assert!(Role::EtcdMember < Role::ControlPlane && Role::ControlPlane < Role::Worker);
+        assert_eq!(
+            serde_json::to_string(&Role::ControlPlane).unwrap(),
+            "\"control-plane\""
+        );
+        let e: QueueEntry = serde_json::from_str(
+            r#"{"node":"a","role":"etcd-member","earliest_expiry":"2026-01-01T00:00:00Z","since":"x"}"#,
+        )
+        .unwrap();
+        assert_eq!(e.role, Role::EtcdMember);
+    }
+}

@@ -1,0 +1,551 @@
+//! The etcd lease against a real three-member etcd cluster on loopback with TLS: slots never
+//! oversubscribed under contention, the fair order, a dead holder's slot freed by the TTL, a lost
+//! keep-alive failing the guard, a stopped member tolerated, cancel-safety, credentials minted
+//! when the node's client certificate expired, and clear errors for bad credentials/endpoints.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use certrotd::config::{LeaseBackend, LeaseSettings};
+use certrotd::lease::credentials;
+use certrotd::lease::etcd::EtcdLease;
+use certrotd::lease::{Lease, LeaseError, NodeSummary, Role, Want};
+use certrotd::root::Root;
+use certrotd::rotation::Guard as _;
+use certrotd::sandbox::{self, Sandbox, SandboxOptions};
+use support::etcd::EtcdCluster;
+use time::OffsetDateTime;
+
+/// A sandbox node (for its etcd CA and its apiserver-etcd-client) and an etcd cluster of `n`
+/// members whose certificates that CA signed.
+struct Lab {
+    tmp: tempfile::TempDir,
+    node: Sandbox,
+    cluster: EtcdCluster,
+}
+
+impl Lab {
+    /// `written`: when the sandbox's certificates were issued (long ago: they are expired).
+    fn start(n: usize, written: OffsetDateTime) -> Lab {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = SandboxOptions {
+            node_name: "lease-node".to_owned(),
+            key: certrotd::pki::encode::KeySpec::EcdsaP256,
+            ..SandboxOptions::default()
+        };
+        let node = sandbox::write(&tmp.path().join("node"), &opts, written).unwrap();
+        let cluster = EtcdCluster::start(
+            &node.path("/etc/kubernetes/pki/etcd"),
+            &tmp.path().join("work"),
+            n,
+        );
+        Lab { tmp, node, cluster }
+    }
+
+    fn settings(&self, cluster: &str, slots: u32, ttl: Duration) -> LeaseSettings {
+        LeaseSettings {
+            backend: LeaseBackend::Etcd,
+            endpoints: self.cluster.endpoints(),
+            cluster: cluster.to_owned(),
+            slots,
+            ttl,
+            ..LeaseSettings::default()
+        }
+    }
+
+    fn root(&self) -> Root {
+        Root::new(&self.node.dir)
+    }
+
+    async fn client(&self, settings: &LeaseSettings, node: &str) -> EtcdLease {
+        let creds = credentials::load(settings, &self.root(), OffsetDateTime::now_utc()).unwrap();
+        EtcdLease::connect(settings, node, creds)
+            .await
+            .unwrap_or_else(|e| panic!("{node}: {e}"))
+    }
+}
+
+/// What `node` asks for: its soonest certificate expires `expiry_days` after a fixed instant, so
+/// that equal days are equal expiries.
+fn want(node: &str, role: Role, expiry_days: i64) -> Want {
+    let base = time::macros::datetime!(2026-12-01 00:00 UTC);
+    Want {
+        node: node.to_owned(),
+        rotation_id: format!("rot-{node}"),
+        role,
+        earliest_expiry: base + time::Duration::days(expiry_days),
+        now: OffsetDateTime::now_utc(),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Waits until the view shows `n` waiters.
+async fn until_queued(lease: &EtcdLease, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let view = lease.view().await.unwrap();
+        if view.queue.len() == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "queue never reached {n}: {view:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn concurrent_clients_never_hold_more_than_the_slots() {
+    let lab = Lab::start(3, OffsetDateTime::now_utc());
+    runtime().block_on(async {
+        let settings = lab.settings("contention", 2, Duration::from_secs(3));
+        let inside = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let observer = Arc::new(lab.client(&settings, "observer").await);
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let lease = Arc::new(lab.client(&settings, &format!("node{i}")).await);
+            let (inside, most, observer) = (inside.clone(), most.clone(), observer.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut tokens = Vec::new();
+                for round in 0..4 {
+                    let w = want(&format!("node{i}"), Role::Worker, 30 + round);
+                    let held = lease.acquire(&w).await.unwrap();
+                    let now_inside = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now_inside, Ordering::SeqCst);
+                    lease.set_step(&held, "install").await.unwrap();
+                    let view = observer.view().await.unwrap();
+                    assert!(view.holders.len() <= 2, "{view:?}");
+                    assert!(
+                        view.holders.iter().any(|h| h.node == format!("node{i}")
+                            && h.fencing_token == held.fencing_token),
+                        "{view:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    held.check("restart").unwrap();
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    tokens.push(held.fencing_token);
+                    lease.release(held).await.unwrap();
+                }
+                tokens
+            }));
+        }
+        let mut tokens = Vec::new();
+        for t in tasks {
+            tokens.extend(t.await.unwrap());
+        }
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            2,
+            "both slots were used, never more"
+        );
+        let count = tokens.len();
+        tokens.sort_unstable();
+        tokens.dedup();
+        assert_eq!(tokens.len(), count, "fencing tokens are unique");
+        let view = observer.view().await.unwrap();
+        assert!(view.holders.is_empty() && view.queue.is_empty(), "{view:?}");
+    });
+}
+
+#[test]
+fn the_queue_goes_by_expiry_then_role_and_a_release_hands_off_fast() {
+    let lab = Lab::start(3, OffsetDateTime::now_utc());
+    runtime().block_on(async {
+        let settings = lab.settings("order", 1, Duration::from_secs(3));
+        let first = lab.client(&settings, "first").await;
+        let held = first
+            .acquire(&want("first", Role::Worker, 90))
+            .await
+            .unwrap();
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let released_at = Arc::new(std::sync::Mutex::new(Instant::now()));
+        let mut tasks = Vec::new();
+        // Queued in the reverse of the order they must go.
+        let waiters = [
+            ("worker", Role::Worker, 10),
+            ("control", Role::ControlPlane, 10),
+            ("member", Role::EtcdMember, 10),
+            ("soonest", Role::Worker, 2),
+        ];
+        for (n, (name, role, days)) in waiters.into_iter().enumerate() {
+            let lease = lab.client(&settings, name).await;
+            let (order, released_at) = (order.clone(), released_at.clone());
+            tasks.push(tokio::spawn(async move {
+                let held = lease.acquire(&want(name, role, days)).await.unwrap();
+                let handoff = released_at.lock().unwrap().elapsed();
+                order.lock().unwrap().push((name, handoff));
+                *released_at.lock().unwrap() = Instant::now();
+                lease.release(held).await.unwrap();
+            }));
+            until_queued(&first, n + 1).await;
+        }
+        let queued: Vec<String> = first
+            .view()
+            .await
+            .unwrap()
+            .queue
+            .into_iter()
+            .map(|e| e.node)
+            .collect();
+        assert_eq!(queued, ["soonest", "member", "control", "worker"]);
+        *released_at.lock().unwrap() = Instant::now();
+        first.release(held).await.unwrap();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let order = order.lock().unwrap();
+        let names: Vec<&str> = order.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["soonest", "member", "control", "worker"]);
+        for (name, handoff) in order.iter() {
+            assert!(
+                *handoff < Duration::from_millis(200),
+                "{name} started {handoff:?} after the release"
+            );
+        }
+    });
+}
+
+#[test]
+fn a_dead_holder_frees_its_slot_after_the_ttl_and_a_cancelled_waiter_leaves_no_entry() {
+    let lab = Lab::start(3, OffsetDateTime::now_utc());
+    runtime().block_on(async {
+        let ttl = Duration::from_secs(2);
+        let settings = lab.settings("death", 1, ttl);
+        let next = lab.client(&settings, "next").await;
+
+        // A waiter whose acquire is dropped (the daemon stopping) leaves the queue at once.
+        {
+            let holder = lab.client(&settings, "holder").await;
+            let held = holder
+                .acquire(&want("holder", Role::Worker, 1))
+                .await
+                .unwrap();
+            let slow = lab.client(&settings, "quitter").await;
+            let w = want("quitter", Role::Worker, 1);
+            let waiting = slow.acquire(&w);
+            let _ = tokio::time::timeout(Duration::from_millis(300), waiting).await;
+            let start = Instant::now();
+            until_queued(&next, 0).await;
+            assert!(
+                start.elapsed() < Duration::from_secs(1),
+                "{:?}",
+                start.elapsed()
+            );
+            holder.release(held).await.unwrap();
+        }
+
+        // The holder "dies": its task is aborted while it holds, and its client goes with it.
+        let holder = lab.client(&settings, "holder").await;
+        let (took, took_rx) = tokio::sync::oneshot::channel();
+        let dying = tokio::spawn(async move {
+            let held = holder
+                .acquire(&want("holder", Role::Worker, 1))
+                .await
+                .unwrap();
+            took.send(held.fencing_token).unwrap();
+            std::future::pending::<()>().await;
+        });
+        let dead_token = took_rx.await.unwrap();
+        let waiting = tokio::spawn(async move {
+            let started = Instant::now();
+            let held = next.acquire(&want("next", Role::Worker, 1)).await.unwrap();
+            (started.elapsed(), held.fencing_token, next, held)
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished(), "the slot is still held");
+        dying.abort();
+        let (waited, token, next, held) = tokio::time::timeout(ttl * 4, waiting)
+            .await
+            .expect("the slot was freed by the TTL")
+            .unwrap();
+        assert!(waited >= Duration::from_millis(600), "{waited:?}");
+        assert!(token > dead_token, "{token} > {dead_token}");
+        next.release(held).await.unwrap();
+    });
+}
+
+#[test]
+fn losing_etcd_marks_the_held_lease_lost_and_one_stopped_member_is_tolerated() {
+    let mut lab = Lab::start(3, OffsetDateTime::now_utc());
+    let rt = runtime();
+    let ttl = Duration::from_secs(2);
+    let settings = lab.settings("members", 1, ttl);
+    let (a, b) = rt.block_on(async {
+        (
+            lab.client(&settings, "a").await,
+            lab.client(&settings, "b").await,
+        )
+    });
+
+    // One member stopped: acquisitions and hand-offs go on.
+    lab.cluster.members[0].stop();
+    rt.block_on(async {
+        for round in 0..3 {
+            let held = a.acquire(&want("a", Role::Worker, round)).await.unwrap();
+            let bw = want("b", Role::Worker, round + 1);
+            let waiting = b.acquire(&bw);
+            tokio::pin!(waiting);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(200), &mut waiting)
+                    .await
+                    .is_err()
+            );
+            a.release(held).await.unwrap();
+            let held = tokio::time::timeout(Duration::from_secs(5), waiting)
+                .await
+                .unwrap()
+                .unwrap();
+            b.release(held).await.unwrap();
+        }
+    });
+    lab.cluster.start_all();
+
+    // Every member stopped during a hold: the guard fails within the TTL (and a bit).
+    let held = rt.block_on(a.acquire(&want("a", Role::Worker, 1))).unwrap();
+    held.check("install").unwrap();
+    lab.cluster.stop_all();
+    // The last keep-alive answered was at the latest now: the lease is lost a TTL after it.
+    let stopped = Instant::now();
+    let lost_after = rt.block_on(async {
+        while held.check("restart").is_ok() {
+            assert!(stopped.elapsed() < ttl * 3, "still held with etcd gone");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stopped.elapsed()
+    });
+    assert!(
+        lost_after <= ttl + Duration::from_millis(300),
+        "{lost_after:?}"
+    );
+    let error = held.check("restart").unwrap_err().to_string();
+    assert!(error.contains("keep-alive"), "{error}");
+    let error = rt.block_on(a.set_step(&held, "restart")).unwrap_err();
+    assert!(matches!(error, LeaseError::Lost(_)), "{error}");
+}
+
+#[test]
+fn expired_client_certificate_mints_one_in_memory_and_bad_credentials_name_the_file() {
+    // The node's certificates were issued 400 days ago for a year: all expired now, the CAs not.
+    let lab = Lab::start(1, OffsetDateTime::now_utc() - time::Duration::days(400));
+    let files_before = tree(&lab.node.dir);
+    let settings = lab.settings("minted", 1, Duration::from_secs(3));
+    let now = OffsetDateTime::now_utc();
+    let creds = credentials::load(&settings, &lab.root(), now).unwrap();
+    assert!(creds.minted, "{creds:?}");
+    assert!(
+        creds.source.contains("minted in memory"),
+        "{}",
+        creds.source
+    );
+    let (cert_pem, _) = creds.identity().unwrap();
+    // openssl judges: the minted certificate chains to the etcd CA and is valid now.
+    let ca = lab.node.path("/etc/kubernetes/pki/etcd/ca.crt");
+    let minted = lab.tmp.path().join("minted.crt");
+    std::fs::write(&minted, cert_pem).unwrap();
+    support::openssl(
+        &[
+            "verify",
+            "-CAfile",
+            ca.to_str().unwrap(),
+            minted.to_str().unwrap(),
+        ],
+        None,
+    );
+    std::fs::remove_file(&minted).unwrap();
+    runtime().block_on(async {
+        let lease = EtcdLease::connect(&settings, "expired-node", creds)
+            .await
+            .unwrap();
+        let held = lease
+            .acquire(&want("expired-node", Role::EtcdMember, -1))
+            .await
+            .unwrap();
+        lease.release(held).await.unwrap();
+    });
+    assert_eq!(
+        tree(&lab.node.dir),
+        files_before,
+        "nothing written to the node"
+    );
+
+    // Without the CA key the expired certificate is an error naming it.
+    let ca_key = lab.node.path("/etc/kubernetes/pki/etcd/ca.key");
+    let aside = lab.tmp.path().join("ca.key.aside");
+    std::fs::rename(&ca_key, &aside).unwrap();
+    let error = credentials::load(&settings, &lab.root(), now)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("apiserver-etcd-client.crt"), "{error}");
+    assert!(
+        error.contains("not valid now") && error.contains("ca.key"),
+        "{error}"
+    );
+    std::fs::rename(&aside, &ca_key).unwrap();
+
+    // A missing CA file is named.
+    let missing = LeaseSettings {
+        ca_file: PathBuf::from("/etc/kubernetes/pki/etcd/nope.crt"),
+        ..settings.clone()
+    };
+    let error = credentials::load(&missing, &lab.root(), now)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("nope.crt") && error.contains("not found"),
+        "{error}"
+    );
+    // A key that does not belong to the certificate is named (and not printed).
+    let mismatched = LeaseSettings {
+        cert_file: PathBuf::from("/etc/kubernetes/pki/etcd/ca.crt"),
+        key_file: PathBuf::from("/etc/kubernetes/pki/etcd/server.key"),
+        ..settings.clone()
+    };
+    let error = credentials::load(&mismatched, &lab.root(), now)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("server.key") && error.contains("does not belong"),
+        "{error}"
+    );
+    assert!(!error.contains("PRIVATE KEY"), "{error}");
+}
+
+#[test]
+fn unreachable_endpoints_and_a_wrong_ca_are_clear_errors() {
+    let lab = Lab::start(1, OffsetDateTime::now_utc());
+    let rt = runtime();
+    let now = OffsetDateTime::now_utc();
+    // Nobody listens there.
+    let dead = format!("https://127.0.0.1:{}", support::etcd::free_port());
+    let settings = LeaseSettings {
+        endpoints: vec![dead.clone()],
+        ..lab.settings("errors", 1, Duration::from_secs(3))
+    };
+    let creds = credentials::load(&settings, &lab.root(), now).unwrap();
+    let error = rt
+        .block_on(EtcdLease::connect(&settings, "n", creds))
+        .unwrap_err();
+    assert!(matches!(error, LeaseError::Connect { .. }), "{error}");
+    assert!(error.to_string().contains(&dead), "{error}");
+
+    // The Kubernetes CA instead of etcd's: etcd's certificate does not verify.
+    let settings = LeaseSettings {
+        ca_file: PathBuf::from("/etc/kubernetes/pki/ca.crt"),
+        ..lab.settings("errors", 1, Duration::from_secs(3))
+    };
+    let creds = credentials::load(&settings, &lab.root(), now).unwrap();
+    let error = rt
+        .block_on(EtcdLease::connect(&settings, "n", creds))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains(&lab.cluster.endpoints()[0]), "{error}");
+    assert!(error.contains("certificate"), "{error}");
+}
+
+#[test]
+fn summaries_and_steps_show_in_the_view_and_open_picks_the_backend() {
+    let lab = Lab::start(1, OffsetDateTime::now_utc());
+    runtime().block_on(async {
+        let settings = lab.settings("view", 1, Duration::from_secs(3));
+        let lease = lab.client(&settings, "cp1").await;
+        let summary = NodeSummary {
+            node: "cp1".to_owned(),
+            role: Some(Role::EtcdMember),
+            earliest_expiry: Some("2027-01-01T00:00:00Z".to_owned()),
+            state: "idle".to_owned(),
+            last_rotation: None,
+            updated: "2026-12-01T00:00:00Z".to_owned(),
+        };
+        lease.publish(&summary).await.unwrap();
+        let before = lease.requests();
+        // Publishing the same news again costs nothing.
+        let again = NodeSummary {
+            updated: "2026-12-01T00:01:00Z".to_owned(),
+            ..summary.clone()
+        };
+        lease.publish(&again).await.unwrap();
+        assert_eq!(lease.requests(), before);
+        let held = lease
+            .acquire(&want("cp1", Role::EtcdMember, 5))
+            .await
+            .unwrap();
+        lease.set_step(&held, "restart etcd").await.unwrap();
+        let view = lease.view().await.unwrap();
+        assert_eq!(view.cluster, "view");
+        assert_eq!(view.nodes, [summary]);
+        assert_eq!(view.holders.len(), 1);
+        assert_eq!(view.holders[0].step, "restart etcd");
+        assert_eq!(view.holders[0].rotation_id, "rot-cp1");
+        assert_eq!(view.holders[0].fencing_token, held.fencing_token);
+        lease.release(held.clone()).await.unwrap();
+        assert!(
+            held.check("install").is_err(),
+            "a released lease guards nothing"
+        );
+        assert!(lease.view().await.unwrap().holders.is_empty());
+
+        // open(): the etcd backend from settings, with the node's own credentials.
+        let mut all = certrotd::config::Settings {
+            node_name: "cp1".to_owned(),
+            lease: settings.clone(),
+            ..Default::default()
+        };
+        let state = lab.tmp.path().join("state");
+        let opened = certrotd::lease::open(&all, &lab.root(), &state, OffsetDateTime::now_utc())
+            .await
+            .unwrap();
+        assert!(
+            opened
+                .describe()
+                .starts_with("etcd lease cluster=view slots=1"),
+            "{}",
+            opened.describe()
+        );
+        assert_eq!(opened.view().await.unwrap().nodes.len(), 1);
+        all.lease.backend = LeaseBackend::Local;
+        let local = certrotd::lease::open(&all, &lab.root(), &state, OffsetDateTime::now_utc())
+            .await
+            .unwrap();
+        assert_eq!(local.describe(), "local lease");
+        let a = local
+            .acquire(&want("cp1", Role::EtcdMember, 5))
+            .await
+            .unwrap();
+        assert_eq!(
+            local.view().await.unwrap().holders[0].fencing_token,
+            a.fencing_token
+        );
+        local.release(a).await.unwrap();
+    });
+}
+
+/// Every path under `dir`, sorted.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    out
+}

@@ -746,6 +746,7 @@ struct FileLayer {
     probe: ProbeLayer,
     #[serde(default)]
     issuer: issuer::IssuerLayer,
+    #[serde(default)]
     lease: LeaseLayer,
 }
 

@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod config;
+pub mod generate;
 pub mod history;
 pub mod recover;
 pub mod renew;

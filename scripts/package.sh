@@ -10,15 +10,17 @@
 #                 LTO takes many minutes on two cores)
 #   --version V   package version instead of Cargo.toml's (the upgrade test builds a second .deb)
 #   --out DIR     where the packages go (default: target/)
+#   --fast        faster, larger compression (the package tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bin="" version="" out=target
+bin="" version="" out=target fast=no
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) bin=$2; shift 2 ;;
     --version) version=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
+    --fast) fast=yes; shift ;;
     *) echo "package.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -58,6 +60,10 @@ strip -o "$assets/bin/certrotd" "$bin"
 
 deb_args=(--no-build --locked --output "$out")
 rpm_args=(--output "$out")
+if [ "$fast" = yes ]; then
+  deb_args+=(--fast)
+  rpm_args+=(--payload-compress gzip)
+fi
 if [ -n "$version" ]; then
   deb_args+=(--deb-version "$version-1")
   rpm_args+=(--set-metadata "version = \"$version\"")

@@ -92,7 +92,7 @@ fn man_text(page: &Path) -> String {
             clean.push(c);
         }
     }
-    clean.replace('\u{2010}', "-").replace('\u{2212}', "-")
+    clean.replace(['\u{2010}', '\u{2212}'], "-")
 }
 
 #[test]

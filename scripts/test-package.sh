@@ -8,7 +8,9 @@
 #   * the .deb in a clean Debian root (debootstrap --variant=minbase, cached under
 #     target/package-test/): install (files, owners, modes, conffile, the unit enabled), the
 #     binary runs there, an upgrade keeps the operator's configuration, remove keeps
-#     configuration and state, purge leaves nothing behind.
+#     configuration and state, purge leaves nothing behind;
+#   * the .rpm in a copy of that root (rpm --root): install, upgrade and erase, with what the
+#     scriptlets ask systemctl.
 # Every check that fails stops the script with a message; it never skips.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +28,7 @@ passed=0
 ok() { passed=$((passed + 1)); echo "ok: $*"; }
 fail() {
   echo "FAILED: $*" >&2
-  echo "package tests: $passed passed, 1 failed"
+  echo "package-tests: $passed passed, 1 failed"
   exit 1
 }
 expect_eq() { [ "$1" = "$2" ] || fail "$3: expected [$2], got [$1]"; ok "$3"; }
@@ -193,4 +195,44 @@ $(cat "$work/purge.diff")"
 ok "purge leaves nothing behind ($(wc -l <<<"$before") paths compared)"
 rm -rf "$root"
 
-echo "package tests: $passed passed, 0 failed"
+# ---------------------------------------------------------------------------------------------
+# The .rpm installed, upgraded and erased by rpm in a copy of the same root (--nodeps: the
+# root's packages are dpkg's, not in the rpm database). A systemctl stand-in records what the
+# scriptlets ask systemd, and /run/systemd/system says "booted with systemd".
+# ---------------------------------------------------------------------------------------------
+rpm2=$(ls "$work"/v2/certrotd-*.rpm)
+cp -a "$cache" "$root"
+mkdir -p "$root/run/systemd/system"
+# rpm runs scriptlets with PATH=/sbin:/bin:/usr/sbin:/usr/bin; minbase has no systemd to shadow.
+[ ! -e "$root/usr/bin/systemctl" ] || fail "$cache has a systemctl: not a minbase root"
+printf '#!/bin/sh\necho "$*" >>/systemctl.log\n' >"$root/usr/bin/systemctl"
+chmod 755 "$root/usr/bin/systemctl"
+rpm_in_root() { rpm --root "$(realpath "$root")" --nodeps "$@" 2>&1 | grep -v -e 'use Alien' -e 'you know what you are doing' || true; }
+rpm --root "$(realpath "$root")" --initdb
+rpm_in_root -i "$rpm"
+expect_eq "$(rpm --root "$(realpath "$root")" -q certrotd)" "certrotd-$version-1.x86_64" "rpm -i"
+got=$(for p in $(cut -d' ' -f1 <<<"$rpm_files"); do stat -c '%n %a %U/%G' "$root$p" | sed "s|^$root||"; done)
+expect_eq "$got" "$(sed 's|$| root/root|' <<<"$rpm_files")" "rpm-installed files, owners and modes"
+expect_eq "$(cat "$root/systemctl.log")" "daemon-reload
+--no-reload preset certrotd.service
+--no-reload enable certrotd.service
+start certrotd.service" "%post reloads, enables and starts the unit"
+: >"$root/systemctl.log"
+printf '\n# changed by the operator\n' >>"$root/etc/certrotd/certrotd.toml"
+changed=$(sha256sum <"$root/etc/certrotd/certrotd.toml")
+rpm_in_root -U "$rpm2"
+expect_eq "$(rpm --root "$(realpath "$root")" -q certrotd)" "certrotd-$next-1.x86_64" "rpm -U"
+expect_eq "$(sha256sum <"$root/etc/certrotd/certrotd.toml")" "$changed" "rpm -U kept the changed configuration"
+[ -z "$(find "$root/etc/certrotd" -name '*.rpm*')" ] || fail "rpm -U left $(ls "$root/etc/certrotd")"
+expect_eq "$(cat "$root/systemctl.log")" "daemon-reload
+daemon-reload
+try-restart certrotd.service" "the upgrade's scriptlets restart a running unit"
+: >"$root/systemctl.log"
+rpm_in_root -e certrotd
+[ ! -e "$root/usr/bin/certrotd" ] || fail "rpm -e left /usr/bin/certrotd"
+[ -f "$root/etc/certrotd/certrotd.toml.rpmsave" ] || fail "rpm -e did not save the changed configuration"
+expect_eq "$(cat "$root/systemctl.log")" "--no-reload disable --now certrotd.service
+daemon-reload" "%preun stops and disables the unit"
+rm -rf "$root"
+
+echo "package-tests: $passed passed, 0 failed"

@@ -4,7 +4,11 @@ SANDBOX ?= target/sandbox
 LEAF_TTL ?= 5m
 BIN := target/debug/certrotd
 
-.PHONY: run test deps build fmt clippy check-fmt bench clean-sandbox
+# The packaging tools, pinned: `make package-tools` installs them when missing.
+CARGO_DEB_VERSION ?= 3.8.0
+CARGO_GENERATE_RPM_VERSION ?= 0.21.1
+
+.PHONY: run test deps package-tools package build fmt clippy check-fmt bench clean-sandbox
 
 ## run: the daemon on this node, or on a throwaway sandbox node whose leaves expire in minutes
 run: build
@@ -22,11 +26,21 @@ run: build
 		exec $(BIN) run --config $(SANDBOX)/certrotd.toml; \
 	fi
 
-## test: install what is missing, then fmt check, clippy (warnings denied) and every test
-test: deps
+## test: install what is missing, then fmt check, clippy (warnings denied), every test, and the
+## package tests (lintian, rpm, install/upgrade/purge in a debootstrapped Debian root)
+test: deps package-tools
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --all-features --locked -- -D warnings
 	$(CARGO) test --locked --features failpoints
+	./scripts/test-package.sh
+
+## package: the release .deb and .rpm (with man pages and completions) into target/
+package: deps package-tools
+	./scripts/package.sh
+
+package-tools:
+	@command -v cargo-deb >/dev/null 2>&1 || $(CARGO) install --locked cargo-deb@$(CARGO_DEB_VERSION)
+	@command -v cargo-generate-rpm >/dev/null 2>&1 || $(CARGO) install --locked cargo-generate-rpm@$(CARGO_GENERATE_RPM_VERSION)
 
 ## bench: the benchmarks named in the issues (release build)
 bench: deps

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to build and test certrotd: the real components the
-# tests start (etcd, a systemd manager over D-Bus, cfssl) and the independent judges (openssl,
-# kubectl). Idempotent: does nothing when everything is present.
+# tests start (etcd, a systemd manager over D-Bus, cfssl), the independent judges (openssl,
+# kubectl) and the packaging tools. Idempotent: does nothing when everything is present.
+# cargo-deb and cargo-generate-rpm come from crates.io: `make package-tools`.
 set -euo pipefail
 
 need=()
@@ -19,6 +20,18 @@ want dbus-daemon dbus
 want /lib/systemd/systemd systemd
 want setpriv util-linux
 want unshare util-linux
+# Packaging and its tests (make package, scripts/test-package.sh, tests/package.rs): the judges of
+# the .deb and .rpm, a clean Debian root to install into, the man page renderers, the shells
+# whose completions are loaded, and dpkg-shlibdeps for the .deb's automatic Depends.
+want lintian lintian
+want rpm rpm
+want debootstrap debootstrap
+want dpkg-shlibdeps dpkg-dev
+want strip binutils
+want groff groff-base
+want man man-db
+want zsh zsh
+want fish fish
 
 kubectl_pkg=""
 if ! have kubectl; then kubectl_pkg=yes; fi

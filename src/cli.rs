@@ -143,6 +143,34 @@ pub enum Command {
         #[arg(long, default_value = "sandbox-cp1")]
         node_name: String,
     },
+    /// Write the man pages or a shell's completions, generated from this command line (packaging).
+    // Hidden from --help and the man pages; clap_complete still offers it, which is harmless.
+    #[command(hide = true)]
+    Generate {
+        /// What to write.
+        #[command(subcommand)]
+        what: GenerateWhat,
+    },
+}
+
+/// `certrotd generate …`
+#[derive(Debug, Subcommand)]
+pub enum GenerateWhat {
+    /// certrotd.1 and one page per subcommand (certrotd-check.1, …).
+    Man {
+        /// The directory to write them into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// The completion script for SHELL (certrotd.bash, _certrotd, certrotd.fish, …).
+    Completions {
+        /// The shell.
+        #[arg(value_enum, value_name = "SHELL")]
+        shell: clap_complete::Shell,
+        /// The directory to write it into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 /// `certrotd renew …`

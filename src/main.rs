@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use time::OffsetDateTime;
 
-use certrotd::cli::{Cli, Command, ConfigAction};
+use certrotd::cli::{Cli, Command, ConfigAction, GenerateWhat};
 use certrotd::commands;
 
 fn main() -> ExitCode {
@@ -48,6 +48,12 @@ fn main() -> ExitCode {
             leaf_ttl,
             node_name,
         } => commands::sandbox::run(dir, leaf_ttl, node_name, now),
+        Command::Generate {
+            what: GenerateWhat::Man { out },
+        } => commands::generate::man(out),
+        Command::Generate {
+            what: GenerateWhat::Completions { shell, out },
+        } => commands::generate::completions(*shell, out),
     };
     match outcome {
         Ok(code) => code,

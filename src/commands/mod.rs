@@ -4,6 +4,7 @@
 pub mod check;
 pub mod cluster;
 pub mod config;
+pub mod generate;
 pub mod history;
 pub mod recover;
 pub mod renew;

@@ -6,7 +6,10 @@
 //! * its own directory holds the runtime dir, the configuration (unit files) and the bus socket;
 //! * it runs in a private mount namespace with a tmpfs on `/run/systemd` holding `system/`: a user
 //!   manager refuses to start (exit 1, silently) unless `/run/systemd/system` says the machine was
-//!   booted with systemd, and the namespace keeps that lie from the host;
+//!   booted with systemd, and the namespace keeps that lie from the host. The tmpfs also holds
+//!   `inaccessible/` (the nodes PID 1 creates at boot), which a manager running as root mounts
+//!   over what ProtectHome=, ProtectKernelTunables= and ProtectKernelLogs= hide: without them a
+//!   unit using those options fails with status 226/NAMESPACE;
 //! * it runs in a cgroup subtree of its own (`/<temp dir name>/init.scope` in every hierarchy). A
 //!   manager takes the cgroup it starts in, minus `/init.scope`, as the root of everything it
 //!   manages: started from the host's `/init.scope` it would claim the whole machine (every host
@@ -40,6 +43,12 @@ for procs in $CERTROTD_CGROUP_PROCS; do echo $$ > "$procs"; done
 mkdir -p /run/systemd
 mount -t tmpfs -o mode=0755 tmpfs /run/systemd
 mkdir /run/systemd/system
+mkdir -m 0755 /run/systemd/inaccessible
+mkdir -m 0000 /run/systemd/inaccessible/dir
+install -m 0000 /dev/null /run/systemd/inaccessible/reg
+mknod -m 0000 /run/systemd/inaccessible/chr c 0 0
+mknod -m 0000 /run/systemd/inaccessible/blk b 0 0
+mkfifo -m 0000 /run/systemd/inaccessible/fifo
 exec "$CERTROTD_SYSTEMD" --user
 "#;
 

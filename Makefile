@@ -8,7 +8,7 @@ BIN := target/debug/certrotd
 CARGO_DEB_VERSION ?= 3.8.0
 CARGO_GENERATE_RPM_VERSION ?= 0.21.1
 
-.PHONY: run test deps package-tools package build fmt clippy check-fmt bench clean-sandbox
+.PHONY: run test deps build-deps package-tools package build fmt clippy check-fmt bench clean-sandbox
 
 ## run: the daemon on this node, or on a throwaway sandbox node whose leaves expire in minutes
 run: build
@@ -50,5 +50,8 @@ bench: deps
 deps:
 	./scripts/install-deps.sh
 
-build:
+build: build-deps
 	$(CARGO) build --locked
+
+build-deps:
+	./scripts/install-deps.sh --build

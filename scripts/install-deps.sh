@@ -12,6 +12,11 @@ want() { have "$1" || need+=("$2"); }
 want protoc protobuf-compiler
 # etcd-client's build imports google/protobuf/*.proto, which protoc alone does not carry.
 want /usr/include/google/protobuf/descriptor.proto libprotobuf-dev
+
+# `--build`: only what building needs (make run); the rest is for the tests and the packages.
+build_only=""
+if [ "${1:-}" = "--build" ]; then build_only=yes; fi
+if [ -z "$build_only" ]; then
 want etcd etcd-server
 want etcdctl etcd-client
 want cfssl golang-cfssl
@@ -32,9 +37,10 @@ want groff groff-base
 want man man-db
 want zsh zsh
 want fish fish
+fi
 
 kubectl_pkg=""
-if ! have kubectl; then kubectl_pkg=yes; fi
+if [ -z "$build_only" ] && ! have kubectl; then kubectl_pkg=yes; fi
 
 if [ ${#need[@]} -eq 0 ] && [ -z "$kubectl_pkg" ]; then
   exit 0

@@ -549,3 +549,46 @@ fn tree(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+#[test]
+fn role_follows_the_certificates_the_node_holds() {
+    use certrotd::pki::layout::Layout;
+    let tmp = tempfile::tempdir().unwrap();
+    let node = sandbox::write(
+        tmp.path(),
+        &SandboxOptions {
+            key: certrotd::pki::encode::KeySpec::EcdsaP256,
+            ..SandboxOptions::default()
+        },
+        OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    let role =
+        || certrotd::lease::role_of(&support::scan(&node.dir, Some(vec![Layout::Kubeadm]), &[]));
+    assert_eq!(role(), Role::EtcdMember);
+    // Without its etcd member's certificates (an external etcd): a control plane.
+    for f in ["server", "peer"] {
+        for ext in ["crt", "key"] {
+            std::fs::remove_file(node.path(format!("/etc/kubernetes/pki/etcd/{f}.{ext}"))).unwrap();
+        }
+    }
+    assert_eq!(role(), Role::ControlPlane);
+    // Only the kubelet's certificates and the cluster CA: a worker.
+    for f in std::fs::read_dir(node.path("/etc/kubernetes/pki")).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_dir() {
+            std::fs::remove_dir_all(&f).unwrap();
+        } else if !f.ends_with("ca.crt") {
+            std::fs::remove_file(&f).unwrap();
+        }
+    }
+    for conf in [
+        "admin.conf",
+        "super-admin.conf",
+        "controller-manager.conf",
+        "scheduler.conf",
+    ] {
+        let _ = std::fs::remove_file(node.path(format!("/etc/kubernetes/{conf}")));
+    }
+    assert_eq!(role(), Role::Worker);
+}

@@ -210,9 +210,11 @@ fn the_queue_goes_by_expiry_then_role_and_a_release_hands_off_fast() {
         let order = order.lock().unwrap();
         let names: Vec<&str> = order.iter().map(|(n, _)| *n).collect();
         assert_eq!(names, ["soonest", "member", "control", "worker"]);
+        // Woken by the watch, not by the fallback re-read a TTL (3 s) later. The 200 ms target
+        // is the benchmark's (benches/lease.rs); a loaded test machine gets some slack here.
         for (name, handoff) in order.iter() {
             assert!(
-                *handoff < Duration::from_millis(200),
+                *handoff < Duration::from_secs(1),
                 "{name} started {handoff:?} after the release"
             );
         }
@@ -294,16 +296,15 @@ fn losing_etcd_marks_the_held_lease_lost_and_one_stopped_member_is_tolerated() {
     // One member stopped: acquisitions and hand-offs go on.
     lab.cluster.members[0].stop();
     rt.block_on(async {
-        for round in 0..3 {
+        for round in 0..5 {
             let held = a.acquire(&want("a", Role::Worker, round)).await.unwrap();
             let bw = want("b", Role::Worker, round + 1);
             let waiting = b.acquire(&bw);
             tokio::pin!(waiting);
-            assert!(
-                tokio::time::timeout(Duration::from_millis(200), &mut waiting)
-                    .await
-                    .is_err()
-            );
+            if let Ok(early) = tokio::time::timeout(Duration::from_millis(200), &mut waiting).await
+            {
+                panic!("b got through while a holds: {early:?}");
+            }
             a.release(held).await.unwrap();
             let held = tokio::time::timeout(Duration::from_secs(5), waiting)
                 .await

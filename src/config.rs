@@ -2175,6 +2175,63 @@ mod tests {
     }
 
     #[test]
+    fn lease_table_loads_and_bad_values_name_file_line_and_column() {
+        let tree = Tree::new();
+        tree.write(
+            "certrotd.toml",
+            "[lease]\nbackend = \"etcd\"\nendpoints = [\"https://10.0.0.1:2379\", \"http://lab:2379\"]\n\
+             cluster = \"prod-1\"\nslots = 2\nttl = \"30s\"\ncert_file = \"/etc/etcd/client.crt\"\n",
+        );
+        let lease = tree.load().unwrap().lease;
+        assert_eq!(lease.backend, LeaseBackend::Etcd);
+        assert_eq!(lease.endpoints.len(), 2);
+        assert_eq!(lease.cluster, "prod-1");
+        assert_eq!(lease.slots, 2);
+        assert_eq!(lease.ttl, Duration::from_secs(30));
+        assert_eq!(lease.cert_file, Path::new("/etc/etcd/client.crt"));
+        assert_eq!(lease.key_file, Path::new(DEFAULT_LEASE_KEY));
+
+        let bad = |text: &str, line_col: (usize, usize), says: &str| {
+            let main = tree.write("certrotd.toml", text);
+            let error = tree.load().unwrap_err();
+            assert_eq!(at(&error), (main, line_col), "{error}");
+            assert!(error.to_string().contains(says), "{error}");
+        };
+        bad("[lease]\nbackend = \"etcd\"\n", (2, 11), "lease.endpoints");
+        bad(
+            "[lease]\nbackend = \"etcd\"\nendpoints = []\n",
+            (3, 13),
+            "lease.endpoints",
+        );
+        bad(
+            "[lease]\nendpoints = [\"https://a:2379\",\n  \"10.0.0.1:2379\"]\n",
+            (3, 3),
+            "https://",
+        );
+        bad("[lease]\nendpoints = [\"https://a\"]\n", (2, 14), "port");
+        bad("[lease]\nslots = 0\n", (2, 9), "lease.slots = 0");
+        bad("[lease]\nttl = \"1s\"\n", (2, 7), "lease.ttl");
+        bad("[lease]\ncluster = \"a/b\"\n", (2, 11), "lease.cluster");
+        bad(
+            "[lease]\nca_file = \"pki/ca.crt\"\n",
+            (2, 11),
+            "lease.ca_file",
+        );
+        bad(
+            "[lease]\nbackend = \"zookeeper\"\n",
+            (2, 11),
+            "unknown variant",
+        );
+        // Endpoints set in a drop-in satisfy a backend set in the main file.
+        tree.write("certrotd.toml", "[lease]\nbackend = \"etcd\"\n");
+        tree.write(
+            "conf.d/10.toml",
+            "[lease]\nendpoints = [\"https://10.0.0.1:2379\"]\n",
+        );
+        assert_eq!(tree.load().unwrap().lease.endpoints.len(), 1);
+    }
+
+    #[test]
     fn line_column_counts_characters() {
         let text = "a = 1\nété = \"x\"\n";
         assert_eq!(line_column(text, 0), (1, 1));

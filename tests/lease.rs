@@ -210,9 +210,11 @@ fn the_queue_goes_by_expiry_then_role_and_a_release_hands_off_fast() {
         let order = order.lock().unwrap();
         let names: Vec<&str> = order.iter().map(|(n, _)| *n).collect();
         assert_eq!(names, ["soonest", "member", "control", "worker"]);
+        // Woken by the watch, not by the fallback re-read a TTL (3 s) later. The 200 ms target
+        // is the benchmark's (benches/lease.rs); a loaded test machine gets some slack here.
         for (name, handoff) in order.iter() {
             assert!(
-                *handoff < Duration::from_millis(200),
+                *handoff < Duration::from_secs(1),
                 "{name} started {handoff:?} after the release"
             );
         }
@@ -294,16 +296,15 @@ fn losing_etcd_marks_the_held_lease_lost_and_one_stopped_member_is_tolerated() {
     // One member stopped: acquisitions and hand-offs go on.
     lab.cluster.members[0].stop();
     rt.block_on(async {
-        for round in 0..3 {
+        for round in 0..5 {
             let held = a.acquire(&want("a", Role::Worker, round)).await.unwrap();
             let bw = want("b", Role::Worker, round + 1);
             let waiting = b.acquire(&bw);
             tokio::pin!(waiting);
-            assert!(
-                tokio::time::timeout(Duration::from_millis(200), &mut waiting)
-                    .await
-                    .is_err()
-            );
+            if let Ok(early) = tokio::time::timeout(Duration::from_millis(200), &mut waiting).await
+            {
+                panic!("b got through while a holds: {early:?}");
+            }
             a.release(held).await.unwrap();
             let held = tokio::time::timeout(Duration::from_secs(5), waiting)
                 .await
@@ -548,4 +549,47 @@ fn tree(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+#[test]
+fn role_follows_the_certificates_the_node_holds() {
+    use certrotd::pki::layout::Layout;
+    let tmp = tempfile::tempdir().unwrap();
+    let node = sandbox::write(
+        tmp.path(),
+        &SandboxOptions {
+            key: certrotd::pki::encode::KeySpec::EcdsaP256,
+            ..SandboxOptions::default()
+        },
+        OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    let role =
+        || certrotd::lease::role_of(&support::scan(&node.dir, Some(vec![Layout::Kubeadm]), &[]));
+    assert_eq!(role(), Role::EtcdMember);
+    // Without its etcd member's certificates (an external etcd): a control plane.
+    for f in ["server", "peer"] {
+        for ext in ["crt", "key"] {
+            std::fs::remove_file(node.path(format!("/etc/kubernetes/pki/etcd/{f}.{ext}"))).unwrap();
+        }
+    }
+    assert_eq!(role(), Role::ControlPlane);
+    // Only the kubelet's certificates and the cluster CA: a worker.
+    for f in std::fs::read_dir(node.path("/etc/kubernetes/pki")).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_dir() {
+            std::fs::remove_dir_all(&f).unwrap();
+        } else if !f.ends_with("ca.crt") {
+            std::fs::remove_file(&f).unwrap();
+        }
+    }
+    for conf in [
+        "admin.conf",
+        "super-admin.conf",
+        "controller-manager.conf",
+        "scheduler.conf",
+    ] {
+        let _ = std::fs::remove_file(node.path(format!("/etc/kubernetes/{conf}")));
+    }
+    assert_eq!(role(), Role::Worker);
 }

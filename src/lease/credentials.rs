@@ -189,6 +189,15 @@ fn mint(
     cn: &str,
     now: OffsetDateTime,
 ) -> Result<(String, String), LeaseError> {
+    if ca.not_after <= now {
+        return Err(credentials(
+            ca_key_path,
+            &format!(
+                "cannot mint a client certificate: the etcd CA expired at {}",
+                crate::report::rfc3339(ca.not_after)
+            ),
+        ));
+    }
     let ca_key = PrivateKey::from_blocks(&read_blocks(ca_key_path)?)
         .map_err(|e| credentials(ca_key_path, &e.to_string()))?;
     if !ca_key.matches(ca) {

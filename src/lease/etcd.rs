@@ -28,8 +28,10 @@ use super::record::{ClusterView, HolderRecord, NodeSummary, QueueEntry, rfc3339}
 use super::{BoxFuture, Held, Lease, LeaseError, Want, queue};
 use crate::config::LeaseSettings;
 
-/// How long to wait before repeating a failed request.
-const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// How long to wait before repeating a failed request, at first.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+/// The longest wait between repeats.
+const MAX_RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// How long connecting to an endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a node's summary outlives its daemon, at least. Refreshed every third of it, which
@@ -145,27 +147,30 @@ impl EtcdLease {
         format!("{}{kind}/{name}", self.prefix)
     }
 
-    /// Runs one request with the op timeout, counting it, and tries once more on failure: the
-    /// first request after a member died goes to its broken connection. Every request here is
-    /// safe to repeat (a transaction's compare makes its repeat a no-op, which the caller sees).
+    /// Runs one request, counting it, and repeats it on failure until the op timeout: after a
+    /// member died, the client's balancer still sends some requests to it (refused at once), and
+    /// another member answers the next try. Every request here is safe to repeat (a
+    /// transaction's compare makes its repeat a no-op, which the caller sees).
     async fn call<T, F, Fut>(&self, op: &str, request: F) -> Result<T, LeaseError>
     where
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let mut error = String::new();
-        for attempt in 0..2 {
-            if attempt > 0 {
-                tokio::time::sleep(RETRY_PAUSE).await;
-            }
+        let deadline = Instant::now() + self.op_timeout();
+        let mut pause = RETRY_PAUSE;
+        loop {
             self.requests.fetch_add(1, Ordering::Relaxed);
-            match timeout(self.op_timeout(), request(self.client.clone())).await {
+            let error = match timeout_at(deadline, request(self.client.clone())).await {
                 Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) => error = chain(&e),
-                Err(_) => error = format!("no answer within {:?}", self.op_timeout()),
+                Ok(Err(e)) => chain(&e),
+                Err(_) => format!("no answer within {:?}", self.op_timeout()),
+            };
+            if Instant::now() + pause >= deadline {
+                return Err(etcd_error(op, &error));
             }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_RETRY_PAUSE);
         }
-        Err(etcd_error(op, &error))
     }
 
     async fn grant(&self, ttl: Duration) -> Result<i64, LeaseError> {
@@ -424,12 +429,18 @@ impl EtcdLease {
         holding.keepalive.0.abort();
         held.mark_lost("released");
         let id = holding.lease_id;
-        self.call(
-            &format!("revoking the lease of {}", holding.key),
-            |c| async move { c.lease_client().revoke(id).await },
-        )
-        .await?;
-        Ok(())
+        let revoked = self
+            .call(
+                &format!("revoking the lease of {}", holding.key),
+                |c| async move { c.lease_client().revoke(id).await },
+            )
+            .await;
+        match revoked {
+            Ok(_) => Ok(()),
+            // Expired already (the keep-alive lost it): the slot is free, as release wants.
+            Err(LeaseError::Etcd { error, .. }) if error.contains("lease not found") => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     async fn publish_inner(&self, summary: &NodeSummary) -> Result<(), LeaseError> {
@@ -463,6 +474,7 @@ impl EtcdLease {
             published.refresher = Some(AbortOnDrop(tokio::spawn(refresh_summary(
                 self.client.clone(),
                 self.published.clone(),
+                self.key("nodes", &self.node),
                 self.summary_ttl,
                 self.requests.clone(),
             ))));
@@ -683,37 +695,57 @@ async fn keep_alive(
                 held.mark_lost(&format!("etcd lease {lease_id:x} expired"));
                 return;
             }
-            // Retry soon: a member may be restarting and another may answer.
+            // Retry soon: the balancer may have picked a dead member, and another may answer.
             Ok(Err(e)) => {
-                tracing::warn!("lease: keep-alive of {lease_id:x} failed: {}", chain(&e));
-                next = Instant::now() + interval / 3;
+                tracing::debug!("lease: keep-alive of {lease_id:x} failed: {}", chain(&e));
+                next = Instant::now() + (interval / 3).min(MAX_RETRY_PAUSE);
             }
             Err(_) => next = Instant::now(),
         }
     }
 }
 
-/// Keeps the node's summary alive every third of its TTL; when its lease is gone (etcd was away
-/// longer than that), takes a new one and writes the summary again.
+/// Keeps the node's summary alive every third of its TTL (the only request an idle node makes);
+/// when its lease is gone (etcd was away longer than the TTL), takes a new one and writes the
+/// last summary again, so the node reappears in the cluster view without waiting for news.
 async fn refresh_summary(
     client: Client,
     published: Arc<tokio::sync::Mutex<Published>>,
+    key: String,
     summary_ttl: Duration,
     requests: Arc<AtomicU64>,
 ) {
     loop {
         tokio::time::sleep(summary_ttl / 3).await;
         let mut state = published.lock().await;
-        let Some(id) = state.lease_id else { continue };
-        requests.fetch_add(1, Ordering::Relaxed);
-        match timeout(CONNECT_TIMEOUT, client.lease_client().keep_alive(id)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) if chain(&e).contains("lease not found") => {
-                // The next publish grants a new lease and writes the summary.
-                state.lease_id = None;
-                state.last = None;
+        if let Some(id) = state.lease_id {
+            requests.fetch_add(1, Ordering::Relaxed);
+            match timeout(CONNECT_TIMEOUT, client.lease_client().keep_alive(id)).await {
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) if chain(&e).contains("lease not found") => state.lease_id = None,
+                _ => {
+                    tracing::debug!("lease: refreshing the node summary failed; retrying later");
+                    continue;
+                }
             }
-            _ => tracing::debug!("lease: refreshing the node summary failed; retrying later"),
+        }
+        let Some(last) = state.last.clone() else {
+            continue;
+        };
+        requests.fetch_add(2, Ordering::Relaxed);
+        let secs = i64::try_from(summary_ttl.as_secs()).unwrap_or(i64::MAX);
+        let again = async {
+            let id = client.lease_client().grant(secs, None).await?.id();
+            let options = PutOptions::new().with_lease(id);
+            client
+                .kv_client()
+                .put(key.clone(), json(&last), Some(options))
+                .await?;
+            Ok::<i64, etcd_client::Error>(id)
+        };
+        match timeout(CONNECT_TIMEOUT, again).await {
+            Ok(Ok(id)) => state.lease_id = Some(id),
+            _ => tracing::debug!("lease: republishing the node summary failed; retrying later"),
         }
     }
 }

@@ -127,12 +127,19 @@ pub async fn open(
 }
 
 /// The node's role from its inventory: etcd member if it holds etcd server/peer certificates,
-/// control plane if it holds the apiserver's, worker otherwise.
+/// control plane if it holds the apiserver's, worker otherwise. Judged by which component reads
+/// each leaf, so RKE2's and k3s's trees count as kubeadm's names do; CA certificates say nothing
+/// (every node holds the cluster CA).
 pub fn role_of(inv: &crate::inventory::Inventory) -> Role {
-    let has = |name: &str| inv.get(name).is_some_and(|e| e.cert.is_some());
-    if has("etcd-server") || has("etcd-peer") {
+    use crate::pki::layout::Component;
+    let leaf_for = |component: Component| {
+        inv.entries
+            .iter()
+            .any(|e| e.cert.is_some() && !e.is_ca() && e.consumers.contains(&component))
+    };
+    if leaf_for(Component::Etcd) {
         Role::EtcdMember
-    } else if has("apiserver") {
+    } else if leaf_for(Component::KubeApiserver) {
         Role::ControlPlane
     } else {
         Role::Worker

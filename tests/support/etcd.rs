@@ -149,6 +149,8 @@ pub struct Etcd {
     child: Option<Child>,
     /// `--initial-cluster` when it is a member of a larger cluster.
     initial_cluster: Option<String>,
+    /// Flags beyond [`EtcdSpec::args`] (e.g. `--listen-metrics-urls`).
+    extra_args: Vec<String>,
 }
 
 impl Etcd {
@@ -158,6 +160,7 @@ impl Etcd {
             spec,
             child: None,
             initial_cluster: None,
+            extra_args: Vec::new(),
         };
         etcd.spawn();
         etcd.wait_healthy();
@@ -170,8 +173,22 @@ impl Etcd {
             spec,
             child: None,
             initial_cluster: None,
+            extra_args: Vec::new(),
         };
         etcd.spawn();
+        etcd
+    }
+
+    /// Starts etcd with extra flags and waits until it is healthy.
+    pub fn start_with_args(spec: EtcdSpec, extra_args: &[String]) -> Etcd {
+        let mut etcd = Etcd {
+            spec,
+            child: None,
+            initial_cluster: None,
+            extra_args: extra_args.to_vec(),
+        };
+        etcd.spawn();
+        etcd.wait_healthy();
         etcd
     }
 
@@ -181,6 +198,7 @@ impl Etcd {
             spec,
             child: None,
             initial_cluster: Some(initial_cluster.to_owned()),
+            extra_args: Vec::new(),
         };
         etcd.spawn();
         etcd
@@ -202,6 +220,7 @@ impl Etcd {
             }
             args.push("--initial-cluster-token=certrotd-test".to_owned());
         }
+        args.extend(self.extra_args.iter().cloned());
         let child = Command::new("etcd")
             .args(args)
             .stdin(Stdio::null())

@@ -65,6 +65,8 @@ pub struct QueueEntry {
 
 /// What each daemon publishes about its node (JSON, with its own TTL).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+// Fields added later must not break older peers' records or clients: absent means default.
+#[serde(default)]
 pub struct NodeSummary {
     /// The node.
     pub node: String,
@@ -95,6 +97,8 @@ impl NodeSummary {
 
 /// The whole cluster as the lease store sees it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+// Fields added later must not break older peers' records or clients: absent means default.
+#[serde(default)]
 pub struct ClusterView {
     /// The cluster's name (the key prefix's).
     pub cluster: String,
@@ -117,6 +121,16 @@ pub fn rfc3339(t: time::OffsetDateTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn views_and_summaries_missing_fields_parse_as_defaults() {
+        let v: ClusterView = serde_json::from_str(r#"{"cluster":"c1"}"#).unwrap();
+        assert_eq!(v.cluster, "c1");
+        assert!(v.holders.is_empty() && v.queue.is_empty() && v.nodes.is_empty());
+        let n: NodeSummary = serde_json::from_str(r#"{"node":"cp1"}"#).unwrap();
+        assert_eq!(n.node, "cp1");
+        assert_eq!(n.role, None);
+    }
 
     #[test]
     fn roles_order_and_spell_as_documented() {

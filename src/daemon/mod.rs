@@ -751,6 +751,11 @@ impl Daemon {
             }
         };
         if let Ok(r) = result {
+            // The lease's client certificate may be among those just renewed (or was minted
+            // because it had expired): the next use reconnects with what is on disk now.
+            if r.state == crate::control::proto::HistoryState::Success {
+                self.peers.reset();
+            }
             self.last_rotation = Some(r);
         }
         self.refresh(OffsetDateTime::now_utc());

@@ -62,7 +62,6 @@ pub struct Holding {
 struct Published {
     lease_id: Option<i64>,
     last: Option<NodeSummary>,
-    refresher: Option<AbortOnDrop>,
 }
 
 /// The lease shared by a cluster's nodes through etcd.
@@ -77,6 +76,9 @@ pub struct EtcdLease {
     prefix: String,
     requests: Arc<AtomicU64>,
     published: Arc<tokio::sync::Mutex<Published>>,
+    /// Refreshes the published summary's lease. Owned here rather than by `published`, which the
+    /// task itself holds: dropping the lease (a reload, new credentials) must end the task.
+    refresher: std::sync::Mutex<Option<AbortOnDrop>>,
 }
 
 impl std::fmt::Debug for EtcdLease {
@@ -125,6 +127,7 @@ impl EtcdLease {
             endpoints: endpoints.clone(),
             requests: Arc::new(AtomicU64::new(0)),
             published: Arc::default(),
+            refresher: std::sync::Mutex::new(None),
         };
         lease.snapshot().await.map_err(|e| {
             connect_error(format!("{e} (client certificate: {})", credentials.source))
@@ -470,8 +473,9 @@ impl EtcdLease {
         };
         published.lease_id = Some(lease_id);
         published.last = Some(summary.clone());
-        if published.refresher.is_none() {
-            published.refresher = Some(AbortOnDrop(tokio::spawn(refresh_summary(
+        let mut refresher = self.refresher.lock().unwrap_or_else(|e| e.into_inner());
+        if refresher.is_none() {
+            *refresher = Some(AbortOnDrop(tokio::spawn(refresh_summary(
                 self.client.clone(),
                 self.published.clone(),
                 self.key("nodes", &self.node),

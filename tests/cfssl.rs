@@ -462,6 +462,48 @@ async fn the_daemon_backs_off_while_cfssl_is_down_then_takes_the_kubelet_certifi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_auth_key_is_retried_and_recorded_and_changes_nothing() {
+    let r = Remote::new(false);
+    r.configure("retry_initial = \"1s\"\nretry_max = \"2s\"\n");
+    // Late for the kubelet and about to expire: due at once.
+    reissue_kubelet_client(&r, time::Duration::days(100), time::Duration::days(2));
+    let key_file = r.node.path("/etc/certrotd/cfssl.key");
+    std::fs::remove_file(&key_file).unwrap();
+    let before = renewal::snapshot(&r.node.root);
+    let d = Daemon::start(&r.node);
+
+    let s = d
+        .wait_for("two failed attempts", |s| {
+            s.retry.as_ref().is_some_and(|r| r.attempts >= 2)
+        })
+        .await;
+    let error = s.retry.unwrap().last_error;
+    assert!(error.contains(&key_file.display().to_string()), "{error}");
+    // Planning failed before any rotation began, yet history shows each attempt and why.
+    let failed: Vec<HistoryRecord> = d
+        .history()
+        .await
+        .into_iter()
+        .filter(|h| h.state == HistoryState::Failed)
+        .collect();
+    assert!(failed.len() >= 2, "{failed:#?}");
+    let reason = failed[0].reason.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with("not started:") && reason.contains(&key_file.display().to_string()),
+        "{reason}"
+    );
+    assert!(
+        failed[0]
+            .certificates
+            .contains(&"kubelet-client-current".to_owned()),
+        "{failed:#?}"
+    );
+    d.stop().await;
+    assert!(renewal::snapshot(&r.node.root) == before, "files changed");
+    assert_eq!(r.cfssl.signed(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kubelets_own_rotation_is_left_alone_and_warned_about_when_late() {
     let mut r = Remote::new(false);
     r.configure("");

@@ -91,10 +91,41 @@ pub async fn plan_for(
     clock: &(dyn Fn() -> OffsetDateTime + Sync),
 ) -> Result<Plan, String> {
     let planned = make_plan(env, &req.selection, clock()).await;
-    if let Some(tx) = started {
-        let _ = tx.send(planned.as_ref().map(|p| p.id.clone()).map_err(Clone::clone));
+    match (started, &planned) {
+        (Some(tx), _) => {
+            let _ = tx.send(planned.as_ref().map(|p| p.id.clone()).map_err(Clone::clone));
+        }
+        (None, Err(why)) => record_not_started(env, req, why, clock()),
+        (None, Ok(_)) => {}
     }
     planned
+}
+
+/// An automatic rotation that could not even be planned (a remote CA's auth key unreadable, a
+/// certificate refused) leaves a Failed record, so history shows every attempt the backoff
+/// makes, not only those that got as far as building. (A requested one answers its caller.)
+fn record_not_started(env: &Env<'_>, req: &Request, why: &str, now: OffsetDateTime) {
+    let id = crate::rotation::plan::new_id(now);
+    let recorded = env
+        .history
+        .start(
+            &id,
+            &env.settings.node_name,
+            req.selection.certs.clone(),
+            Some(req.why.clone()),
+            now,
+        )
+        .and_then(|_| {
+            env.history.update(
+                &id,
+                HistoryState::Failed,
+                Some(format!("not started: {why}")),
+                now,
+            )
+        });
+    if let Err(e) = recorded {
+        tracing::error!("recording rotation {id} in history: {e:#}");
+    }
 }
 
 /// Runs a planned rotation with `lease` held (or, for a recovery, a token-less stand-in).

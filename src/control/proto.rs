@@ -8,7 +8,7 @@
 //! big status, and the client trusts the daemon it asked).
 //!
 //! Every struct takes `#[serde(default)]` for missing fields and ignores unknown ones, so a field
-//! added later (the peers issue fills in [`LeaseStatus`]) neither breaks an older client reading a
+//! added later (as [`LeaseStatus`]'s queue position and the retry state were) neither breaks an older client reading a
 //! newer daemon nor the reverse.
 
 use std::io;

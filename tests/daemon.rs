@@ -38,6 +38,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use support::etcd::EtcdSpec;
 use support::systemd::UserManager;
+use support::which;
 use tempfile::TempDir;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
@@ -312,16 +313,6 @@ fn log_to_test_output() {
 // ---------------------------------------------------------------------------------------------
 // etcd and certrotd as units of a real systemd manager
 // ---------------------------------------------------------------------------------------------
-
-fn which(program: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join(program))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_else(|| panic!("{program} not found: make test installs it"))
-}
 
 /// A real etcd running as `etcd.service` in a user manager, on the node's etcd PKI.
 struct EtcdUnit {

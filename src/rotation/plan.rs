@@ -501,13 +501,8 @@ fn issuer(
     }
 }
 
-fn local(ca: &Entry, now: OffsetDateTime) -> Result<IssuerPlan, Decision> {
-    let (Some(cert), Some(key_path)) = (&ca.cert, &ca.key_path) else {
-        return Err(Decision::Refuse(format!(
-            "the CA {} cannot be read",
-            ca.name
-        )));
-    };
+/// A CA that has expired signs nothing that anyone would accept: it must be rotated first.
+fn still_valid(ca: &Entry, cert: &Cert, now: OffsetDateTime) -> Result<(), Decision> {
     if cert.not_after <= now {
         return Err(Decision::Refuse(format!(
             "its CA {} expired at {}; rotate the CA first",
@@ -515,6 +510,17 @@ fn local(ca: &Entry, now: OffsetDateTime) -> Result<IssuerPlan, Decision> {
             crate::report::rfc3339(cert.not_after)
         )));
     }
+    Ok(())
+}
+
+fn local(ca: &Entry, now: OffsetDateTime) -> Result<IssuerPlan, Decision> {
+    let (Some(cert), Some(key_path)) = (&ca.cert, &ca.key_path) else {
+        return Err(Decision::Refuse(format!(
+            "the CA {} cannot be read",
+            ca.name
+        )));
+    };
+    still_valid(ca, cert, now)?;
     Ok(IssuerPlan::Local {
         ca: ca.name.clone(),
         cert: Box::new(cert.clone()),
@@ -538,13 +544,7 @@ fn remote(
             ca.name
         )));
     };
-    if cert.not_after <= now {
-        return Err(Decision::Refuse(format!(
-            "its CA {} expired at {}; rotate the CA first",
-            ca.name,
-            crate::report::rfc3339(cert.not_after)
-        )));
-    }
+    still_valid(ca, cert, now)?;
     remote.auth_key_file = root.join(&remote.auth_key_file);
     remote.ca_bundle = remote.ca_bundle.map(|b| root.join(b));
     crate::issuer::cfssl::read_auth_key(&remote.auth_key_file).map_err(|e| {

@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use super::etcd::EtcdSpec;
 use super::systemd::UserManager;
+use super::which;
 
 /// How often a wait looks again.
 pub const POLL: Duration = Duration::from_millis(50);
@@ -254,16 +255,6 @@ pub fn etcd_ca(pki: &Path) -> (Cert, PrivateKey) {
     let key_path = pki.join("ca.key");
     let kb = pem::blocks(&key_path, &std::fs::read(&key_path).unwrap()).unwrap();
     (cert, PrivateKey::from_blocks(&kb).unwrap())
-}
-
-fn which(program: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join(program))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_else(|| panic!("{program} not found: make test installs it"))
 }
 
 impl Cluster {

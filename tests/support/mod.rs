@@ -209,3 +209,10 @@ pub fn assert_agrees_with_openssl(inv: &Inventory) {
     }
     assert!(checked > 0, "no certificate was compared");
 }
+
+/// The path of `program`, or a panic saying that `make test` installs it: a test never skips
+/// because a component is missing.
+pub fn which(program: &str) -> std::path::PathBuf {
+    systemd::find_program(program)
+        .unwrap_or_else(|| panic!("{program} not found: make test installs it"))
+}

@@ -76,9 +76,9 @@ impl UserManager {
                 panic!("no systemd binary at {SYSTEMD_BINARIES:?}: install systemd (make deps)")
             });
         let dbus_daemon =
-            which("dbus-daemon").expect("dbus-daemon not found: install dbus (make deps)");
+            find_program("dbus-daemon").expect("dbus-daemon not found: install dbus (make deps)");
         for tool in ["setsid", "unshare", "mount", "systemctl"] {
-            which(tool).unwrap_or_else(|| {
+            find_program(tool).unwrap_or_else(|| {
                 panic!("{tool} not found: install util-linux and systemd (make deps)")
             });
         }
@@ -397,7 +397,8 @@ fn set_mode(path: &Path, mode: u32) {
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
 
-fn which(program: &str) -> Option<PathBuf> {
+/// Where `program` is: on PATH, else in the usual bin and sbin directories.
+pub fn find_program(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default()

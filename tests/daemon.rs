@@ -16,7 +16,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -38,7 +37,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use support::etcd::EtcdSpec;
 use support::systemd::UserManager;
-use support::which;
+use support::{wait_for, which};
 use tempfile::TempDir;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
@@ -201,25 +200,6 @@ fn normalize(serial: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Waiting, the control socket
 // ---------------------------------------------------------------------------------------------
-
-/// Asks `check` until it says `Some`, or panics naming `what` at the deadline.
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waited {timeout:?} for {what} in vain"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
 
 /// Runs blocking work (etcdctl, openssl) off the runtime's workers, which the daemon needs.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use certrotd::control::client;
 use certrotd::control::proto::{HistoryRecord, HistoryState, Request, Response};
-use support::cluster::{Cluster, ETCD_LEAVES, ETCD_UNIT, rfc3339, wait_for};
+use support::cluster::{Cluster, ETCD_LEAVES, ETCD_UNIT, rfc3339};
+use support::wait_for;
 use time::OffsetDateTime;
 
 /// Long enough for three daemons taking turns on two shared cores.

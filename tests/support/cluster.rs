@@ -462,22 +462,3 @@ impl Cluster {
 pub fn rfc3339(s: &str) -> OffsetDateTime {
     OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap()
 }
-
-/// Asks `check` until it says `Some`, or panics naming `what` at the deadline.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waited {timeout:?} for {what} in vain"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}

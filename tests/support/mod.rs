@@ -216,3 +216,22 @@ pub fn which(program: &str) -> std::path::PathBuf {
     systemd::find_program(program)
         .unwrap_or_else(|| panic!("{program} not found: make test installs it"))
 }
+
+/// Asks `check` every 25 ms until it says `Some`, or panics naming `what` at the deadline.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {timeout:?} for {what} in vain"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}

@@ -1,10 +1,16 @@
-//! `certrotd run`: the daemon, on a tokio runtime, logging to journald under systemd.
+//! `certrotd run`: the daemon, on a tokio runtime, logging to journald under systemd. This is
+//! where its edges are made: the configuration loaded, the control socket bound, SIGTERM and
+//! SIGINT turned into the request to stop, SIGHUP into reloads, the wall clock.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
 
 use super::{EXIT_CONFIG, Failure, Outcome};
 use crate::cli::NodeArgs;
-use crate::daemon::{self, Options};
+use crate::daemon::{self, Edges, Options, Shutdown, SystemClock};
 
 /// Runs the daemon until SIGTERM.
 pub fn run(node: &NodeArgs) -> Outcome {
@@ -17,15 +23,51 @@ pub fn run(node: &NodeArgs) -> Outcome {
         config: node.config.clone(),
         root: node.root.clone(),
     };
-    runtime
-        .block_on(daemon::run(opts, std::future::pending()))
-        .map_err(|e| {
-            let code = if e.downcast_ref::<crate::config::ConfigError>().is_some() {
-                EXIT_CONFIG
-            } else {
-                1
-            };
-            Failure { code, error: e }
-        })?;
+    runtime.block_on(serve(opts)).map_err(|e| {
+        let code = if e.downcast_ref::<crate::config::ConfigError>().is_some() {
+            EXIT_CONFIG
+        } else {
+            1
+        };
+        Failure { code, error: e }
+    })?;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(opts: Options) -> anyhow::Result<()> {
+    let settings = daemon::load(&opts)?;
+    let (listener, socket_path) = daemon::bind_control(&settings)?;
+    let (trigger, shutdown) = Shutdown::new();
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    // SIGTERM and SIGINT are one request to stop, so the daemon behaves the same in tests as
+    // under systemd, also in the middle of a rotation.
+    tokio::spawn(async move {
+        let why = tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = sigint.recv() => "SIGINT",
+        };
+        trigger.stop(why);
+    });
+    let (hup_tx, hangups) = mpsc::channel(1);
+    tokio::spawn(async move {
+        while sighup.recv().await.is_some() {
+            // A reload already queued covers this one too.
+            let _ = hup_tx.try_send(());
+        }
+    });
+    daemon::serve(
+        settings,
+        Edges {
+            listener,
+            socket_path,
+            shutdown,
+            clock: Arc::new(SystemClock),
+            reload: Box::new(move || daemon::load(&opts)),
+            hangups: Some(hangups),
+            components: None,
+        },
+    )
+    .await
 }

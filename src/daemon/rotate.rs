@@ -1,9 +1,14 @@
-//! One rotation as the daemon runs it: plan under the rotation lock, take the lease, check the
-//! components are healthy (unless certificates already expired: rotating is the cure), install
-//! crash-safely with the lease as the guard of every disruptive step, restart exactly the
-//! consumers, prove each serves its new certificate and is healthy, and on failure put the backup
-//! back and restart again. Every step is recorded in history and the journal. After a crash, the
-//! next start finishes what recovery could not: the restarts, the proof and the record.
+//! One rotation as the daemon runs it: plan under the rotation lock, check the components are
+//! healthy (unless certificates already expired: rotating is the cure), install crash-safely,
+//! restart exactly the consumers, prove each serves its new certificate and is healthy, and on
+//! failure put the backup back and restart again. Every step is recorded in history and the
+//! journal.
+//!
+//! The lease is confirmed in etcd before every disruptive step (the install, each restart, each
+//! restart after a rollback); a step whose confirmation fails does not happen, and the rotation
+//! is left open ([`Finished::LeftOpen`]): history keeps it Initiated, and the next turn with the
+//! lease finishes it ([`resume`]): rolls its files forward or back, restarts and proves its
+//! consumers. Restoring a backup never waits for the lease.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -12,22 +17,26 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::task::spawn_blocking;
 
+use super::clock::Clock;
+use super::components::{Components, Expect};
+use super::failure::RotationFailure;
+use super::mode::Step;
 use crate::config::Settings;
 use crate::control::proto::{HistoryRecord, HistoryState, RotationProgress};
 use crate::events;
 use crate::history::History;
 use crate::inventory::Inventory;
-use crate::lease::Held;
+use crate::lease::{Held, Lease};
 use crate::pki::cert::Cert;
 use crate::pki::layout::Component;
 use crate::report::rfc3339;
-use crate::restart::probe::{ComponentProbe, Expected};
-use crate::restart::{Restarter, Strategy};
 use crate::root::Root;
 use crate::rotation::execute::{self, Report};
 use crate::rotation::journal::{Journal, Phase};
 use crate::rotation::plan::{self, Plan, PlanOptions};
-use crate::rotation::{Context, Guard as _, Selection, StateDirs, lock, recover, select};
+use crate::rotation::{
+    Context, Guard, RotationError, Selection, StateDirs, Unguarded, lock, recover, select,
+};
 
 /// What to rotate and why.
 #[derive(Debug, Clone)]
@@ -47,6 +56,28 @@ pub struct Request {
 /// The rotation in progress, shared with `certrotd status`.
 pub type Progress = Arc<Mutex<Option<RotationProgress>>>;
 
+/// How long one confirmation of the lease may take: past it, the step does not happen.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The lease a rotation runs under: `None` for a recovery, which has none.
+#[derive(Clone, Copy)]
+pub struct Fence<'a> {
+    /// The lease to confirm with.
+    pub lease: Option<&'a dyn Lease>,
+    /// The TTL that must be left for a disruptive step to start.
+    pub min_ttl: Duration,
+}
+
+impl Fence<'_> {
+    /// No lease: planning, and a recovery.
+    pub fn none() -> Self {
+        Fence {
+            lease: None,
+            min_ttl: Duration::ZERO,
+        }
+    }
+}
+
 /// Where and how the daemon rotates.
 pub struct Env<'a> {
     /// The configuration.
@@ -59,26 +90,43 @@ pub struct Env<'a> {
     pub history: &'a History,
     /// The rotation in progress.
     pub progress: &'a Progress,
-    /// Told each step as it begins (the daemon mirrors it into the lease's holder record).
-    pub on_step: &'a (dyn Fn(&str) + Sync),
+    /// The node's components.
+    pub components: &'a dyn Components,
+    /// The lease, confirmed before every disruptive step.
+    pub fence: Fence<'a>,
+    /// Told each step as it begins (the daemon moves its state machine, feeds its pulse and
+    /// mirrors it into the lease's holder record).
+    pub on_step: &'a (dyn Fn(&Step) + Sync),
+    /// The time.
+    pub clock: &'a dyn Clock,
 }
 
-/// An [`Env::on_step`] that tells no one.
-pub fn no_step_hook(_step: &str) {}
+/// How a rotation ended.
+#[derive(Debug)]
+pub enum Finished {
+    /// Closed in history as Success (no failure) or Failed.
+    Closed {
+        /// Its final record.
+        record: HistoryRecord,
+        /// Why it failed.
+        failure: Option<RotationFailure>,
+    },
+    /// Stopped half-way by a lost lease: history keeps it Initiated and the next turn finishes it.
+    LeftOpen {
+        /// Its record, still Initiated.
+        record: HistoryRecord,
+        /// What stopped it.
+        failure: RotationFailure,
+    },
+}
 
-/// Runs one rotation. `started` learns the rotation id as soon as it is planned. `clock` gives the
-/// time at each step (the daemon passes the wall clock, tests may pass their own). Returns the final
-/// history record (Success or Failed); an `Err` is a rotation that never started (nothing to do,
-/// refused, or the plan failed), with the reason.
-pub async fn rotate(
-    env: &Env<'_>,
-    req: Request,
-    lease: Held,
-    started: Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
-    clock: &(dyn Fn() -> OffsetDateTime + Sync),
-) -> Result<HistoryRecord, String> {
-    let plan = plan_for(env, &req, started, clock).await?;
-    run_planned(env, req, plan, lease, clock).await
+impl Finished {
+    /// Its record.
+    pub fn record(&self) -> &HistoryRecord {
+        match self {
+            Finished::Closed { record, .. } | Finished::LeftOpen { record, .. } => record,
+        }
+    }
 }
 
 /// Plans a rotation under the rotation lock; `started` learns its id (or why there is none).
@@ -88,17 +136,16 @@ pub async fn plan_for(
     env: &Env<'_>,
     req: &Request,
     started: Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
-    clock: &(dyn Fn() -> OffsetDateTime + Sync),
-) -> Result<Plan, String> {
-    let planned = make_plan(env, &req.selection, clock()).await;
+) -> Result<Plan, RotationFailure> {
+    let planned = make_plan(env, &req.selection, env.clock.now()).await;
     match (started, &planned) {
         (Some(tx), _) => {
             let _ = tx.send(planned.as_ref().map(|p| p.id.clone()).map_err(Clone::clone));
         }
-        (None, Err(why)) => record_not_started(env, req, why, clock()),
+        (None, Err(why)) => record_not_started(env, req, why, env.clock.now()),
         (None, Ok(_)) => {}
     }
-    planned
+    planned.map_err(RotationFailure::NotStarted)
 }
 
 /// An automatic rotation that could not even be planned (a remote CA's auth key unreadable, a
@@ -119,7 +166,7 @@ fn record_not_started(env: &Env<'_>, req: &Request, why: &str, now: OffsetDateTi
             env.history.update(
                 &id,
                 HistoryState::Failed,
-                Some(format!("not started: {why}")),
+                Some(RotationFailure::NotStarted(why.to_owned()).to_string()),
                 now,
             )
         });
@@ -129,25 +176,27 @@ fn record_not_started(env: &Env<'_>, req: &Request, why: &str, now: OffsetDateTi
 }
 
 /// Runs a planned rotation with `lease` held (or, for a recovery, a token-less stand-in).
-pub async fn run_planned(
-    env: &Env<'_>,
-    req: Request,
-    plan: Plan,
-    lease: Held,
-    clock: &(dyn Fn() -> OffsetDateTime + Sync),
-) -> Result<HistoryRecord, String> {
+pub async fn run_planned(env: &Env<'_>, req: Request, plan: Plan, lease: Held) -> Finished {
     let names: Vec<String> = plan.items.iter().map(|i| i.name().to_owned()).collect();
     let node = env.settings.node_name.clone();
-    let mut record = env
+    let started = env
         .history
         .start(
             &plan.id,
             &node,
             names.clone(),
             Some(req.why.clone()),
-            clock(),
+            env.clock.now(),
         )
-        .map_err(|e| format!("{e:#}"))?;
+        .map_err(|e| format!("{e:#}"));
+    let mut record = match started {
+        Ok(r) => r,
+        Err(e) => {
+            // Without a record nothing may be installed: a crash would leave no trace to resume.
+            tracing::error!("rotation {} not started: recording it failed: {e}", plan.id);
+            return closed_without_record(&plan.id, &node, names, e, env.clock.now());
+        }
+    };
     if req.recovery {
         // No lease was taken: a token would claim an order this rotation never had.
         record.recovery = true;
@@ -160,40 +209,61 @@ pub async fn run_planned(
         record.fencing_token = Some(lease.fencing_token);
     }
     events::rotation_started(&node, &plan.id, &names, &req.why);
-    let step = |s: &str| set_step(env, &plan.id, s, &names, clock());
     let consumers = consumers(&plan);
 
-    step("health-gate");
+    step(env, &plan.id, &names, Step::HealthGate);
     if !req.skip_health_gate
-        && let Err(why) = health_gate(env, &consumers).await
+        && let Err(failure) = health_gate(env, &consumers).await
     {
-        return Ok(finish(env, record, Err(why), clock()));
+        return finish(env, record, Some(failure));
     }
 
-    step("install");
-    record.disruptive_from = Some(rfc3339(clock()));
-    let installed = install(env, plan.clone(), lease.clone()).await;
-    let report = match installed {
+    step(env, &plan.id, &names, Step::Install);
+    if let Err(failure) = confirm(env, &lease, &Step::Install).await {
+        // Nothing was installed: the rotation is over, and the next turn plans afresh.
+        return finish(env, record, Some(failure));
+    }
+    record.disruptive_from = Some(rfc3339(env.clock.now()));
+    let report = match install(env, plan.clone(), lease.clone()).await {
         Ok(r) => r,
         Err(e) => {
-            record.disruptive_to = Some(rfc3339(clock()));
-            return Ok(finish(env, record, Err(e), clock()));
+            record.disruptive_to = Some(rfc3339(env.clock.now()));
+            let failure = RotationFailure::Install(e);
+            if failure.leaves_open() {
+                return leave_open(env, record, failure);
+            }
+            return finish(env, record, Some(failure));
         }
     };
+    let installed = Installed::from_report(&report, &plan);
+    restart_and_prove(env, &plan.id, &installed, &lease, record).await
+}
 
-    let installed = Installed {
-        consumers: report.consumers.clone(),
-        renewed: report
-            .renewed
-            .iter()
-            .filter_map(|r| {
-                let name = r.names.first()?;
-                let item = plan.items.iter().find(|i| i.names.contains(name))?;
-                Some((name.clone(), item.cert_path.clone(), r.cert.clone()))
-            })
-            .collect(),
-    };
-    Ok(restart_and_prove(env, &plan.id, &installed, lease, record, clock).await)
+/// A rotation whose history record could not even be started.
+fn closed_without_record(
+    id: &str,
+    node: &str,
+    certificates: Vec<String>,
+    why: String,
+    now: OffsetDateTime,
+) -> Finished {
+    let failure = RotationFailure::NotStarted(format!("recording it in history failed: {why}"));
+    Finished::Closed {
+        record: HistoryRecord {
+            id: id.to_owned(),
+            node: node.to_owned(),
+            certificates,
+            state: HistoryState::Failed,
+            started_at: rfc3339(now),
+            finished_at: Some(rfc3339(now)),
+            reason: Some(failure.to_string()),
+            disruptive_from: None,
+            disruptive_to: None,
+            fencing_token: None,
+            recovery: false,
+        },
+        failure: Some(failure),
+    }
 }
 
 /// What an installed rotation changed: the components that must be restarted, and the new
@@ -203,158 +273,210 @@ struct Installed {
     renewed: Vec<(String, PathBuf, Cert)>,
 }
 
+impl Installed {
+    fn from_report(report: &Report, plan: &Plan) -> Installed {
+        Installed {
+            consumers: report.consumers.clone(),
+            renewed: report
+                .renewed
+                .iter()
+                .filter_map(|r| {
+                    let name = r.names.first()?;
+                    let item = plan.items.iter().find(|i| i.names.contains(name))?;
+                    Some((name.clone(), item.cert_path.clone(), r.cert.clone()))
+                })
+                .collect(),
+        }
+    }
+
+    /// From a journal, with the certificates as the inventory reads them now.
+    fn from_journal(j: &Journal, inv: &Inventory) -> Installed {
+        Installed {
+            consumers: j.consumers.clone(),
+            renewed: j
+                .certificates
+                .iter()
+                .filter_map(|n| {
+                    let e = inv.get(n)?;
+                    Some((n.clone(), e.path.clone(), e.cert.clone()?))
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Everything after the install: restart the consumers and prove they serve the new
 /// certificates; otherwise roll back, restart again and prove they serve the old ones. Finishes
-/// the record.
+/// the record, or leaves it open when the lease is lost before a restart.
 async fn restart_and_prove(
     env: &Env<'_>,
     id: &str,
     installed: &Installed,
-    lease: Held,
+    lease: &Held,
     mut record: HistoryRecord,
-    clock: &(dyn Fn() -> OffsetDateTime + Sync),
-) -> HistoryRecord {
+) -> Finished {
     let names = record.certificates.clone();
-    let step = |s: &str| set_step(env, id, s, &names, clock());
-    // A restart is the disruption itself: with the lease lost, another node may be disrupting
-    // its components now, so nothing is restarted. The new files stay installed (they are
-    // valid); the components read them at their next restart.
-    if let Err(lost) = lease.check("restart") {
-        record.disruptive_to = Some(rfc3339(clock()));
-        let reason = format!("{lost}; the new certificates are installed, nothing was restarted");
-        return finish(env, record, Err(reason), clock());
-    }
-    step("restart");
-    let outcome = match restart_all(env, id, &installed.consumers, clock()).await {
+    let outcome = match restart_all(env, id, &names, &installed.consumers, lease).await {
         Ok(()) => {
-            step("verify");
-            prove_all(env, installed, Serving::Renewed, clock).await
+            step(env, id, &names, Step::Verify);
+            prove_all(env, installed, Serving::Renewed).await
         }
         Err(e) => Err(e),
     };
-    if let Err(why) = &outcome
-        && record.recovery
-    {
+    let failure = match outcome {
+        Ok(()) => {
+            record.disruptive_to = Some(rfc3339(env.clock.now()));
+            for (name, path, cert) in &installed.renewed {
+                events::rotated(&record.node, id, name, path, cert.not_after);
+            }
+            return finish(env, record, None);
+        }
+        // A restart that did not happen for want of the lease: the new files stay (they are
+        // valid), and the next holder restarts and proves.
+        Err(f) if f.leaves_open() => {
+            record.disruptive_to = Some(rfc3339(env.clock.now()));
+            return leave_open(env, record, f);
+        }
+        Err(f) => f,
+    };
+    record.disruptive_to = Some(rfc3339(env.clock.now()));
+    if record.recovery {
         // The previous certificates are expired: putting them back cannot bring anything up.
         // Most likely the member is waiting for peers that are still recovering.
-        record.disruptive_to = Some(rfc3339(clock()));
-        let reason = format!(
-            "{why}; not rolled back: the previous certificates are expired (its peers may still be recovering)"
+        return finish(
+            env,
+            record,
+            Some(RotationFailure::RecoveryUnproved(Box::new(failure))),
         );
-        return finish(env, record, Err(reason), clock());
     }
-    if let Err(why) = outcome {
-        step("rollback");
-        let rolled = roll_back(env, id, lease).await;
-        // The record must say whether the components are back on the old certificates: a
-        // rollback whose restart failed (or whose component stays down) leaves the node broken,
-        // and the operator has to know. After a failed restore the files are not known to be
-        // whole, so nothing is restarted onto them.
-        let reason = match rolled {
-            Err(e) => format!("{why}; ROLLBACK FAILED: {e}"),
-            Ok(()) => match restart_onto_disk(env, id, installed, clock).await {
-                Ok(()) => format!(
-                    "{why}; rolled back to the previous certificates, which are served again"
-                ),
-                Err(e) => format!(
-                    "{why}; rolled back to the previous certificates, but after the rollback: {e}"
-                ),
+    step(env, id, &names, Step::Rollback);
+    // The record must say whether the components are back on the old certificates: a
+    // rollback whose restart failed (or whose component stays down) leaves the node broken,
+    // and the operator has to know. After a failed restore the files are not known to be
+    // whole, so nothing is restarted onto them.
+    let cause = Box::new(failure);
+    let result = match roll_back(env, id).await {
+        Err(rollback) => RotationFailure::RollbackFailed { cause, rollback },
+        Ok(()) => match restart_onto_disk(env, id, &names, installed, lease).await {
+            Ok(()) => RotationFailure::RolledBack { cause },
+            Err(after) if after.leaves_open() => {
+                // Rolled back on disk, but not restarted onto it: the next turn does that.
+                let failure = RotationFailure::RolledBackUnproved {
+                    cause,
+                    after: Box::new(after),
+                };
+                record.disruptive_to = Some(rfc3339(env.clock.now()));
+                return leave_open(env, record, failure);
+            }
+            Err(after) => RotationFailure::RolledBackUnproved {
+                cause,
+                after: Box::new(after),
             },
-        };
-        record.disruptive_to = Some(rfc3339(clock()));
-        return finish(env, record, Err(reason), clock());
-    }
-    record.disruptive_to = Some(rfc3339(clock()));
-    for (name, path, cert) in &installed.renewed {
-        events::rotated(&record.node, id, name, path, cert.not_after);
-    }
-    finish(env, record, Ok(()), clock())
+        },
+    };
+    record.disruptive_to = Some(rfc3339(env.clock.now()));
+    finish(env, record, Some(result))
 }
 
 /// Restarts the consumers onto the certificates on disk now, and proves they serve them.
 async fn restart_onto_disk(
     env: &Env<'_>,
     id: &str,
+    names: &[String],
     installed: &Installed,
-    clock: &(dyn Fn() -> OffsetDateTime + Sync),
-) -> Result<(), String> {
-    restart_all(env, id, &installed.consumers, clock()).await?;
-    prove_all(env, installed, Serving::OnDisk, clock).await
+    lease: &Held,
+) -> Result<(), RotationFailure> {
+    restart_all(env, id, names, &installed.consumers, lease).await?;
+    prove_all(env, installed, Serving::OnDisk).await
 }
 
-/// Finishes the rotations a crash (or SIGKILL) interrupted: those history still shows as
-/// Initiated, after recovery has made their files all-old or all-new. Recovery alone leaves the
-/// components on whatever they read before the crash, and the record saying Initiated forever.
-/// A committed rotation is restarted and proved (and rolled back if that fails), as it would have
-/// been; one rolled back after installing has its components restarted onto the old
-/// certificates; one that installed nothing is only recorded. Returns the records closed.
-pub async fn resume(
-    env: &Env<'_>,
-    lease: Held,
-    clock: &(dyn Fn() -> OffsetDateTime + Sync),
-) -> Vec<HistoryRecord> {
-    let mut closed = Vec::new();
-    for mut record in interrupted(env.history) {
+/// Finishes the rotations a crash, SIGKILL or a lost lease left open: those history still shows
+/// as Initiated. First their files are made all-old or all-new (recovery, now with the lease as
+/// its guard); then a committed rotation is restarted and proved (and rolled back if that fails),
+/// as it would have been; one rolled back after installing has its components restarted onto
+/// the old certificates; one that installed nothing is only recorded.
+pub async fn resume(env: &Env<'_>, lease: &Held) -> Vec<Finished> {
+    let mut finished = Vec::new();
+    let open = interrupted(env.history);
+    if open.is_empty() {
+        return finished;
+    }
+    if let Err(e) = recover_guarded(env, lease).await {
+        tracing::error!("finishing interrupted rotations: {e}");
+    }
+    let inv = match inventory(env).await {
+        Ok(inv) => inv,
+        Err(e) => {
+            tracing::error!("finishing interrupted rotations: {e}");
+            return finished;
+        }
+    };
+    for mut record in open {
         let id = record.id.clone();
-        record.fencing_token = Some(lease.fencing_token);
-        let journal = Journal::load(&env.state.rotation(&record.id));
-        let installed = |j: &Journal| {
-            let inv = crate::commands::check::inventory(env.settings);
-            Installed {
-                consumers: j.consumers.clone(),
-                renewed: j
-                    .certificates
-                    .iter()
-                    .filter_map(|n| {
-                        let e = inv.get(n)?;
-                        Some((n.clone(), e.path.clone(), e.cert.clone()?))
-                    })
-                    .collect(),
-            }
-        };
-        tracing::warn!(rotation_id = %record.id, "finishing rotation {} that was interrupted", record.id);
+        let names = record.certificates.clone();
+        if !record.recovery {
+            record.fencing_token = Some(lease.fencing_token);
+        }
+        tracing::warn!(rotation_id = %id, "finishing rotation {id}, which was interrupted");
+        let journal = Journal::load(&env.state.rotation(&id));
         let done = match journal {
             Ok(Some(j)) if j.phase == Phase::Committed => {
                 record.reason = Some(format!(
                     "{}; interrupted after installing, finished by the next start",
                     record.reason.as_deref().unwrap_or("rotation")
                 ));
-                let installed = installed(&j);
                 // The disruption this start causes: the restarts and proof, under its own lease.
-                record.disruptive_from = Some(rfc3339(clock()));
+                record.disruptive_from = Some(rfc3339(env.clock.now()));
                 record.disruptive_to = None;
-                restart_and_prove(env, &id, &installed, lease.clone(), record, clock).await
+                let installed = Installed::from_journal(&j, &inv);
+                restart_and_prove(env, &id, &installed, lease, record).await
             }
-            // "abandoned": closed before anything was installed, so nothing read the new files.
-            Ok(Some(j))
-                if j.phase == Phase::RolledBack
-                    && !j.outcome.as_deref().unwrap_or("").starts_with("abandoned") =>
-            {
-                let why = "interrupted, and rolled back to the previous certificates";
-                record.disruptive_from = Some(rfc3339(clock()));
-                let reason = match restart_onto_disk(env, &id, &installed(&j), clock).await {
-                    Ok(()) => format!("{why}, which are served again"),
-                    Err(e) => format!("{why}, but after the rollback: {e}"),
-                };
-                record.disruptive_to = Some(rfc3339(clock()));
-                finish(env, record, Err(reason), clock())
+            Ok(Some(j)) if j.phase == Phase::RolledBack && installed_anything(&j) => {
+                record.disruptive_from = Some(rfc3339(env.clock.now()));
+                let installed = Installed::from_journal(&j, &inv);
+                let after = restart_onto_disk(env, &id, &names, &installed, lease).await;
+                record.disruptive_to = Some(rfc3339(env.clock.now()));
+                match after {
+                    Ok(()) => finish(env, record, Some(RotationFailure::InterruptedRolledBack)),
+                    Err(f) if f.leaves_open() => leave_open(env, record, f),
+                    Err(f) => finish(
+                        env,
+                        record,
+                        Some(RotationFailure::InterruptedUnproved(Box::new(f))),
+                    ),
+                }
             }
-            Ok(_) => finish(
+            // Still unfinished after recovery: recovery could not run (the lease was lost
+            // again, or it failed); the next turn tries again.
+            Ok(Some(j)) if !j.phase.is_final() => leave_open(
                 env,
                 record,
-                Err("interrupted before anything was installed; nothing was changed".into()),
-                clock(),
+                RotationFailure::NotStarted(format!(
+                    "its journal still says {} after recovery",
+                    j.phase.as_str()
+                )),
             ),
+            Ok(_) => finish(env, record, Some(RotationFailure::InterruptedBeforeInstall)),
             Err(e) => finish(
                 env,
                 record,
-                Err(format!("interrupted; its journal cannot be read: {e}")),
-                clock(),
+                Some(RotationFailure::JournalUnreadable(e.to_string())),
             ),
         };
-        closed.push(done);
+        let left_open = matches!(done, Finished::LeftOpen { .. });
+        finished.push(done);
+        if left_open {
+            // The lease is gone: the rest waits for the next turn too.
+            break;
+        }
     }
-    closed
+    finished
+}
+
+/// Whether a rolled-back rotation had installed anything (so its components read new files).
+fn installed_anything(j: &Journal) -> bool {
+    // "abandoned": closed before anything was installed, so nothing read the new files.
+    !j.outcome.as_deref().unwrap_or("").starts_with("abandoned")
 }
 
 /// The rotations history shows as Initiated: started, never finished.
@@ -372,8 +494,11 @@ pub fn interrupted(history: &History) -> Vec<HistoryRecord> {
     }
 }
 
-fn set_step(env: &Env<'_>, id: &str, step: &str, names: &[String], now: OffsetDateTime) {
-    (env.on_step)(step);
+/// Marks the step: the daemon's hook first (state machine, pulse, lease mirror), then the
+/// progress status shows.
+fn step(env: &Env<'_>, id: &str, names: &[String], step: Step) {
+    (env.on_step)(&step);
+    let now = env.clock.now();
     let mut p = env.progress.lock().unwrap_or_else(|e| e.into_inner());
     let started_at = p
         .as_ref()
@@ -382,24 +507,47 @@ fn set_step(env: &Env<'_>, id: &str, step: &str, names: &[String], now: OffsetDa
         .unwrap_or_else(|| rfc3339(now));
     *p = Some(RotationProgress {
         id: id.to_owned(),
-        step: step.to_owned(),
+        step: step.name().to_owned(),
         started_at,
         certificates: names.to_vec(),
     });
 }
 
+/// Confirms the lease in etcd before a disruptive step: this node still holds its slot with its
+/// token, with enough TTL left. A recovery has no lease to confirm.
+async fn confirm(env: &Env<'_>, held: &Held, step: &Step) -> Result<(), RotationFailure> {
+    let Some(lease) = env.fence.lease else {
+        return Ok(());
+    };
+    let what = step.to_string();
+    let fenced = |source| RotationFailure::Fenced {
+        step: what.clone(),
+        source,
+    };
+    match tokio::time::timeout(
+        CONFIRM_TIMEOUT,
+        lease.confirm(held, &what, env.fence.min_ttl),
+    )
+    .await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(fenced(e)),
+        Err(_) => {
+            let why = format!("no answer within {CONFIRM_TIMEOUT:?}");
+            held.mark_lost(&why);
+            Err(fenced(crate::lease::LeaseError::Lost(why)))
+        }
+    }
+}
+
 /// Records the end of a rotation and clears the progress.
-fn finish(
-    env: &Env<'_>,
-    mut record: HistoryRecord,
-    result: Result<(), String>,
-    now: OffsetDateTime,
-) -> HistoryRecord {
+fn finish(env: &Env<'_>, mut record: HistoryRecord, failure: Option<RotationFailure>) -> Finished {
     *env.progress.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    record.finished_at = Some(rfc3339(now));
-    match result {
-        Ok(()) => record.state = HistoryState::Success,
-        Err(reason) => {
+    record.finished_at = Some(rfc3339(env.clock.now()));
+    match &failure {
+        None => record.state = HistoryState::Success,
+        Some(f) => {
+            let reason = f.to_string();
             events::rotation_failed(&record.node, &record.id, &record.certificates, &reason);
             record.state = HistoryState::Failed;
             record.reason = Some(reason);
@@ -408,7 +556,20 @@ fn finish(
     if let Err(e) = env.history.append(&record) {
         tracing::error!("recording rotation {} in history: {e:#}", record.id);
     }
-    record
+    Finished::Closed { record, failure }
+}
+
+/// Keeps a rotation open: history says Initiated, with why it stopped; the next turn finishes it.
+fn leave_open(env: &Env<'_>, mut record: HistoryRecord, failure: RotationFailure) -> Finished {
+    *env.progress.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    let reason = format!("{failure}; the next turn with the lease finishes it");
+    tracing::warn!(rotation_id = %record.id, "rotation {} left open: {reason}", record.id);
+    record.state = HistoryState::Initiated;
+    record.reason = Some(reason);
+    if let Err(e) = env.history.append(&record) {
+        tracing::error!("recording rotation {} in history: {e:#}", record.id);
+    }
+    Finished::LeftOpen { record, failure }
 }
 
 /// Plans under the rotation lock, after finishing or rolling back anything a crash left.
@@ -421,7 +582,7 @@ async fn make_plan(env: &Env<'_>, sel: &Selection, now: OffsetDateTime) -> Resul
     );
     spawn_blocking(move || {
         let _lock = lock::acquire(&state).map_err(|e| format!("{e:#}"))?;
-        recover_locked(&root, &state, &settings)?;
+        recover_locked(&root, &state, &settings, &Unguarded)?;
         let inv = crate::commands::check::inventory(&settings);
         let selected = select::select(&inv, &sel).map_err(|e| e.to_string())?;
         let opts = PlanOptions {
@@ -443,13 +604,19 @@ async fn make_plan(env: &Env<'_>, sel: &Selection, now: OffsetDateTime) -> Resul
     .map_err(|e| format!("planning task failed: {e}"))?
 }
 
-/// Finishes or rolls back rotations a crash interrupted (the caller holds the lock).
-pub fn recover_locked(root: &Root, state: &StateDirs, settings: &Settings) -> Result<(), String> {
+/// Finishes or rolls back rotations a crash interrupted (the caller holds the lock), asking
+/// `guard` before every install of a roll-forward.
+pub fn recover_locked(
+    root: &Root,
+    state: &StateDirs,
+    settings: &Settings,
+    guard: &dyn Guard,
+) -> Result<(), String> {
     let ctx = Context {
         root,
         state,
         backups_keep: settings.renew.backups_keep,
-        guard: &crate::rotation::Unguarded,
+        guard,
     };
     for r in recover::recover(&ctx).map_err(|e| format!("{e:#}"))? {
         tracing::warn!(rotation_id = %r.id, "recovered interrupted rotation {}: {:?}", r.id, r.action);
@@ -457,44 +624,59 @@ pub fn recover_locked(root: &Root, state: &StateDirs, settings: &Settings) -> Re
     Ok(())
 }
 
-async fn install(env: &Env<'_>, plan: Plan, lease: Held) -> Result<Report, String> {
-    under_lock(env, lease, "install", move |ctx| {
-        execute::run(ctx, &plan).map_err(|e| format!("{e:#}"))
-    })
-    .await
-}
-
-async fn roll_back(env: &Env<'_>, id: &str, lease: Held) -> Result<(), String> {
-    let id = id.to_owned();
-    under_lock(env, lease, "rollback", move |ctx| {
-        recover::restore(ctx, &id)
-            .map(|_| ())
-            .map_err(|e| format!("{e:#}"))
-    })
-    .await
-}
-
-/// Runs a blocking rotation step on the blocking pool, under the rotation lock, with the lease as
-/// its guard.
-async fn under_lock<T: Send + 'static>(
-    env: &Env<'_>,
-    lease: Held,
-    what: &'static str,
-    step: impl FnOnce(&Context<'_>) -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
-    let (settings, root, state) = (env.settings.clone(), env.root.clone(), env.state.clone());
+/// Recovery under the lock with the lease as its guard (a roll-forward installs files).
+async fn recover_guarded(env: &Env<'_>, lease: &Held) -> Result<(), String> {
+    let (settings, root, state, lease) = (
+        env.settings.clone(),
+        env.root.clone(),
+        env.state.clone(),
+        lease.clone(),
+    );
     spawn_blocking(move || {
         let _lock = lock::acquire(&state).map_err(|e| format!("{e:#}"))?;
+        recover_locked(&root, &state, &settings, &lease)
+    })
+    .await
+    .map_err(|e| format!("recovery task failed: {e}"))?
+}
+
+async fn install(env: &Env<'_>, plan: Plan, lease: Held) -> Result<Report, RotationError> {
+    under_lock(env, Box::new(lease), move |ctx| execute::run(ctx, &plan)).await
+}
+
+/// Puts a rotation's backup back. Never guarded by the lease: a rollback makes the node whole
+/// again, and waiting for a lease that may be gone would leave it broken.
+async fn roll_back(env: &Env<'_>, id: &str) -> Result<(), RotationError> {
+    let id = id.to_owned();
+    under_lock(env, Box::new(Unguarded), move |ctx| {
+        recover::restore(ctx, &id).map(|_| ())
+    })
+    .await
+}
+
+/// Runs a blocking rotation step on the blocking pool, under the rotation lock, with `guard`.
+async fn under_lock<T: Send + 'static>(
+    env: &Env<'_>,
+    guard: Box<dyn Guard + Send>,
+    step: impl FnOnce(&Context<'_>) -> Result<T, RotationError> + Send + 'static,
+) -> Result<T, RotationError> {
+    let (settings, root, state) = (env.settings.clone(), env.root.clone(), env.state.clone());
+    spawn_blocking(move || {
+        let _lock = lock::acquire(&state)?;
         let ctx = Context {
             root: &root,
             state: &state,
             backups_keep: settings.renew.backups_keep,
-            guard: &lease,
+            guard: guard.as_ref(),
         };
         step(&ctx)
     })
     .await
-    .map_err(|e| format!("{what} task failed: {e}"))?
+    .map_err(|e| RotationError::Io {
+        op: "run the rotation task for",
+        path: env.state.dir.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })?
 }
 
 fn consumers(plan: &Plan) -> Vec<Component> {
@@ -508,75 +690,50 @@ fn consumers(plan: &Plan) -> Vec<Component> {
     c
 }
 
-/// How a component is restarted on this node, or `None` when restarts of its kind are off.
-pub fn strategy(settings: &Settings, root: &Root, component: Component) -> Option<Strategy> {
-    let r = &settings.restart;
-    match component {
-        Component::KubeApiserver | Component::KubeControllerManager | Component::KubeScheduler => {
-            r.static_pods
-        }
-        // kubeadm's stacked etcd is a static pod; an external etcd is a unit.
-        Component::Etcd => {
-            let manifest = root.join(format!("{}/etcd.yaml", crate::restart::MANIFESTS_DIR));
-            if manifest.exists() {
-                r.static_pods
-            } else {
-                r.units.then_some(Strategy::Unit)
-            }
-        }
-        Component::Kubelet | Component::Rke2 | Component::K3s => r.units.then_some(Strategy::Unit),
-    }
-}
-
-fn restarter(env: &Env<'_>) -> Restarter {
-    let mut r = Restarter::new(env.root);
-    r.bus = Some(env.settings.restart.dbus_address.clone()).filter(|a| !a.is_empty());
-    r.job_timeout = env.settings.restart.job_timeout;
-    r
-}
-
+/// Restarts each consumer in turn, confirming the lease before each: a restart is the
+/// disruption itself, and with the lease lost another node may be disrupting its own now.
 async fn restart_all(
     env: &Env<'_>,
     id: &str,
+    names: &[String],
     components: &[Component],
-    now: OffsetDateTime,
-) -> Result<(), String> {
-    let restarter = restarter(env);
+    lease: &Held,
+) -> Result<(), RotationFailure> {
     for &c in components {
-        let Some(strategy) = strategy(env.settings, env.root, c) else {
+        if !env.components.restarts(c) {
             tracing::info!(rotation_id = %id, "not restarting {c}: restarts of its kind are off in [restart]");
             continue;
-        };
-        let outcome = restarter
-            .restart(c, strategy, now)
+        }
+        let s = Step::Restart(c);
+        step(env, id, names, s.clone());
+        confirm(env, lease, &s).await?;
+        let outcome = env
+            .components
+            .restart(c, env.clock.now())
             .await
-            .map_err(|e| format!("restart {c}: {e}"))?;
-        events::restarted(
-            &env.settings.node_name,
-            id,
-            &c.to_string(),
-            &outcome.to_string(),
-        );
+            .map_err(|source| RotationFailure::Restart {
+                component: c,
+                source,
+            })?;
+        events::restarted(&env.settings.node_name, id, &c.to_string(), &outcome);
     }
     Ok(())
 }
 
 /// Before a planned rotation, the components it will restart must be healthy: rotating a sick
 /// control plane only adds a second problem.
-async fn health_gate(env: &Env<'_>, components: &[Component]) -> Result<(), String> {
+async fn health_gate(env: &Env<'_>, components: &[Component]) -> Result<(), RotationFailure> {
     for &c in components {
-        if strategy(env.settings, env.root, c).is_none() {
+        if !env.components.restarts(c) {
             continue;
         }
-        let probe = ComponentProbe::new(c, &env.settings.probe, env.root)
-            .map_err(|e| format!("health check of {c} before rotating: {e}"))?;
-        if let Some(check) = &probe.health {
-            crate::restart::probe::health(check, Duration::from_secs(10))
-                .await
-                .map_err(|e| {
-                    format!("{c} is not healthy before rotating, so nothing was changed: {e}")
-                })?;
-        }
+        env.components
+            .healthy(c)
+            .await
+            .map_err(|source| RotationFailure::Unhealthy {
+                component: c,
+                source,
+            })?;
     }
     Ok(())
 }
@@ -590,45 +747,42 @@ enum Serving {
     OnDisk,
 }
 
+async fn inventory(env: &Env<'_>) -> Result<Inventory, String> {
+    let settings = env.settings.clone();
+    spawn_blocking(move || crate::commands::check::inventory(&settings))
+        .await
+        .map_err(|e| format!("inventory after install: {e}"))
+}
+
 /// Proves every restarted component serves its new certificates (or, after a rollback, those
 /// on disk) and is healthy.
 async fn prove_all(
     env: &Env<'_>,
     installed: &Installed,
     serving: Serving,
-    clock: &(dyn Fn() -> OffsetDateTime + Sync),
-) -> Result<(), String> {
-    let inv = {
-        let settings = env.settings.clone();
-        spawn_blocking(move || crate::commands::check::inventory(&settings))
-            .await
-            .map_err(|e| format!("inventory after install: {e}"))?
-    };
+) -> Result<(), RotationFailure> {
+    let inv = inventory(env)
+        .await
+        .map_err(|e| RotationFailure::NotStarted(e.to_string()))?;
     let deadline = tokio::time::Instant::now() + env.settings.probe.timeout;
     for &c in &installed.consumers {
-        if strategy(env.settings, env.root, c).is_none() {
+        if !env.components.restarts(c) {
             continue;
         }
-        let (certs, cas) = expected_for(&inv, installed, c, serving);
-        let expected: Vec<Expected<'_>> = certs
-            .iter()
-            .zip(&cas)
-            .map(|((name, cert), ca)| Expected {
-                name,
-                cert,
-                ca_bundle: std::slice::from_ref(ca),
-            })
-            .collect();
-        let probe = ComponentProbe::new(c, &env.settings.probe, env.root)
-            .map_err(|e| format!("probe {c}: {e}"))?;
-        let proof = probe
-            .prove(&expected, clock(), deadline)
+        let expected = expected_for(&inv, installed, c, serving);
+        let proof = env
+            .components
+            .prove(c, &expected, env.clock.now(), deadline)
             .await
-            .map_err(|e| match serving {
-                Serving::Renewed => format!("{c} did not prove its new certificates: {e}"),
-                Serving::OnDisk => {
-                    format!("{c} did not come back on the previous certificates: {e}")
-                }
+            .map_err(|source| match serving {
+                Serving::Renewed => RotationFailure::Proof {
+                    component: c,
+                    source,
+                },
+                Serving::OnDisk => RotationFailure::NotBack {
+                    component: c,
+                    source,
+                },
             })?;
         tracing::info!(component = %c, "{proof}");
     }
@@ -642,9 +796,8 @@ fn expected_for(
     installed: &Installed,
     component: Component,
     serving: Serving,
-) -> (Vec<(String, Cert)>, Vec<Cert>) {
-    let mut certs = Vec::new();
-    let mut cas = Vec::new();
+) -> Vec<Expect> {
+    let mut out = Vec::new();
     for (name, _, renewed) in &installed.renewed {
         let Some(entry) = inv.get(name) else { continue };
         if !entry.consumers.contains(&component) {
@@ -663,8 +816,11 @@ fn expected_for(
             .and_then(|s| inv.get(s))
             .and_then(|s| s.cert.clone())
             .unwrap_or_else(|| cert.clone());
-        certs.push((name.clone(), cert));
-        cas.push(ca);
+        out.push(Expect {
+            name: name.clone(),
+            cert,
+            ca,
+        });
     }
-    (certs, cas)
+    out
 }

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use certrotd::config::{LeaseBackend, LeaseSettings};
+use certrotd::daemon::peers;
 use certrotd::lease::credentials;
 use certrotd::lease::etcd::EtcdLease;
 use certrotd::lease::{Lease, LeaseError, NodeSummary, Role, Want};
@@ -592,4 +593,321 @@ fn role_follows_the_certificates_the_node_holds() {
         let _ = std::fs::remove_file(node.path(format!("/etc/kubernetes/{conf}")));
     }
     assert_eq!(role(), Role::Worker);
+}
+
+/// The fencing token a failed confirmation names, from its message.
+fn fenced(error: &LeaseError, step: &str) -> String {
+    match error {
+        LeaseError::Fenced { step: s, why } => {
+            assert_eq!(s, step, "{error}");
+            assert!(error.to_string().contains(step), "{error}");
+            why.clone()
+        }
+        other => panic!("expected a fenced step, got: {other}"),
+    }
+}
+
+#[test]
+fn confirm_fails_once_the_slot_was_deleted_or_taken_over() {
+    let lab = Lab::start(1, OffsetDateTime::now_utc());
+    runtime().block_on(async {
+        let settings = lab.settings("takeover", 1, Duration::from_secs(3));
+        let (a, b) = (
+            lab.client(&settings, "a").await,
+            lab.client(&settings, "b").await,
+        );
+        let slot = "/certrotd/takeover/slots/0";
+
+        // An operator deletes the holder's slot key: nobody holds it, and a's keep-alive (which
+        // renews the etcd lease, not the key) still succeeds, so only etcd can tell.
+        let held = a.acquire(&want("a", Role::Worker, 1)).await.unwrap();
+        peers::confirm(&a, &held, "install batch 1", Duration::from_secs(1))
+            .await
+            .unwrap();
+        let (ok, out) = lab.cluster.etcdctl(&["del", slot]);
+        assert!(ok && out.trim() == "1", "{out}");
+        assert!(held.is_held(), "the local flag cannot see it");
+        let e = peers::confirm(&a, &held, "install batch 1", Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        let why = fenced(&e, "install batch 1");
+        assert!(
+            why.contains(&format!("slot {slot} is free now"))
+                && why.contains(&format!("ours had token {}", held.fencing_token)),
+            "{why}"
+        );
+        assert!(!held.is_held());
+        held.check("install").unwrap_err();
+        a.release(held).await.unwrap();
+
+        // Deleted, then taken by b: the error names b's token and ours.
+        let held = a.acquire(&want("a", Role::Worker, 1)).await.unwrap();
+        let (ok, out) = lab.cluster.etcdctl(&["del", slot]);
+        assert!(ok, "{out}");
+        let theirs = tokio::time::timeout(
+            Duration::from_secs(5),
+            b.acquire(&want("b", Role::Worker, 2)),
+        )
+        .await
+        .expect("b takes the freed slot")
+        .unwrap();
+        assert!(theirs.fencing_token > held.fencing_token);
+        let e = a
+            .confirm(&held, "restart kube-apiserver", Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        let why = fenced(&e, "restart kube-apiserver");
+        assert_eq!(
+            why,
+            format!(
+                "slot {slot} now held by b with token {}, ours was {}",
+                theirs.fencing_token, held.fencing_token
+            )
+        );
+        assert!(!held.is_held());
+        assert!(
+            held.why_lost().contains("now held by b"),
+            "{}",
+            held.why_lost()
+        );
+        // b is not disturbed by a's failed confirmation.
+        b.confirm(&theirs, "install batch 1", Duration::from_secs(1))
+            .await
+            .unwrap();
+        a.release(held).await.unwrap();
+        b.confirm(&theirs, "restart etcd", Duration::from_secs(1))
+            .await
+            .unwrap();
+        b.release(theirs).await.unwrap();
+    });
+}
+
+#[test]
+fn confirm_needs_enough_ttl_a_quorum_and_an_answer_in_time() {
+    let mut lab = Lab::start(3, OffsetDateTime::now_utc());
+    let rt = runtime();
+    let ttl = Duration::from_secs(9);
+    let op_timeout = ttl / 3;
+    let settings = lab.settings("confirm", 1, ttl);
+    let a = rt.block_on(lab.client(&settings, "a"));
+
+    rt.block_on(async {
+        let held = a.acquire(&want("a", Role::Worker, 1)).await.unwrap();
+        // A healthy holder passes at any point of its keep-alive cycle (renewed every 3 s, so
+        // 6 s to 9 s are left): a step needing 7 s is passed by renewing the lease first when
+        // the cycle is late. The loop spans more than a cycle.
+        for _ in 0..9 {
+            a.confirm(&held, "restart kubelet", Duration::from_secs(7))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(450)).await;
+        }
+        // A step that needs more than the TTL can ever give is refused, and says why.
+        let e = a
+            .confirm(&held, "restart kube-apiserver", Duration::from_secs(20))
+            .await
+            .unwrap_err();
+        let why = fenced(&e, "restart kube-apiserver");
+        assert!(
+            why.starts_with("only ")
+                && why.contains("s of TTL left")
+                && why.contains("configured ttl 9s")
+                && why.ends_with("the step needs 20s"),
+            "{why}"
+        );
+        assert!(!held.is_held());
+        a.release(held).await.unwrap();
+    });
+
+    // One member of three stopped: the other two are a quorum, and confirm passes.
+    let held = rt.block_on(a.acquire(&want("a", Role::Worker, 1))).unwrap();
+    lab.cluster.members[0].stop();
+    rt.block_on(async {
+        for _ in 0..5 {
+            peers::confirm(&a, &held, "install batch 2", Duration::from_secs(1))
+                .await
+                .unwrap();
+        }
+    });
+    // Two stopped: the last member answers nothing it cannot agree on with a quorum.
+    lab.cluster.members[1].stop();
+    let started = Instant::now();
+    let e = rt
+        .block_on(peers::confirm(
+            &a,
+            &held,
+            "install batch 3",
+            Duration::from_secs(1),
+        ))
+        .unwrap_err();
+    let took = started.elapsed();
+    let why = fenced(&e, "install batch 3");
+    assert!(why.contains("did not confirm"), "{why}");
+    assert!(took < op_timeout + Duration::from_millis(1500), "{took:?}");
+    assert!(!held.is_held());
+    assert!(
+        held.why_lost().contains("did not confirm"),
+        "{}",
+        held.why_lost()
+    );
+
+    // Every member stopped: the confirmation fails within the op timeout, not at the TTL.
+    lab.cluster.start_all();
+    let held = rt.block_on(async {
+        // A lost lease still keeps its slot until it is released (or its TTL runs out).
+        a.release(held).await.unwrap();
+        a.acquire(&want("a", Role::Worker, 1)).await.unwrap()
+    });
+    lab.cluster.stop_all();
+    let started = Instant::now();
+    let e = rt
+        .block_on(peers::confirm(
+            &a,
+            &held,
+            "rollback restart etcd",
+            Duration::ZERO,
+        ))
+        .unwrap_err();
+    let took = started.elapsed();
+    let why = fenced(&e, "rollback restart etcd");
+    assert!(why.contains("did not confirm"), "{why}");
+    assert!(took < op_timeout + Duration::from_millis(1500), "{took:?}");
+    assert!(
+        took < ttl,
+        "failed before the keep-alive could give up: {took:?}"
+    );
+    assert!(!held.is_held());
+}
+
+/// Writes the node's etcd client certificate (`apiserver-etcd-client`), signed by its etcd CA and
+/// valid from a minute before `from` until `until`.
+fn client_cert(lab: &Lab, from: OffsetDateTime, until: OffsetDateTime) {
+    support::etcd::issue_leaf(
+        &lab.node.path("/etc/kubernetes/pki/etcd"),
+        &lab.node.path("/etc/kubernetes/pki"),
+        "apiserver-etcd-client",
+        "kube-apiserver-etcd-client",
+        from - time::Duration::minutes(1),
+        until,
+    );
+}
+
+#[test]
+fn the_lease_client_is_renewed_before_its_certificate_runs_out_and_after_transport_errors() {
+    let mut lab = Lab::start(1, OffsetDateTime::now_utc());
+    let rt = runtime();
+    let settings = certrotd::config::Settings {
+        node_name: "cp1".to_owned(),
+        lease: lab.settings("renewal", 1, Duration::from_secs(3)),
+        ..Default::default()
+    };
+    let state = lab.tmp.path().join("state");
+    let root = lab.root();
+
+    // A client certificate that runs out in a few seconds.
+    let t0 = OffsetDateTime::now_utc();
+    let short = t0 + time::Duration::seconds(4);
+    client_cert(&lab, t0, short);
+    let old_creds = credentials::load(&settings.lease, &root, t0).unwrap();
+    let mut peers = peers::Peers::default();
+    let first = rt
+        .block_on(peers.open(&settings, &root, &state, t0))
+        .unwrap();
+    rt.block_on(first.view()).unwrap();
+    assert_eq!(
+        peers.credentials_not_after().map(|t| t.unix_timestamp()),
+        Some(short.unix_timestamp())
+    );
+    // Within its margin but unchanged on disk: the same client (the files are read again at
+    // most every minute).
+    let again = rt
+        .block_on(peers.open(&settings, &root, &state, t0 + time::Duration::seconds(1)))
+        .unwrap();
+    assert!(Arc::ptr_eq(&first, &again));
+
+    // certrotd renews it on disk.
+    let long = t0 + time::Duration::days(1);
+    client_cert(&lab, t0, long);
+    let throttled = rt
+        .block_on(peers.open(&settings, &root, &state, t0 + time::Duration::seconds(2)))
+        .unwrap();
+    assert!(
+        Arc::ptr_eq(&first, &throttled),
+        "read again within the minute"
+    );
+
+    // The old certificate has run out: etcd refuses a new connection with it.
+    let wait = (short - OffsetDateTime::now_utc()).whole_milliseconds() + 1500;
+    std::thread::sleep(Duration::from_millis(u64::try_from(wait.max(0)).unwrap()));
+    let refused = rt.block_on(EtcdLease::connect(&settings.lease, "cp1", old_creds));
+    let error = refused.map(|_| ()).unwrap_err();
+    assert!(matches!(error, LeaseError::Connect { .. }), "{error}");
+
+    // Past its NotAfter the files are read at once, and a new client presents the renewed one.
+    let now = OffsetDateTime::now_utc();
+    let renewed = rt
+        .block_on(peers.open(&settings, &root, &state, now))
+        .unwrap();
+    assert!(
+        !Arc::ptr_eq(&first, &renewed),
+        "the old client is not reused"
+    );
+    assert!(Arc::ptr_eq(&renewed, &peers.lease().unwrap()));
+    assert_eq!(
+        peers.credentials_not_after().map(|t| t.unix_timestamp()),
+        Some(long.unix_timestamp())
+    );
+    rt.block_on(async {
+        let held = renewed
+            .acquire(&want("cp1", Role::EtcdMember, 1))
+            .await
+            .unwrap();
+        let view = renewed.view().await.unwrap();
+        assert_eq!(view.holders[0].fencing_token, held.fencing_token);
+        renewed.release(held).await.unwrap();
+    });
+    drop(first);
+
+    // A minted credential is minted again before its hour is up. The node's certificate has
+    // expired; the first open happens "55 minutes ago", so its minted certificate (valid for
+    // an hour from then) is still good for etcd now, and now is within its margin.
+    client_cert(
+        &lab,
+        t0 - time::Duration::days(2),
+        t0 - time::Duration::days(1),
+    );
+    let mut minted = peers::Peers::default();
+    let then = now - time::Duration::minutes(55);
+    let old = rt
+        .block_on(minted.open(&settings, &root, &state, then))
+        .unwrap();
+    rt.block_on(old.view()).unwrap();
+    let first_until = minted.credentials_not_after().unwrap();
+    assert_eq!(first_until, then + credentials::MINTED_VALIDITY);
+    let new = rt
+        .block_on(minted.open(&settings, &root, &state, now))
+        .unwrap();
+    assert!(!Arc::ptr_eq(&old, &new));
+    assert_eq!(
+        minted.credentials_not_after(),
+        Some(now + credentials::MINTED_VALIDITY)
+    );
+    rt.block_on(new.view()).unwrap();
+
+    // A transport error drops the client; the next open connects again.
+    lab.cluster.members[0].stop();
+    let error = rt.block_on(new.view()).unwrap_err();
+    assert!(error.is_transport(), "{error}");
+    assert!(minted.invalidate(&error));
+    assert!(minted.lease().is_none());
+    assert!(!minted.invalidate(&error), "nothing left to drop");
+    lab.cluster.start_all();
+    let reopened = rt
+        .block_on(minted.open(&settings, &root, &state, now))
+        .unwrap();
+    assert!(!Arc::ptr_eq(&new, &reopened));
+    rt.block_on(reopened.view()).unwrap();
+    // A lost slot is no reason to reconnect.
+    assert!(!minted.invalidate(&LeaseError::Lost("etcd lease 7 expired".to_owned())));
+    assert!(Arc::ptr_eq(&reopened, &minted.lease().unwrap()));
 }

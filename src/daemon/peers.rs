@@ -17,7 +17,8 @@ use tokio::time::Instant;
 use crate::config::Settings;
 use crate::control::proto::HistoryRecord;
 use crate::inventory::Inventory;
-use crate::lease::{self, Held, Lease, NodeSummary, Want};
+use crate::lease::credentials::Credentials;
+use crate::lease::{self, Held, Lease, LeaseError, NodeSummary, Want};
 use crate::report::rfc3339;
 use crate::root::Root;
 
@@ -38,6 +39,9 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const POSITION_EVERY: Duration = Duration::from_secs(2);
 /// The longest pause between attempts when the lease cannot be reached.
 const RETRY_MAX: Duration = Duration::from_secs(10);
+/// Once the client certificate is within its renewal margin, how often its files are read again
+/// while they still hold the same certificate (certrotd has not renewed it yet).
+pub const CREDENTIALS_RECHECK: time::Duration = time::Duration::minutes(1);
 
 /// The open lease, shared with the control handler, which answers `status --cluster` from it.
 #[derive(Clone, Default)]
@@ -64,7 +68,8 @@ impl std::fmt::Debug for SharedLease {
     }
 }
 
-/// The lease as the daemon holds it: opened on first use, reopened after a failure.
+/// The lease as the daemon holds it: opened on first use, reopened after a failure, after a
+/// connection or TLS error ([`Peers::invalidate`]) and before its client certificate runs out.
 #[derive(Debug, Default)]
 pub struct Peers {
     lease: SharedLease,
@@ -72,6 +77,10 @@ pub struct Peers {
     pub open_error: Option<String>,
     /// When the summary is next published.
     pub next_publish: Option<Instant>,
+    /// What the open lease presents to etcd (`None` for the local lease).
+    credentials: Option<Credentials>,
+    /// Within the renewal margin, when the credential files are next read again.
+    recheck_at: Option<OffsetDateTime>,
 }
 
 impl Peers {
@@ -89,10 +98,39 @@ impl Peers {
     pub fn reset(&mut self) {
         self.lease.set(None);
         self.open_error = None;
+        self.credentials = None;
+        self.recheck_at = None;
+    }
+
+    /// Drops the cached client after an error that says its connection is unusable (etcd
+    /// unreachable, TLS refused, a client certificate etcd no longer accepts; see
+    /// [`LeaseError::is_transport`]), so the next [`Peers::open`] reads the credentials again and
+    /// connects anew. A lease held through the old client keeps its own keep-alive until it is
+    /// released. Whether the client was dropped.
+    pub fn invalidate(&mut self, error: &LeaseError) -> bool {
+        if !error.is_transport() || self.lease.get().is_none() {
+            return false;
+        }
+        tracing::info!(
+            "lease: dropping the etcd client after: {error}; the next use connects again"
+        );
+        self.lease.set(None);
+        self.credentials = None;
+        self.recheck_at = None;
+        true
+    }
+
+    /// When the client certificate the open lease presents stops being valid (a minted one:
+    /// an hour after it was minted); `None` when none is open or it has none.
+    pub fn credentials_not_after(&self) -> Option<OffsetDateTime> {
+        self.credentials.as_ref().and_then(Credentials::not_after)
     }
 
     /// The lease, opening it first if needed. Opening an etcd lease connects to the cluster,
-    /// bounded by [`CALL_TIMEOUT`].
+    /// bounded by [`CALL_TIMEOUT`]. From [`lease::credentials::renewal_margin`] before the
+    /// client certificate's NotAfter on, the credentials are read again (at most every
+    /// [`CREDENTIALS_RECHECK`]); when they changed (renewed on disk, or minted anew) the cached
+    /// client is dropped and a new one connects.
     pub async fn open(
         &mut self,
         settings: &Settings,
@@ -101,17 +139,86 @@ impl Peers {
         now: OffsetDateTime,
     ) -> Result<Arc<dyn Lease>, String> {
         if let Some(l) = self.lease.get() {
-            return Ok(l);
+            if !self.renewal_due(now) {
+                return Ok(l);
+            }
+            let still_valid = self.credentials_not_after().is_some_and(|t| now < t);
+            match lease::load_credentials(settings, root, now) {
+                Ok(fresh) if same_identity(fresh.as_ref(), self.credentials.as_ref()) => {
+                    self.recheck_at = Some(now + CREDENTIALS_RECHECK);
+                    return Ok(l);
+                }
+                Ok(fresh) => {
+                    tracing::info!(
+                        "lease: the client certificate expires at {}; connecting again with {}",
+                        self.credentials_not_after()
+                            .map(rfc3339)
+                            .unwrap_or_default(),
+                        fresh.as_ref().map_or("no TLS", |c| c.source.as_str())
+                    );
+                    self.lease.set(None);
+                    return self.connect(settings, state_dir, fresh).await;
+                }
+                Err(e) if still_valid => {
+                    tracing::warn!(
+                        "lease: reading the client credentials again: {e}; the current one \
+                         stays in use until it expires"
+                    );
+                    self.recheck_at = Some(now + CREDENTIALS_RECHECK);
+                    return Ok(l);
+                }
+                Err(e) => {
+                    self.lease.set(None);
+                    self.credentials = None;
+                    let e = format!("opening the lease: {e}");
+                    self.open_error = Some(e.clone());
+                    return Err(e);
+                }
+            }
         }
-        let opened =
-            tokio::time::timeout(CALL_TIMEOUT, lease::open(settings, root, state_dir, now))
-                .await
-                .map_err(|_| format!("opening the lease: no answer within {CALL_TIMEOUT:?}"))
-                .and_then(|r| r.map_err(|e| format!("opening the lease: {e}")));
+        match lease::load_credentials(settings, root, now) {
+            Ok(credentials) => self.connect(settings, state_dir, credentials).await,
+            Err(e) => {
+                let e = format!("opening the lease: {e}");
+                self.open_error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether the client certificate in use is within its renewal margin at `now` and its
+    /// files are due to be read again (always, once it has run out).
+    fn renewal_due(&self, now: OffsetDateTime) -> bool {
+        let Some(credentials) = self.credentials.as_ref() else {
+            return false;
+        };
+        let (Some(from), Some(until)) = (credentials.renew_from(), credentials.not_after()) else {
+            return false;
+        };
+        now >= until || (now >= from && self.recheck_at.is_none_or(|at| now >= at))
+    }
+
+    /// Connects with `credentials` and caches the lease.
+    async fn connect(
+        &mut self,
+        settings: &Settings,
+        state_dir: &Path,
+        credentials: Option<Credentials>,
+    ) -> Result<Arc<dyn Lease>, String> {
+        self.credentials = None;
+        self.recheck_at = None;
+        let opened = tokio::time::timeout(
+            CALL_TIMEOUT,
+            lease::open_with(settings, state_dir, credentials.clone()),
+        )
+        .await
+        .map_err(|_| format!("opening the lease: no answer within {CALL_TIMEOUT:?}"))
+        .and_then(|r| r.map_err(|e| format!("opening the lease: {e}")));
         match opened {
             Ok(l) => {
                 tracing::info!("lease: {}", l.describe());
                 self.open_error = None;
+                self.credentials = credentials;
                 self.lease.set(Some(Arc::clone(&l)));
                 Ok(l)
             }
@@ -241,6 +348,40 @@ pub fn step_mirror(
         let _ = tx.send(step.to_owned());
     };
     (hook, task)
+}
+
+/// Confirms in the lease store, right before the disruptive `step` ("install batch 1", "restart
+/// kube-apiserver", "rollback restart etcd"), that this node still holds its slot with its
+/// fencing token and that at least `min_ttl` of it is left; bounded by [`CALL_TIMEOUT`] (no
+/// answer is a failure: fail closed). On failure `held` is marked lost and the error is
+/// [`LeaseError::Fenced`], naming the step and why: the step must not happen.
+pub async fn confirm(
+    lease: &dyn Lease,
+    held: &Held,
+    step: &str,
+    min_ttl: Duration,
+) -> Result<(), LeaseError> {
+    match tokio::time::timeout(CALL_TIMEOUT, lease.confirm(held, step, min_ttl)).await {
+        Ok(result) => result,
+        Err(_) => {
+            let why = format!("the lease store did not answer within {CALL_TIMEOUT:?}");
+            held.mark_lost(&why);
+            Err(LeaseError::Fenced {
+                step: step.to_owned(),
+                why,
+            })
+        }
+    }
+}
+
+/// Whether two credentials (either absent: the local lease, or plain http) present the same
+/// client certificate.
+fn same_identity(a: Option<&Credentials>, b: Option<&Credentials>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.same_identity(b),
+        _ => false,
+    }
 }
 
 /// Gives the lease back, bounded: a release that cannot reach etcd frees the slot at the TTL.

@@ -38,6 +38,8 @@ pub struct Credentials {
     pub source: String,
     /// Whether the client certificate was minted in memory.
     pub minted: bool,
+    /// The client certificate's validity, when there is one.
+    validity: Option<(OffsetDateTime, OffsetDateTime)>,
 }
 
 impl fmt::Debug for Credentials {
@@ -67,15 +69,56 @@ impl Credentials {
 
     /// Credentials from PEM text (tests, and callers with their own files).
     pub fn from_pem(ca_pem: &str, cert_pem: &str, key_pem: &str, source: &str) -> Credentials {
+        let validity = pem::blocks(Path::new(source), cert_pem.as_bytes())
+            .ok()
+            .and_then(|blocks| blocks.into_iter().find(|b| b.label == "CERTIFICATE"))
+            .and_then(|b| Cert::from_der(&b.der).ok())
+            .map(|c| (c.not_before, c.not_after));
         Credentials {
             ca_pem: Some(ca_pem.to_owned()),
             cert_pem: Some(cert_pem.to_owned()),
             key_pem: Some(key_pem.to_owned()),
             source: source.to_owned(),
             minted: false,
+            validity,
         }
     }
+
+    /// When the client certificate in use stops being valid (a minted one: its hour is up);
+    /// `None` without one.
+    pub fn not_after(&self) -> Option<OffsetDateTime> {
+        self.validity.map(|(_, to)| to)
+    }
+
+    /// When the client certificate in use became valid.
+    pub fn not_before(&self) -> Option<OffsetDateTime> {
+        self.validity.map(|(from, _)| from)
+    }
+
+    /// From when on a new client should be made: [`renewal_margin`] before NotAfter.
+    pub fn renew_from(&self) -> Option<OffsetDateTime> {
+        let (from, to) = self.validity?;
+        Some(to - renewal_margin(from, to))
+    }
+
+    /// Whether `other` presents the same client certificate (the same file content, or the
+    /// same minted certificate).
+    pub fn same_identity(&self, other: &Credentials) -> bool {
+        self.ca_pem == other.ca_pem && self.cert_pem == other.cert_pem
+    }
 }
+
+/// How long before a client certificate's NotAfter the lease connects again with credentials
+/// read anew: a tenth of its lifetime, at least five minutes, so a minted hour-long one is
+/// replaced six minutes before it runs out and a year-long one a month before (when certrotd
+/// has renewed it on disk, or rereads it every minute until it has).
+pub fn renewal_margin(not_before: OffsetDateTime, not_after: OffsetDateTime) -> time::Duration {
+    let lifetime = (not_after - not_before).max(time::Duration::ZERO);
+    (lifetime / 10_i32).max(MIN_RENEWAL_MARGIN)
+}
+
+/// The least [`renewal_margin`].
+pub const MIN_RENEWAL_MARGIN: time::Duration = time::Duration::minutes(5);
 
 /// Reads the configured credentials under `root`; mints a client certificate when the one on disk
 /// is absent or not valid at `now` and the etcd CA key is at hand. Plain-http endpoints need none.
@@ -123,6 +166,7 @@ pub fn load(
                     key_pem: Some(key_pem),
                     source: cert_node.display().to_string(),
                     minted: false,
+                    validity: Some((cert.not_before, cert.not_after)),
                 });
             }
             format!(
@@ -144,7 +188,7 @@ pub fn load(
             ),
         ));
     }
-    let (cert_pem, key_pem) = mint(&ca_cert, &ca_key_path, MINTED_CN, now)?;
+    let (cert_pem, key_pem, validity) = mint(&ca_cert, &ca_key_path, MINTED_CN, now)?;
     let source = format!(
         "minted in memory for 1h, signed by {} ({} is {why_not})",
         lease.ca_file.display(),
@@ -161,6 +205,7 @@ pub fn load(
         key_pem: Some(key_pem),
         source,
         minted: true,
+        validity: Some(validity),
     })
 }
 
@@ -182,13 +227,13 @@ fn client_paths(lease: &LeaseSettings, root: &Root) -> (PathBuf, PathBuf) {
 pub const MINTED_CN: &str = "certrotd-lease";
 
 /// Signs a fresh client certificate with the etcd CA, valid from a minute ago for
-/// [`MINTED_VALIDITY`]; returns (certificate PEM, key PEM).
+/// [`MINTED_VALIDITY`]; returns (certificate PEM, key PEM, (NotBefore, NotAfter)).
 fn mint(
     ca: &Cert,
     ca_key_path: &Path,
     cn: &str,
     now: OffsetDateTime,
-) -> Result<(String, String), LeaseError> {
+) -> Result<(String, String, (OffsetDateTime, OffsetDateTime)), LeaseError> {
     if ca.not_after <= now {
         return Err(credentials(
             ca_key_path,
@@ -225,8 +270,9 @@ fn mint(
     ];
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
+    let validity = (params.not_before, params.not_after);
     let cert = params.signed_by(&key, &issuer).map_err(sign_error)?;
-    Ok((cert.pem(), key.serialize_pem()))
+    Ok((cert.pem(), key.serialize_pem(), validity))
 }
 
 /// Reads a key file and checks it belongs to `cert`; returns its key block as PEM, in the
@@ -265,5 +311,59 @@ fn credentials(path: &Path, error: &str) -> LeaseError {
     LeaseError::Credentials {
         path: path.to_owned(),
         error: error.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::Duration;
+    use time::macros::datetime;
+
+    #[test]
+    fn the_margin_is_a_tenth_of_the_lifetime_but_never_under_five_minutes() {
+        let t0 = datetime!(2026-12-01 00:00 UTC);
+        // A minted credential: an hour (and the minute it is backdated) → its tenth, 6 min 6 s.
+        assert_eq!(
+            renewal_margin(t0 - Duration::minutes(1), t0 + MINTED_VALIDITY),
+            Duration::seconds(366)
+        );
+        // A year-long kubeadm client certificate: 36.5 days before NotAfter.
+        assert_eq!(
+            renewal_margin(t0, t0 + Duration::days(365)),
+            Duration::hours(876)
+        );
+        // Short ones (a test's, a lab's) get the floor.
+        assert_eq!(
+            renewal_margin(t0, t0 + Duration::minutes(10)),
+            MIN_RENEWAL_MARGIN
+        );
+        assert_eq!(
+            renewal_margin(t0, t0 + Duration::minutes(50)),
+            MIN_RENEWAL_MARGIN
+        );
+        assert_eq!(
+            renewal_margin(t0, t0 + Duration::minutes(51)),
+            Duration::seconds(306)
+        );
+        // NotAfter before NotBefore (a broken certificate): the floor, not a negative margin.
+        assert_eq!(
+            renewal_margin(t0, t0 - Duration::hours(1)),
+            MIN_RENEWAL_MARGIN
+        );
+    }
+
+    #[test]
+    fn renewal_starts_the_margin_before_not_after_and_plain_http_never_renews() {
+        let t0 = datetime!(2026-12-01 00:00 UTC);
+        let creds = Credentials {
+            validity: Some((t0, t0 + Duration::days(10))),
+            ..Credentials::plain()
+        };
+        assert_eq!(creds.not_after(), Some(t0 + Duration::days(10)));
+        assert_eq!(creds.renew_from(), Some(t0 + Duration::days(9)));
+        let plain = Credentials::plain();
+        assert_eq!(plain.not_after(), None);
+        assert_eq!(plain.renew_from(), None);
     }
 }

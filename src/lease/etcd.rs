@@ -28,6 +28,8 @@ use super::record::{ClusterView, HolderRecord, NodeSummary, QueueEntry, rfc3339}
 use super::{BoxFuture, Held, Lease, LeaseError, Want, queue};
 use crate::config::LeaseSettings;
 
+mod fence;
+
 /// How long to wait before repeating a failed request, at first.
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
 /// The longest wait between repeats.
@@ -159,14 +161,30 @@ impl EtcdLease {
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let deadline = Instant::now() + self.op_timeout();
+        self.call_until(Instant::now() + self.op_timeout(), op, request)
+            .await
+    }
+
+    /// [`EtcdLease::call`] with a deadline shared by several requests (a confirmation is
+    /// bounded as a whole, not per request).
+    async fn call_until<T, F, Fut>(
+        &self,
+        deadline: Instant,
+        op: &str,
+        request: F,
+    ) -> Result<T, LeaseError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let budget = deadline.saturating_duration_since(Instant::now());
         let mut pause = RETRY_PAUSE;
         loop {
             self.requests.fetch_add(1, Ordering::Relaxed);
             let error = match timeout_at(deadline, request(self.client.clone())).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => chain(&e),
-                Err(_) => format!("no answer within {:?}", self.op_timeout()),
+                Err(_) => format!("no answer within {budget:?}"),
             };
             if Instant::now() + pause >= deadline {
                 return Err(etcd_error(op, &error));
@@ -558,6 +576,15 @@ impl Lease for EtcdLease {
         step: &'a str,
     ) -> BoxFuture<'a, Result<(), LeaseError>> {
         Box::pin(self.set_step_inner(held, step))
+    }
+
+    fn confirm<'a>(
+        &'a self,
+        held: &'a Held,
+        step: &'a str,
+        min_ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), LeaseError>> {
+        Box::pin(self.confirm_inner(held, step, min_ttl))
     }
 
     fn release<'a>(&'a self, held: Held) -> BoxFuture<'a, Result<(), LeaseError>> {

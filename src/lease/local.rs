@@ -58,6 +58,44 @@ impl LocalLease {
     }
 }
 
+impl LocalLease {
+    /// Still held: not lost, and no later acquisition on this node took a newer token (two
+    /// daemons sharing a state directory would otherwise both go ahead).
+    fn confirm_inner(&self, held: &Held, step: &str) -> Result<(), LeaseError> {
+        let fenced = |why: String| {
+            held.mark_lost(&why);
+            LeaseError::Fenced {
+                step: step.to_owned(),
+                why,
+            }
+        };
+        if !held.is_held() {
+            return Err(LeaseError::Fenced {
+                step: step.to_owned(),
+                why: held.why_lost(),
+            });
+        }
+        let text = std::fs::read_to_string(&self.token_file).map_err(|e| {
+            fenced(format!(
+                "reading the fencing token {}: {e}",
+                self.token_file.display()
+            ))
+        })?;
+        match text.trim().parse::<u64>() {
+            Ok(latest) if latest == held.fencing_token => Ok(()),
+            Ok(latest) => Err(fenced(format!(
+                "{} now holds token {latest}, ours was {}",
+                self.token_file.display(),
+                held.fencing_token
+            ))),
+            Err(e) => Err(fenced(format!(
+                "reading the fencing token {}: {e}",
+                self.token_file.display()
+            ))),
+        }
+    }
+}
+
 impl Lease for LocalLease {
     fn describe(&self) -> String {
         "local lease".to_owned()
@@ -94,6 +132,16 @@ impl Lease for LocalLease {
             }
             Ok(())
         })
+    }
+
+    fn confirm<'a>(
+        &'a self,
+        held: &'a Held,
+        step: &'a str,
+        _min_ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<(), LeaseError>> {
+        // A local lease has no TTL: nobody else can take it while it is held.
+        Box::pin(async move { self.confirm_inner(held, step) })
     }
 
     fn release<'a>(&'a self, held: Held) -> BoxFuture<'a, Result<(), LeaseError>> {
@@ -141,5 +189,40 @@ mod tests {
         b.mark_lost("ttl expired");
         let e = b.check("install apiserver.crt").unwrap_err();
         assert!(e.to_string().contains("ttl expired"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn confirm_passes_while_held_and_fails_after_a_newer_token_or_a_loss() {
+        use crate::lease::Lease as _;
+        use std::time::Duration;
+        let tmp = tempfile::tempdir().unwrap();
+        let lease = LocalLease::new(tmp.path(), "cp1");
+        let a = lease.take().unwrap();
+        lease
+            .confirm(&a, "install", Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert!(a.is_held());
+        // A second daemon on the same state directory took the lease after us.
+        let b = LocalLease::new(tmp.path(), "cp1").take().unwrap();
+        let e = lease
+            .confirm(&a, "restart kubelet", Duration::ZERO)
+            .await
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, LeaseError::Fenced { .. }), "{e}");
+        assert!(
+            text.contains("restart kubelet")
+                && text.contains(&format!("token {}", b.fencing_token)),
+            "{text}"
+        );
+        assert!(!a.is_held());
+        lease.confirm(&b, "install", Duration::ZERO).await.unwrap();
+        b.mark_lost("released");
+        let e = lease
+            .confirm(&b, "install", Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("released"), "{e}");
     }
 }

@@ -72,6 +72,16 @@ pub enum LeaseError {
     /// The lease was lost (keep-alive failed, TTL ran out, slot taken over).
     #[error("lease lost: {0}")]
     Lost(String),
+    /// A disruptive step was refused because the lease could not be confirmed in etcd: this node
+    /// no longer holds its slot with its fencing token, too little TTL is left for the step, or
+    /// etcd did not answer in time (failing closed). The held lease is marked lost.
+    #[error("lease not confirmed before {step}, which did not happen: {why}")]
+    Fenced {
+        /// The step that was about to happen ("install batch 1", "restart kube-apiserver").
+        step: String,
+        /// Why ("slot /certrotd/c1/slots/0 now held by cp2 with token 412, ours was 398").
+        why: String,
+    },
     /// The local lease's state could not be written.
     #[error("local lease: {op} {}: {error}", path.display())]
     Local {
@@ -82,6 +92,41 @@ pub enum LeaseError {
         /// Why.
         error: String,
     },
+}
+
+impl LeaseError {
+    /// Whether the error says the connection to etcd is unusable (unreachable, TLS, an expired
+    /// or refused client certificate), so that a fresh client, with credentials read again, may
+    /// fare better. A lost slot or an unreadable record is no reason to reconnect.
+    pub fn is_transport(&self) -> bool {
+        match self {
+            LeaseError::Connect { .. } | LeaseError::Credentials { .. } => true,
+            LeaseError::Etcd { error, .. } => transport_text(error),
+            LeaseError::Fenced { why, .. } => transport_text(why),
+            LeaseError::Record { .. } | LeaseError::Lost(_) | LeaseError::Local { .. } => false,
+        }
+    }
+}
+
+/// Words tonic, rustls, hyper and etcd use when the channel, not the request, failed.
+fn transport_text(text: &str) -> bool {
+    const SIGNS: [&str; 13] = [
+        "transport error",
+        "tcp connect",
+        "connection refused",
+        "connection reset",
+        "broken pipe",
+        "certificate",
+        "tls",
+        "handshake",
+        "unavailable",
+        "unauthenticated",
+        "permission denied",
+        "no answer within",
+        "error trying to connect",
+    ];
+    let text = text.to_ascii_lowercase();
+    SIGNS.iter().any(|s| text.contains(s))
 }
 
 /// Taking turns with the other nodes of a cluster.
@@ -98,6 +143,17 @@ pub trait Lease: Send + Sync {
         &'a self,
         held: &'a Held,
         step: &'a str,
+    ) -> BoxFuture<'a, Result<(), LeaseError>>;
+    /// Confirms, right before the disruptive `step`, that this node still holds its slot with its
+    /// fencing token and that at least `min_ttl` of the lease is left (etcd: one transaction on
+    /// the slot key, then the lease's TTL, renewed once if short). On any failure, an unreachable
+    /// etcd included, marks `held` lost and returns [`LeaseError::Fenced`]: the step must not
+    /// happen.
+    fn confirm<'a>(
+        &'a self,
+        held: &'a Held,
+        step: &'a str,
+        min_ttl: std::time::Duration,
     ) -> BoxFuture<'a, Result<(), LeaseError>>;
     /// Gives the slot back (revokes the etcd lease, stops the keep-alive).
     fn release<'a>(&'a self, held: Held) -> BoxFuture<'a, Result<(), LeaseError>>;
@@ -127,12 +183,39 @@ pub async fn open(
     state_dir: &Path,
     now: time::OffsetDateTime,
 ) -> Result<Arc<dyn Lease>, LeaseError> {
+    let credentials = load_credentials(settings, root, now)?;
+    open_with(settings, state_dir, credentials).await
+}
+
+/// The credentials the configured lease needs: `None` for the local lease, the node's etcd
+/// client (or one minted in memory) for etcd.
+pub fn load_credentials(
+    settings: &crate::config::Settings,
+    root: &crate::root::Root,
+    now: time::OffsetDateTime,
+) -> Result<Option<credentials::Credentials>, LeaseError> {
+    match settings.lease.backend {
+        crate::config::LeaseBackend::Local => Ok(None),
+        crate::config::LeaseBackend::Etcd => {
+            credentials::load(&settings.lease, root, now).map(Some)
+        }
+    }
+}
+
+/// Opens the configured lease with credentials already loaded ([`load_credentials`]), so a
+/// caller can compare them with the ones in use before connecting again. `None` for etcd means
+/// no TLS (plain http endpoints).
+pub async fn open_with(
+    settings: &crate::config::Settings,
+    state_dir: &Path,
+    credentials: Option<credentials::Credentials>,
+) -> Result<Arc<dyn Lease>, LeaseError> {
     use crate::config::LeaseBackend;
     let lease = &settings.lease;
     Ok(match lease.backend {
         LeaseBackend::Local => Arc::new(local::LocalLease::new(state_dir, &settings.node_name)),
         LeaseBackend::Etcd => {
-            let credentials = credentials::load(lease, root, now)?;
+            let credentials = credentials.unwrap_or_else(credentials::Credentials::plain);
             Arc::new(etcd::EtcdLease::connect(lease, &settings.node_name, credentials).await?)
         }
     })
@@ -213,5 +296,61 @@ impl Guard for Held {
         Err(GuardLost(format!(
             "lease lost before {step}: {why}; stopping without further changes"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_connection_trouble_asks_for_a_new_client() {
+        let etcd = |error: &str| LeaseError::Etcd {
+            op: "reading /certrotd/c1/".to_owned(),
+            error: error.to_owned(),
+        };
+        let reconnect = [
+            LeaseError::Connect {
+                endpoints: "https://10.0.0.1:2379".to_owned(),
+                error: "tcp connect error".to_owned(),
+            },
+            etcd("transport error: error trying to connect: invalid peer certificate: Expired"),
+            etcd("grpc request error: status: Unavailable, message: \"connection refused\""),
+            etcd("no answer within 1s"),
+            etcd("grpc request error: status: Unauthenticated, message: \"bad certificate\""),
+        ];
+        for e in &reconnect {
+            assert!(e.is_transport(), "{e}");
+        }
+        let keep = [
+            LeaseError::Lost("etcd lease 7 expired".to_owned()),
+            LeaseError::Record {
+                key: "/certrotd/c1/slots/0".to_owned(),
+                error: "expected value".to_owned(),
+            },
+            etcd("lease not found"),
+            LeaseError::Fenced {
+                step: "install batch 1".to_owned(),
+                why: "slot /certrotd/c1/slots/0 now held by cp2 with token 412, ours was 398"
+                    .to_owned(),
+            },
+        ];
+        for e in &keep {
+            assert!(!e.is_transport(), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_fenced_step_says_which_step_did_not_happen_and_why() {
+        let e = LeaseError::Fenced {
+            step: "restart kube-apiserver".to_owned(),
+            why: "only 3s of TTL left on etcd lease 7 (renewed, configured ttl 3s), the step needs 20s"
+                .to_owned(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "lease not confirmed before restart kube-apiserver, which did not happen: only 3s of \
+             TTL left on etcd lease 7 (renewed, configured ttl 3s), the step needs 20s"
+        );
     }
 }

@@ -368,6 +368,17 @@ impl EtcdCluster {
             .collect()
     }
 
+    /// Runs etcdctl against the first running member with its healthcheck client; (success,
+    /// stdout + stderr). An independent hand on the cluster: an operator deleting a key.
+    pub fn etcdctl(&self, args: &[&str]) -> (bool, String) {
+        let member = self
+            .members
+            .iter()
+            .find(|m| m.running())
+            .expect("a running member");
+        member.etcdctl("healthcheck-client", args)
+    }
+
     /// Stops every member.
     pub fn stop_all(&mut self) {
         for m in &mut self.members {

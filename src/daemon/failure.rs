@@ -39,8 +39,9 @@ pub enum RotationFailure {
     /// Installing failed (and the engine rolled it back or left it for recovery).
     #[error(transparent)]
     Install(RotationError),
-    /// The lease could not be confirmed before a disruptive step, which did not happen.
-    #[error("the lease was not confirmed before {step}, which did not happen: {source}")]
+    /// The lease could not be confirmed before a disruptive step, which did not happen (the
+    /// lease's error names the step and why).
+    #[error("{source}")]
     Fenced {
         /// The step that did not happen ("restarting etcd").
         step: String,
@@ -159,12 +160,16 @@ mod tests {
         assert!(lost.leaves_open());
         let fenced = RotationFailure::Fenced {
             step: "restarting etcd".into(),
-            source: LeaseError::Lost("slot taken over".into()),
+            source: LeaseError::Fenced {
+                step: "restarting etcd".into(),
+                why: "slot /certrotd/c1/slots/0 now held by cp2 with token 412, ours was 398"
+                    .into(),
+            },
         };
         assert!(fenced.leaves_open());
         assert_eq!(
             fenced.to_string(),
-            "the lease was not confirmed before restarting etcd, which did not happen: lease lost: slot taken over"
+            "lease not confirmed before restarting etcd, which did not happen: slot /certrotd/c1/slots/0 now held by cp2 with token 412, ours was 398"
         );
         let rolled = RotationFailure::RolledBack {
             cause: Box::new(RotationFailure::NotStarted("x".into())),

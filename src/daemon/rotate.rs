@@ -56,9 +56,6 @@ pub struct Request {
 /// The rotation in progress, shared with `certrotd status`.
 pub type Progress = Arc<Mutex<Option<RotationProgress>>>;
 
-/// How long one confirmation of the lease may take: past it, the step does not happen.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The lease a rotation runs under: `None` for a recovery, which has none.
 #[derive(Clone, Copy)]
 pub struct Fence<'a> {
@@ -520,24 +517,9 @@ async fn confirm(env: &Env<'_>, held: &Held, step: &Step) -> Result<(), Rotation
         return Ok(());
     };
     let what = step.to_string();
-    let fenced = |source| RotationFailure::Fenced {
-        step: what.clone(),
-        source,
-    };
-    match tokio::time::timeout(
-        CONFIRM_TIMEOUT,
-        lease.confirm(held, &what, env.fence.min_ttl),
-    )
-    .await
-    {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(fenced(e)),
-        Err(_) => {
-            let why = format!("no answer within {CONFIRM_TIMEOUT:?}");
-            held.mark_lost(&why);
-            Err(fenced(crate::lease::LeaseError::Lost(why)))
-        }
-    }
+    super::peers::confirm(lease, held, &what, env.fence.min_ttl)
+        .await
+        .map_err(|source| RotationFailure::Fenced { step: what, source })
 }
 
 /// Records the end of a rotation and clears the progress.

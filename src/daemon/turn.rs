@@ -249,6 +249,14 @@ impl Daemon {
         }
         self.give_back(shared, lease, Some(held)).await;
         for f in &finished {
+            if let Finished::LeftOpen {
+                failure: RotationFailure::Fenced { source, .. },
+                ..
+            } = f
+            {
+                // A confirmation that failed for the channel's sake: reconnect next time.
+                self.peers.invalidate(source);
+            }
             let record = f.record();
             if record.state == HistoryState::Success {
                 // The lease's client certificate may be among those just renewed (or was

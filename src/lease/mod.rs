@@ -161,18 +161,6 @@ pub trait Lease: Send + Sync {
     fn publish<'a>(&'a self, summary: &'a NodeSummary) -> BoxFuture<'a, Result<(), LeaseError>>;
     /// Reads the cluster view (local: this node only).
     fn view<'a>(&'a self) -> BoxFuture<'a, Result<ClusterView, LeaseError>>;
-    /// Confirms, before a disruptive step, that `held` is still this node's with `min_ttl` left.
-    fn confirm<'a>(
-        &'a self,
-        held: &'a Held,
-        step: &'a str,
-        _min_ttl: std::time::Duration,
-    ) -> BoxFuture<'a, Result<(), LeaseError>> {
-        Box::pin(async move {
-            use crate::rotation::Guard as _;
-            held.check(step).map_err(|e| LeaseError::Lost(e.0))
-        })
-    }
 }
 
 /// Opens the configured lease: `local` → [`local::LocalLease`] (in `state_dir`, a real path),

@@ -25,9 +25,10 @@ fn read(root: &Path, node: &str) -> Vec<u8> {
     std::fs::read(root.join(node.trim_start_matches('/'))).unwrap()
 }
 
-/// A kubeadm node (from a real set) with one broken file per case, plus extra files in /extra.
+/// A kubeadm node (a real set, re-signed with generated keys) with one broken file per case, plus
+/// extra files in /extra.
 fn corpus() -> tempfile::TempDir {
-    let tmp = kubeadm_fixture_root("kubeadm-zeta");
+    let tmp = kubeadm_resigned_root("kubeadm-zeta");
     let r = tmp.path();
     for e in walk(r) {
         // The fixture files are read-only copies; the corpus rewrites some of them.

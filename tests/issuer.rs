@@ -1,4 +1,5 @@
-//! The local issuer against real kubeadm and RKE2 CAs: every renewed certificate verifies with
+//! The local issuer against real kubeadm and RKE2 sets (re-signed with generated CA keys,
+//! tests/fixtures/README.md): every renewed certificate verifies with
 //! `openssl verify`, and differs from the old one only in serial, validity and key.
 // Helpers outside #[test] functions panic on purpose too (clippy's allow-unwrap-in-tests
 // covers only #[test] bodies).
@@ -105,7 +106,7 @@ fn renew_all_and_judge(inv: &Inventory, now: OffsetDateTime) -> usize {
 
 #[test]
 fn kubeadm_v1_29_leaves_renew_faithfully() {
-    let root = kubeadm_fixture_root("kubeadm-zeta");
+    let root = kubeadm_resigned_root("kubeadm-zeta");
     let inv = scan(root.path(), None, &[]);
     // The fixture's leaves are long expired; renew "now" within the CAs' lifetime.
     let now = OffsetDateTime::now_utc();
@@ -114,7 +115,7 @@ fn kubeadm_v1_29_leaves_renew_faithfully() {
 
 #[test]
 fn kubeadm_v1_16_leaves_without_extensions_renew_faithfully() {
-    let root = kubeadm_fixture_root("kubeadm-maxxmoney");
+    let root = kubeadm_resigned_root("kubeadm-maxxmoney");
     let inv = scan(root.path(), None, &[]);
     assert_eq!(renew_all_and_judge(&inv, OffsetDateTime::now_utc()), 11);
 }
@@ -122,7 +123,7 @@ fn kubeadm_v1_16_leaves_without_extensions_renew_faithfully() {
 #[test]
 fn rke2_ecdsa_ca_renews_an_rsa_v1_certificate() {
     let tmp = tempfile::tempdir().unwrap();
-    copy_tree(&fixtures().join("rke2-kubelabs"), &tmp.path().join("fx"));
+    copy_tree(&resigned().join("rke2-kubelabs"), &tmp.path().join("fx"));
     let inv = scan(
         tmp.path(),
         Some(vec![]),
@@ -133,7 +134,7 @@ fn rke2_ecdsa_ca_renews_an_rsa_v1_certificate() {
 
 #[test]
 fn lifetime_is_clamped_to_the_ca() {
-    let root = kubeadm_fixture_root("kubeadm-zeta");
+    let root = kubeadm_resigned_root("kubeadm-zeta");
     let inv = scan(root.path(), None, &[]);
     let ca = local_ca(&inv, "ca");
     let old = inv.get("apiserver").unwrap().cert.as_ref().unwrap();

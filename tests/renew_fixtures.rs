@@ -1,7 +1,8 @@
-//! `certrotd renew` on copies of the certificate sets real clusters generated (../shared/fixtures):
-//! every set that holds its CA keys renews, and every renewed certificate verifies with openssl
-//! and differs from the old one only in serial, validity and key; sets without their CA keys are
-//! left alone, in kubeadm's words.
+//! `certrotd renew` on the certificate sets real clusters generated, re-signed with generated keys
+//! (tests/fixtures/resigned: the real certificates' subjects, extensions, versions and validity,
+//! with keys in the originals' formats): every set that holds its CA keys renews, and every renewed
+//! certificate verifies with openssl and differs from the old one only in serial, validity and
+//! key; sets without their CA keys are left alone, in kubeadm's words.
 // Helpers outside #[test] functions panic on purpose too (clippy's allow-unwrap-in-tests
 // covers only #[test] bodies).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,7 +14,7 @@ use std::collections::BTreeMap;
 use certrotd::inventory::{Inventory, KeyState};
 use certrotd::pki::layout::Layout;
 use support::renewal::*;
-use support::{fixtures, scan};
+use support::{resigned, scan};
 
 /// Every leaf named renews faithfully (new key) and openssl verifies it against its signer.
 fn assert_renewed(old: &Inventory, new: &Inventory, names: &[&str]) {
@@ -55,7 +56,7 @@ const KUBEADM_LEAVES: &[&str] = &[
 #[test]
 fn kubeadm_v1_16_renews_everything_including_its_embedded_kubelet_conf() {
     let node = Node::from_tree(
-        &fixtures().join("kubeadm-maxxmoney"),
+        &resigned().join("kubeadm-maxxmoney"),
         "etc/kubernetes",
         "layout = \"kubeadm\"\n",
     );
@@ -80,7 +81,7 @@ fn kubeadm_v1_16_renews_everything_including_its_embedded_kubelet_conf() {
 #[test]
 fn kubeadm_v1_29_renews_and_refuses_its_dangling_kubelet_conf() {
     let node = Node::from_tree(
-        &fixtures().join("kubeadm-zeta"),
+        &resigned().join("kubeadm-zeta"),
         "etc/kubernetes",
         "layout = \"kubeadm\"\n",
     );
@@ -125,7 +126,7 @@ fn kubeadm_v1_29_renews_and_refuses_its_dangling_kubelet_conf() {
 #[test]
 fn rke2_ecdsa_ca_renews_rsa_clients_and_a_mismatched_key_needs_force() {
     let config = "[inventory]\nextra_paths = [\"/fx/*.crt\", \"/fx/history-0efac49/*.crt\", \"/fx/new-config\"]\n";
-    let node = Node::from_tree(&fixtures().join("rke2-kubelabs"), "fx", config);
+    let node = Node::from_tree(&resigned().join("rke2-kubelabs"), "fx", config);
     let extra = ["/fx/*.crt", "/fx/history-0efac49/*.crt", "/fx/new-config"];
     let old = scan(&node.root, None, &extra);
     let before = snapshot(&node.root);
@@ -175,7 +176,7 @@ fn rke2_ecdsa_ca_renews_rsa_clients_and_a_mismatched_key_needs_force() {
 #[test]
 fn sets_without_their_ca_keys_are_left_alone() {
     // k3s: the kubeconfig's client CA key is on the server, not in this set.
-    let node = Node::from_tree(&fixtures().join("k3s-jungen"), "", "layout = \"k3s\"\n");
+    let node = Node::from_tree(&resigned().join("k3s-jungen"), "", "layout = \"k3s\"\n");
     let before = snapshot(&node.root);
     let out = node.run("renew", &["--type", "all"]);
     let text = out.ok();
@@ -188,7 +189,7 @@ fn sets_without_their_ca_keys_are_left_alone() {
 
     // easy-rsa client certificates whose CA is absent altogether.
     let node = Node::from_tree(
-        &fixtures().join("variant-icp-easyrsa"),
+        &resigned().join("variant-icp-easyrsa"),
         "fx",
         "[inventory]\nextra_paths = [\"/fx/*.crt\"]\n",
     );

@@ -542,20 +542,35 @@ mod tests {
     }
 
     #[test]
-    fn reads_kubeadm_fixture_keys_and_writes_them_back_identically() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/fixtures/kubeadm-zeta/pki");
+    fn reads_kubeadm_format_keys_and_writes_them_back_identically() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        // The set's own sa.key is not in the repository: this one was generated in kubeadm's
+        // PKCS#1 layout, its sa.pub beside it (tests/fixtures/README.md).
+        let dir = fixtures.join("resigned/kubeadm-zeta/pki");
         let pem = std::fs::read_to_string(dir.join("sa.key")).expect("fixture sa.key");
-        let key = KeyPair::from_pem(&pem).expect("kubeadm's PKCS#1 key");
+        let key = KeyPair::from_pem(&pem).expect("a PKCS#1 key");
         assert_eq!(KeySpec::of(&key), Some(KeySpec::Rsa(2048)));
         assert_eq!(
             private_key_pem(&key, KeyFormat::Pkcs1).expect("PKCS#1"),
             pem
         );
         let sa_pub = std::fs::read_to_string(dir.join("sa.pub")).expect("fixture sa.pub");
+        let ours = public_key_pem(&key);
+        assert_eq!(ours, sa_pub, "the public half of the key");
+        // kubeadm's own sa.pub (copied as it wrote it): the same PKIX PEM layout as ours.
+        let kubeadm = std::fs::read_to_string(fixtures.join("kubeadm-zeta/pki/sa.pub"))
+            .expect("kubeadm's sa.pub");
+        let layout = |pem: &str| -> Vec<String> {
+            pem.split_inclusive('\n')
+                .map(|l| match l.starts_with("-----") {
+                    true => l.to_owned(),
+                    false => format!("{} chars", l.len()),
+                })
+                .collect()
+        };
         assert_eq!(
-            public_key_pem(&key),
-            sa_pub,
+            layout(&ours),
+            layout(&kubeadm),
             "PKIX public key as kubeadm writes it"
         );
     }

@@ -15,18 +15,18 @@ use certrotd::root::Root;
 
 pub mod renewal;
 
-/// The real-world certificate sets (read in place, never copied into the project).
+/// The real-world certificate sets as those clusters wrote them (`tests/fixtures/<set>`):
+/// certificates, public keys and kubeconfigs, without the clusters' private keys.
 pub fn fixtures() -> PathBuf {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [
-        here.join("../shared/fixtures"),
-        here.join("../../shared/fixtures"),
-    ];
-    candidates
-        .iter()
-        .find(|p| p.is_dir())
-        .cloned()
-        .unwrap_or_else(|| panic!("../shared/fixtures not found next to {}", here.display()))
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The same sets made whole again (`tests/fixtures/resigned/<set>`): every private key generated
+/// in its original's format, every certificate re-signed by its issuer's generated key with
+/// everything but its public key kept (tests/fixtures/README.md). Tests that need a key or a
+/// matching pair use these.
+pub fn resigned() -> PathBuf {
+    fixtures().join("resigned")
 }
 
 /// Copies a directory tree (files, dirs and symlinks), keeping modes.
@@ -46,10 +46,21 @@ pub fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// A node root holding a kubeadm fixture at /etc/kubernetes, as its README says to place it.
+/// A node root holding the real kubeadm set `name` at /etc/kubernetes, as its README says to
+/// place it (certificates only: its private keys are not in the repository).
 pub fn kubeadm_fixture_root(name: &str) -> tempfile::TempDir {
+    kubeadm_root_from(&fixtures().join(name))
+}
+
+/// A node root holding the re-signed kubeadm set `name` (with keys) at /etc/kubernetes.
+pub fn kubeadm_resigned_root(name: &str) -> tempfile::TempDir {
+    kubeadm_root_from(&resigned().join(name))
+}
+
+fn kubeadm_root_from(set: &Path) -> tempfile::TempDir {
+    assert!(set.is_dir(), "{} is not a fixture set", set.display());
     let tmp = tempfile::tempdir().unwrap();
-    copy_tree(&fixtures().join(name), &tmp.path().join("etc/kubernetes"));
+    copy_tree(set, &tmp.path().join("etc/kubernetes"));
     tmp
 }
 
@@ -208,6 +219,48 @@ pub fn assert_agrees_with_openssl(inv: &Inventory) {
         }
     }
     assert!(checked > 0, "no certificate was compared");
+}
+
+/// A certificate's signed bytes with its public key cut out: what re-signing a fixture keeps.
+pub fn tbs_without_key(der: &[u8]) -> Vec<u8> {
+    let (_, x) = x509_parser::parse_x509_certificate(der).unwrap();
+    let tbs = x.tbs_certificate.as_ref();
+    let spki = x.tbs_certificate.subject_pki.raw;
+    let at = tbs
+        .windows(spki.len())
+        .position(|w| w == spki)
+        .expect("the key lies inside the signed bytes");
+    [&tbs[..at], &tbs[at + spki.len()..]].concat()
+}
+
+/// Asserts that `resigned` (a scan of a re-signed set) holds the certificates of `real` (a scan
+/// of the set as written), entry by entry, each differing only in its public key and signature.
+pub fn assert_resigned_from(real: &Inventory, resigned: &Inventory) {
+    let names = |inv: &Inventory| {
+        inv.entries
+            .iter()
+            .map(|e| e.name.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(real), names(resigned), "the same entries");
+    let mut compared = 0;
+    for (r, n) in real.entries.iter().zip(&resigned.entries) {
+        let old: Vec<_> = r.cert.iter().chain(&r.chain).collect();
+        let new: Vec<_> = n.cert.iter().chain(&n.chain).collect();
+        assert_eq!(old.len(), new.len(), "{}: certificates", r.name);
+        for (o, n) in old.into_iter().zip(new) {
+            assert_eq!(
+                tbs_without_key(&o.der),
+                tbs_without_key(&n.der),
+                "{}: everything signed but the key is kept",
+                r.name
+            );
+            assert_ne!(o.public_key, n.public_key, "{}: a generated key", r.name);
+            assert_ne!(o.der, n.der, "{}", r.name);
+            compared += 1;
+        }
+    }
+    assert!(compared > 0, "no certificate was compared");
 }
 
 /// The path of `program`, or a panic saying that `make test` installs it: a test never skips

@@ -67,6 +67,7 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
             reload: Box::new(move || daemon::load(&opts)),
             hangups: Some(hangups),
             components: None,
+            lease: None,
         },
     )
     .await

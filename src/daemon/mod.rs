@@ -85,6 +85,8 @@ pub struct Edges {
     pub hangups: Option<mpsc::Receiver<()>>,
     /// The components to restart and prove; `None`: the node's own, from the settings.
     pub components: Option<Arc<dyn Components>>,
+    /// The lease to take turns with; `None`: the one `[lease]` configures, opened on first use.
+    pub lease: Option<Arc<dyn crate::lease::Lease>>,
 }
 
 /// How long file events are gathered before the inventory is read again: long enough that a
@@ -109,6 +111,7 @@ pub async fn run(
             reload: Box::new(move || load(&opts)),
             hangups: None,
             components: None,
+            lease: None,
         },
     )
     .await
@@ -141,8 +144,10 @@ pub async fn serve(settings: Settings, edges: Edges) -> anyhow::Result<()> {
         reload,
         mut hangups,
         components,
+        lease,
     } = edges;
     let mut d = Daemon::start(settings, clock, components)?;
+    d.fixed_lease = lease;
     let (tx, mut commands) = mpsc::channel(16);
     let shared = Arc::new(Shared {
         status: RwLock::new(StatusReport::default()),

@@ -69,6 +69,8 @@ pub struct Daemon {
     pub components: Arc<dyn Components>,
     /// Components given at start (tests), kept across reloads; otherwise built from settings.
     fixed_components: bool,
+    /// A lease given at start (tests), used instead of the one `[lease]` configures.
+    pub fixed_lease: Option<Arc<dyn crate::lease::Lease>>,
 }
 
 impl Daemon {
@@ -125,6 +127,7 @@ impl Daemon {
             clock,
             components,
             fixed_components,
+            fixed_lease: None,
         })
     }
 

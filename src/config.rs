@@ -1839,9 +1839,9 @@ mod tests {
         let error = tree.load().unwrap_err();
         assert_eq!(at(&error), (main.clone(), (2, 12)));
         assert!(
-            error
-                .to_string()
-                .contains("renew.validity: invalid duration \"8000y\": longer than the limit of 36500d"),
+            error.to_string().contains(
+                "renew.validity: invalid duration \"8000y\": longer than the limit of 36500d"
+            ),
             "{error}"
         );
         tree.write("certrotd.toml", "[restart]\njob_timeout = \"2d\"\n");
@@ -1850,9 +1850,17 @@ mod tests {
         tree.write("certrotd.toml", "[lease]\nttl = \"1d 1s\"\n");
         assert!(tree.load().unwrap_err().to_string().contains("lease.ttl"));
         tree.write("certrotd.toml", "[policy]\njitter = \"31d\"\n");
-        assert!(tree.load().unwrap_err().to_string().contains("policy.jitter"));
+        assert!(
+            tree.load()
+                .unwrap_err()
+                .to_string()
+                .contains("policy.jitter")
+        );
         tree.write("certrotd.toml", "[renew]\nvalidity = \"100y\"\n");
-        assert_eq!(tree.load().expect("100y is allowed").renew.validity, duration::MAX);
+        assert_eq!(
+            tree.load().expect("100y is allowed").renew.validity,
+            duration::MAX
+        );
     }
 
     #[test]

@@ -272,7 +272,9 @@ impl Times {
             };
         }
         let base = back(p.renew_before);
-        let renew = base.checked_add(jitter(&p.node, e, p.jitter)).unwrap_or(base);
+        let renew = base
+            .checked_add(jitter(&p.node, e, p.jitter))
+            .unwrap_or(base);
         Times {
             notify: back(p.notify_before),
             kubelet_rotates: false,

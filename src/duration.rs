@@ -239,7 +239,11 @@ mod tests {
         assert!(parse_at_most("200y", Duration::MAX).is_err());
         // Whatever parses can be added to any date a certificate can hold without overflow.
         let latest = time::macros::datetime!(9000-01-01 0:00 UTC);
-        assert!(latest.checked_add(time::Duration::try_from(MAX).unwrap()).is_some());
+        assert!(
+            latest
+                .checked_add(time::Duration::try_from(MAX).unwrap())
+                .is_some()
+        );
     }
 
     #[test]

@@ -141,7 +141,9 @@ impl Changes {
     pub fn try_recv(&mut self) -> Option<Option<Vec<PathBuf>>> {
         let mut state = self.pending.state();
         if !state.changed.is_empty() {
-            return Some(Some(std::mem::take(&mut state.changed).into_iter().collect()));
+            return Some(Some(
+                std::mem::take(&mut state.changed).into_iter().collect(),
+            ));
         }
         state.closed.then_some(None)
     }
@@ -200,10 +202,7 @@ impl Watcher {
     ///
     /// The watch runs on a thread of its own, so this may be called inside or outside a tokio
     /// runtime.
-    pub fn new(
-        paths: &[PathBuf],
-        debounce: Duration,
-    ) -> Result<(Watcher, Changes), WatchError> {
+    pub fn new(paths: &[PathBuf], debounce: Duration) -> Result<(Watcher, Changes), WatchError> {
         let (to_thread, from_notify) = mpsc::sync_channel(EVENT_CAPACITY);
         let events = to_thread.clone();
         let overflow = Arc::new(AtomicBool::new(false));
@@ -523,13 +522,18 @@ mod tests {
         let (watcher, mut changes) = Watcher::new(&paths, Duration::from_millis(5)).unwrap();
         // The first 30 only: the rest must not be reported.
         for i in 0..100_000 {
-            let event = Event::new(EventKind::Modify(ModifyKind::Any)).add_path(paths[i % 30].clone());
+            let event =
+                Event::new(EventKind::Modify(ModifyKind::Any)).add_path(paths[i % 30].clone());
             watcher.to_thread.send(Message::Event(Ok(event))).unwrap();
         }
         // Every batch is closed within four intervals of its first event.
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(changes.try_recv(), Some(Some(paths[..30].to_vec())));
-        assert_eq!(changes.try_recv(), None, "one batch, nothing queued behind it");
+        assert_eq!(
+            changes.try_recv(),
+            None,
+            "one batch, nothing queued behind it"
+        );
         drop(watcher);
         assert_eq!(changes.try_recv(), Some(None), "the watch ended");
     }

@@ -437,8 +437,8 @@ pub async fn serve_with(
         .is_err()
     {
         tracing::warn!(
-            in_progress = max - slots.available_permits() + reserve
-                - root_slots.available_permits(),
+            in_progress =
+                max - slots.available_permits() + reserve - root_slots.available_permits(),
             "control socket stopped with connections still in progress"
         );
     }

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use nix::errno::Errno;
-use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{self, AddressFamily, Backlog, MsgFlags, SockFlag, SockType, UnixAddr};
 use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -634,13 +634,30 @@ async fn connection(
     }
 }
 
-/// Completes when the client has closed its end. A client that sends more (a pipelined request)
-/// is still there: then this never completes, and the next read sees what it sent.
+/// Completes when the client has closed its end (or the connection broke). A client that sends
+/// more (a pipelined request) is still there: then this never completes, and the next read sees
+/// what it sent, since it is only peeked at here.
 async fn hung_up(stream: &UnixStream) {
-    match stream.ready(Interest::READABLE).await {
-        Ok(ready) if ready.is_read_closed() => {}
-        Ok(_) => std::future::pending().await,
-        Err(_) => {}
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        let peeked = stream.try_io(Interest::READABLE, || {
+            let mut byte = [0u8; 1];
+            socket::recv(
+                stream.as_raw_fd(),
+                &mut byte,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+            )
+            .map_err(io::Error::from)
+        });
+        match peeked {
+            Ok(0) => return,
+            Ok(_) => return std::future::pending().await,
+            // Readiness left over from the request just read: cleared, wait for the next.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
     }
 }
 

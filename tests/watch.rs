@@ -284,10 +284,10 @@ async fn changes_while_nobody_reads_are_merged_into_one_set() {
     watched.push(untouched.clone());
     let (_watcher, mut rx) = Watcher::new(&watched, DEFAULT_DEBOUNCE).unwrap();
 
-    // A daemon busy rotating: 20,000 writes (each several inotify events) while nobody reads.
+    // A daemon busy rotating: 10,000 writes (each several inotify events) while nobody reads.
     let written = files.clone();
     tokio::task::spawn_blocking(move || {
-        for round in 0..500 {
+        for round in 0..250 {
             for f in &written {
                 fs::write(f, round.to_string()).unwrap();
             }

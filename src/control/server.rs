@@ -16,7 +16,6 @@
 //! `rotate` is answered even while others hold every shared slot. A client that hangs up while its
 //! request is being answered has that request dropped (see `daemon::handler`).
 
-use std::collections::HashMap;
 use std::fs::{self, DirBuilder};
 use std::future::Future;
 use std::io;
@@ -25,7 +24,7 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
@@ -33,8 +32,9 @@ use nix::errno::Errno;
 use nix::sys::socket::{self, AddressFamily, Backlog, MsgFlags, SockFlag, SockType, UnixAddr};
 use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 
+use super::admission::{Peer, PerUid, Slot, admit, refuse_connection};
 use super::proto::{self, ErrorKind, FrameError, HistoryRecord, Request, Response, StatusReport};
 
 /// Mode of the socket's directory when [`bind`] has to create it: others must be able to reach
@@ -50,10 +50,6 @@ pub const DEFAULT_MAX_PER_UID: usize = 8;
 
 /// Connections kept for root beyond the shared limit by default.
 pub const DEFAULT_ROOT_RESERVE: usize = 16;
-
-/// How long a refusal ("too many connections") may take to write before the connection is simply
-/// closed: the accept loop waits for it, so it must be short.
-const REFUSAL_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// What a handler's method returns.
 pub type HandlerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, HandlerError>> + Send + 'a>>;
@@ -444,107 +440,6 @@ pub async fn serve_with(
     }
 }
 
-/// The slot a connection was accepted into.
-enum Slot {
-    /// One of the `max_connections` anyone may take.
-    Shared(OwnedSemaphorePermit),
-    /// One of the `root_reserve` only root may keep.
-    Root(OwnedSemaphorePermit),
-}
-
-/// Decides whether `peer` may keep the connection accepted into `slot`: root always (in any
-/// slot), others in a shared slot and within their own cap. Returns the permit to hold while
-/// the connection lives and the user's count, or why it is refused.
-fn admit(
-    peer: Peer,
-    slot: Slot,
-    slots: &Arc<Semaphore>,
-    per_uid: &Arc<PerUid>,
-) -> Result<(OwnedSemaphorePermit, Option<Counted>), String> {
-    if peer.privileged() {
-        let permit = match slot {
-            Slot::Shared(p) | Slot::Root(p) => p,
-        };
-        return Ok((permit, None));
-    }
-    let permit = match slot {
-        Slot::Shared(p) => p,
-        // A shared slot may have come free since this one was taken; the root slot goes back.
-        Slot::Root(_) => slots.clone().try_acquire_owned().map_err(|_| {
-            "the daemon serves as many connections as it can; try again shortly".to_owned()
-        })?,
-    };
-    let counted = per_uid.count(peer.uid).ok_or_else(|| {
-        format!(
-            "uid {} already holds {} connections, the most one user may",
-            peer.uid, per_uid.max
-        )
-    })?;
-    Ok((permit, Some(counted)))
-}
-
-/// Open connections per user (root is not counted).
-struct PerUid {
-    max: usize,
-    open: Mutex<HashMap<u32, usize>>,
-}
-
-impl PerUid {
-    fn new(max: usize) -> Arc<PerUid> {
-        Arc::new(PerUid {
-            max,
-            open: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// Counts one more connection of `uid`, unless it is at its cap.
-    fn count(self: &Arc<Self>, uid: u32) -> Option<Counted> {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = open.entry(uid).or_insert(0);
-        if *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        Some(Counted {
-            of: self.clone(),
-            uid,
-        })
-    }
-}
-
-/// One connection counted against its user; uncounted when dropped.
-struct Counted {
-    of: Arc<PerUid>,
-    uid: u32,
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        let mut open = self.of.open.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = open.get_mut(&self.uid) {
-            *n -= 1;
-            if *n == 0 {
-                // The map holds only users with a connection open: it cannot grow without bound.
-                open.remove(&self.uid);
-            }
-        }
-    }
-}
-
-/// Tells a refused client why (briefly: the accept loop waits for this) and logs who it was.
-async fn refuse_connection(stream: &mut UnixStream, peer: Peer, why: &str) {
-    tracing::warn!(
-        uid = peer.uid,
-        pid = peer.pid,
-        "refused a control connection: {why}"
-    );
-    let refusal = Response::Error {
-        kind: ErrorKind::Busy,
-        message: format!("connection refused: {why}"),
-    };
-    let _ = proto::write_response(stream, &refusal, REFUSAL_TIMEOUT).await;
-}
-
 /// Logs a failed accept; when the process is out of descriptors or memory, waits a little so the
 /// loop does not spin while the condition lasts.
 async fn accept_failed(e: &io::Error, shutdown: &mut Pin<&mut impl Future<Output = ()>>) {
@@ -560,21 +455,6 @@ async fn accept_failed(e: &io::Error, shutdown: &mut Pin<&mut impl Future<Output
         }
     } else {
         tracing::debug!(error = %e, "accepting a control connection failed");
-    }
-}
-
-/// Who is on the other end, from the kernel.
-#[derive(Debug, Clone, Copy)]
-struct Peer {
-    uid: u32,
-    pid: Option<i32>,
-}
-
-impl Peer {
-    /// Root may change state; so may the user the daemon itself runs as (an unprivileged daemon
-    /// on a sandbox), who could do anything the daemon can anyway. As root the two are the same.
-    fn privileged(self) -> bool {
-        self.uid == 0 || self.uid == nix::unistd::geteuid().as_raw()
     }
 }
 

@@ -1378,6 +1378,19 @@ struct Sources {
     files: Vec<(PathBuf, String)>,
 }
 
+/// The longest value each duration key accepts. Certificate times get the global bound (100
+/// years, see [`duration::MAX`]); waits and timeouts a day at most, since a restart or a lease
+/// that takes longer is a fault, not a setting; the jitter a month, as it only spreads a fleet's
+/// renewals out.
+fn duration_limit(key: &str) -> Duration {
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    match key {
+        "restart.job_timeout" | "probe.timeout" | "lease.ttl" => DAY,
+        "policy.jitter" => DAY * 30,
+        _ => duration::MAX,
+    }
+}
+
 impl Sources {
     fn add(&mut self, path: PathBuf, bytes: Vec<u8>) -> Result<(), ConfigError> {
         let text = String::from_utf8(bytes).map_err(|e| {
@@ -1420,7 +1433,7 @@ impl Sources {
             return Ok(default);
         };
         let text = &written.value.0;
-        duration::parse(text).map_err(|e| {
+        duration::parse_at_most(text, duration_limit(key)).map_err(|e| {
             self.invalid(
                 &written.at,
                 format!("{key}: invalid duration {text:?}: {e}"),
@@ -1816,6 +1829,37 @@ mod tests {
                 .to_string()
                 .contains(&format!("(set at {}:2:16)", main.display())),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn durations_are_bounded_per_key() {
+        let tree = Tree::new();
+        let main = tree.write("certrotd.toml", "[renew]\nvalidity = \"8000y\"\n");
+        let error = tree.load().unwrap_err();
+        assert_eq!(at(&error), (main.clone(), (2, 12)));
+        assert!(
+            error.to_string().contains(
+                "renew.validity: invalid duration \"8000y\": longer than the limit of 36500d"
+            ),
+            "{error}"
+        );
+        tree.write("certrotd.toml", "[restart]\njob_timeout = \"2d\"\n");
+        let error = tree.load().unwrap_err();
+        assert!(error.to_string().contains("restart.job_timeout"), "{error}");
+        tree.write("certrotd.toml", "[lease]\nttl = \"1d 1s\"\n");
+        assert!(tree.load().unwrap_err().to_string().contains("lease.ttl"));
+        tree.write("certrotd.toml", "[policy]\njitter = \"31d\"\n");
+        assert!(
+            tree.load()
+                .unwrap_err()
+                .to_string()
+                .contains("policy.jitter")
+        );
+        tree.write("certrotd.toml", "[renew]\nvalidity = \"100y\"\n");
+        assert_eq!(
+            tree.load().expect("100y is allowed").renew.validity,
+            duration::MAX
         );
     }
 

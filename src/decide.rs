@@ -249,8 +249,13 @@ struct Times {
 impl Times {
     fn of(e: &Entry, cert: &Cert, p: &Policy, kubelet_rotates: bool) -> Times {
         let not_after = cert.not_after;
-        let back =
-            |d: Duration| not_after - time::Duration::try_from(d).unwrap_or(time::Duration::MAX);
+        // Saturating: a time before the first one `time` can hold is "long ago", never a panic.
+        let back = |d: Duration| {
+            time::Duration::try_from(d)
+                .ok()
+                .and_then(|d| not_after.checked_sub(d))
+                .unwrap_or(time::PrimitiveDateTime::MIN.assume_utc())
+        };
         let emergency = back(p.emergency_before);
         if kubelet_rotates && is_kubelet_client(e) {
             // The kubelet renews its own client certificate (at 70–90% of its lifetime): certrotd
@@ -267,7 +272,9 @@ impl Times {
             };
         }
         let base = back(p.renew_before);
-        let renew = base + jitter(&p.node, e, p.jitter);
+        let renew = base
+            .checked_add(jitter(&p.node, e, p.jitter))
+            .unwrap_or(base);
         Times {
             notify: back(p.notify_before),
             kubelet_rotates: false,

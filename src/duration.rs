@@ -11,11 +11,32 @@ const DAY: u64 = 24 * 60 * 60;
 /// Units humantime reads as 365.25 days; we read them as 365 days.
 const YEAR_UNITS: [&str; 5] = ["y", "yr", "yrs", "year", "years"];
 
+/// The longest duration [`parse`] accepts: 100 years of 365 days. Every configured duration ends
+/// up added to or taken from a certificate's dates, and `time` only reaches the year 9999: a
+/// bound here keeps that arithmetic far from overflowing (a "8000y" validity would), and no
+/// certificate lifetime or timeout is meant to be longer.
+pub const MAX: Duration = Duration::from_secs(100 * 365 * DAY);
+
 /// Parses a duration such as "60d", "12h", "1d 12h", "90s", "10m" or "1y" (365 days).
 ///
 /// Units are humantime's (`s`, `m`, `h`, `d`, `w`, `M` = 30.44 days, ...). Empty and negative
-/// durations are refused.
+/// durations are refused, and so is anything longer than [`MAX`].
 pub fn parse(s: &str) -> Result<Duration, String> {
+    parse_at_most(s, MAX)
+}
+
+/// [`parse`], refusing durations longer than `max` (itself capped at [`MAX`]) with a message
+/// that names the limit.
+pub fn parse_at_most(s: &str, max: Duration) -> Result<Duration, String> {
+    let max = max.min(MAX);
+    let total = parse_unbounded(s)?;
+    if total > max {
+        return Err(format!("longer than the limit of {}", format(max)));
+    }
+    Ok(total)
+}
+
+fn parse_unbounded(s: &str) -> Result<Duration, String> {
     let text = s.trim();
     if text.is_empty() {
         return Err("empty duration".to_owned());
@@ -198,6 +219,31 @@ mod tests {
         assert!(parse("1d, 2h").unwrap_err().contains("expected a number"));
         assert!(parse("99999999999999999999d").is_err());
         assert!(parse("999999999999y").is_err());
+    }
+
+    #[test]
+    fn refuses_durations_past_the_limit() {
+        assert_eq!(parse("100y"), Ok(MAX));
+        assert_eq!(parse("36500d"), Ok(MAX));
+        assert_eq!(
+            parse("8000y"),
+            Err("longer than the limit of 36500d".to_owned())
+        );
+        assert!(parse("100y 1s").is_err());
+        assert_eq!(
+            parse_at_most("2d", days(1)),
+            Err("longer than the limit of 1d".to_owned())
+        );
+        assert_eq!(parse_at_most("1d", days(1)), Ok(days(1)));
+        // A field's limit never raises the global one.
+        assert!(parse_at_most("200y", Duration::MAX).is_err());
+        // Whatever parses can be added to any date a certificate can hold without overflow.
+        let latest = time::macros::datetime!(9000-01-01 0:00 UTC);
+        assert!(
+            latest
+                .checked_add(time::Duration::try_from(MAX).unwrap())
+                .is_some()
+        );
     }
 
     #[test]

@@ -12,19 +12,25 @@
 //! every quarter of the debounce interval for as long as it lives (measured: about 190 wake-ups
 //! a second at a 20 ms interval, with nothing changing), and the daemon must not wake while idle.
 //! Here a thread blocks on notify's channel and only uses a timer while a batch is open.
+//!
+//! Memory stays bounded however many events arrive and however long the daemon is busy: notify's
+//! events wait in a bounded channel (when it is full, every watched file counts as changed, as
+//! after the kernel's own queue overflow), and finished batches are merged into one pending set of
+//! watched paths that [`Changes::recv`] takes whole, rather than queued one after the other.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{Event, RecommendedWatcher, RecursiveMode, Watcher as _};
-use tokio::sync::mpsc as tokio_mpsc;
+use tokio::sync::Notify;
 
 /// A debounce interval that keeps a file change visible within the daemon's 50 ms target while
 /// gathering the files one `kubeadm certs renew` writes in quick succession.
@@ -34,8 +40,9 @@ pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(20);
 /// changes keep coming, so a file rewritten without pause is still reported.
 const MAX_BATCH_INTERVALS: u32 = 4;
 
-/// How many reports may wait for the receiver before the watch thread waits for it.
-const CHANNEL_CAPACITY: usize = 16;
+/// How many of notify's events may wait for the watch thread; past that, events are dropped and
+/// every watched file is reported as changed.
+const EVENT_CAPACITY: usize = 4096;
 
 /// How many symlinks are followed from a watched path (the kernel's own limit is 40; real
 /// certificate links are one deep).
@@ -67,8 +74,85 @@ pub enum WatchError {
 /// Dropping it stops the watch; the receiver then ends.
 pub struct Watcher {
     shared: Arc<Mutex<Shared>>,
-    to_thread: mpsc::Sender<Message>,
+    to_thread: mpsc::SyncSender<Message>,
     thread: Option<JoinHandle<()>>,
+    pending: Arc<Pending>,
+}
+
+/// The changes not yet taken by the receiver: one set, however many batches were finished.
+#[derive(Default)]
+struct Pending {
+    state: Mutex<PendingState>,
+    /// Wakes the receiver.
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct PendingState {
+    changed: BTreeSet<PathBuf>,
+    /// The watch stopped: once `changed` is taken, the receiver ends.
+    closed: bool,
+    /// The receiver was dropped: the watch thread stops.
+    receiver_gone: bool,
+}
+
+impl Pending {
+    fn state(&self) -> std::sync::MutexGuard<'_, PendingState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn close(&self) {
+        self.state().closed = true;
+        self.ready.notify_one();
+    }
+}
+
+/// The receiving end of a [`Watcher`]: the watched files that changed since the last
+/// [`Changes::recv`], merged into one sorted set.
+pub struct Changes {
+    pending: Arc<Pending>,
+}
+
+impl std::fmt::Debug for Changes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Changes")
+            .field("pending", &self.pending.state().changed.len())
+            .finish()
+    }
+}
+
+impl Changes {
+    /// Waits for changes and takes all that are pending, as the sorted watched paths (spelled as
+    /// given) that changed. None once the [`Watcher`] is dropped and nothing is left.
+    ///
+    /// Cancel-safe (for `select!`): nothing is taken until it returns.
+    pub async fn recv(&mut self) -> Option<Vec<PathBuf>> {
+        loop {
+            if let Some(taken) = self.try_recv() {
+                return taken;
+            }
+            self.pending.ready.notified().await;
+        }
+    }
+
+    /// Takes what is pending without waiting: `Some(Some(paths))` with changes, `Some(None)` when
+    /// the watch ended, `None` when there is nothing yet.
+    #[allow(clippy::option_option)]
+    pub fn try_recv(&mut self) -> Option<Option<Vec<PathBuf>>> {
+        let mut state = self.pending.state();
+        if !state.changed.is_empty() {
+            return Some(Some(
+                std::mem::take(&mut state.changed).into_iter().collect(),
+            ));
+        }
+        state.closed.then_some(None)
+    }
+}
+
+impl Drop for Changes {
+    fn drop(&mut self) {
+        self.pending.state().receiver_gone = true;
+    }
 }
 
 impl std::fmt::Debug for Watcher {
@@ -118,15 +202,17 @@ impl Watcher {
     ///
     /// The watch runs on a thread of its own, so this may be called inside or outside a tokio
     /// runtime.
-    pub fn new(
-        paths: &[PathBuf],
-        debounce: Duration,
-    ) -> Result<(Watcher, tokio_mpsc::Receiver<Vec<PathBuf>>), WatchError> {
-        let (to_thread, from_notify) = mpsc::channel();
+    pub fn new(paths: &[PathBuf], debounce: Duration) -> Result<(Watcher, Changes), WatchError> {
+        let (to_thread, from_notify) = mpsc::sync_channel(EVENT_CAPACITY);
         let events = to_thread.clone();
+        let overflow = Arc::new(AtomicBool::new(false));
+        let overflowed = overflow.clone();
         let watcher = notify::recommended_watcher(move |event| {
-            // Never blocks: the channel is unbounded, so inotify's thread is never held up.
-            let _ = events.send(Message::Event(event));
+            // Never blocks, so inotify's thread is never held up; an event that finds the channel
+            // full is dropped and remembered as "anything may have changed".
+            if let Err(TrySendError::Full(_)) = events.try_send(Message::Event(event)) {
+                overflowed.store(true, Ordering::Relaxed);
+            }
         })
         .map_err(WatchError::Start)?;
         let shared = Arc::new(Mutex::new(Shared {
@@ -135,19 +221,27 @@ impl Watcher {
             watched: BTreeSet::new(),
             index: Index::default(),
         }));
-        let (out, receiver) = tokio_mpsc::channel(CHANNEL_CAPACITY);
+        let pending = Arc::new(Pending::default());
         let thread_shared = shared.clone();
+        let thread_pending = pending.clone();
         let thread = std::thread::Builder::new()
             .name("certrotd-watch".to_owned())
-            .spawn(move || debounce_loop(&thread_shared, &from_notify, &out, debounce))
+            .spawn(move || {
+                let input = Input {
+                    events: from_notify,
+                    overflow,
+                };
+                debounce_loop(&thread_shared, &input, &thread_pending, debounce);
+            })
             .map_err(WatchError::Thread)?;
         let mut watcher = Watcher {
             shared,
             to_thread,
             thread: Some(thread),
+            pending: pending.clone(),
         };
         watcher.set_paths(paths)?;
-        Ok((watcher, receiver))
+        Ok((watcher, Changes { pending }))
     }
 
     /// Replaces the watched files (after a configuration reload or an inventory change).
@@ -176,6 +270,7 @@ impl Drop for Watcher {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        self.pending.close();
     }
 }
 
@@ -328,13 +423,15 @@ fn locate(entry: &Path) -> Option<(PathBuf, PathBuf)> {
     }
 }
 
-/// The watch thread: blocks until a change comes, gathers the burst, reports it.
-fn debounce_loop(
-    shared: &Mutex<Shared>,
-    from_notify: &mpsc::Receiver<Message>,
-    out: &tokio_mpsc::Sender<Vec<PathBuf>>,
-    debounce: Duration,
-) {
+/// What the watch thread reads: notify's events, and whether some were dropped.
+struct Input {
+    events: mpsc::Receiver<Message>,
+    overflow: Arc<AtomicBool>,
+}
+
+/// The watch thread: blocks until a change comes, gathers the burst, adds it to the pending set.
+fn debounce_loop(shared: &Mutex<Shared>, input: &Input, pending: &Pending, debounce: Duration) {
+    let from_notify = &input.events;
     let max_batch = debounce * MAX_BATCH_INTERVALS;
     loop {
         let mut changed = BTreeSet::new();
@@ -343,7 +440,7 @@ fn debounce_loop(
         loop {
             match from_notify.recv() {
                 Ok(Message::Event(event)) => {
-                    take(shared, event, &mut changed, &mut reset);
+                    take(shared, event, &input.overflow, &mut changed, &mut reset);
                     if !changed.is_empty() || !reset.is_empty() {
                         break;
                     }
@@ -358,7 +455,7 @@ fn debounce_loop(
             match from_notify.recv_timeout(until.saturating_duration_since(Instant::now())) {
                 Ok(Message::Event(event)) => {
                     let before = (changed.len(), reset.len());
-                    take(shared, event, &mut changed, &mut reset);
+                    take(shared, event, &input.overflow, &mut changed, &mut reset);
                     if (changed.len(), reset.len()) != before {
                         quiet_until = Instant::now() + debounce;
                     }
@@ -376,20 +473,32 @@ fn debounce_loop(
             continue;
         }
         tracing::debug!(files = changed.len(), "watched files changed");
-        // Waits when the receiver lags; a receiver that is gone means nobody listens any more.
-        if out.blocking_send(changed.into_iter().collect()).is_err() {
-            return;
+        // Never waits for the receiver: a busy daemon finds one merged set when it looks again.
+        {
+            let mut state = pending.state();
+            if state.receiver_gone {
+                return;
+            }
+            state.changed.append(&mut changed);
         }
+        pending.ready.notify_one();
     }
 }
 
 fn take(
     shared: &Mutex<Shared>,
     event: notify::Result<Event>,
+    overflow: &AtomicBool,
     changed: &mut BTreeSet<PathBuf>,
     reset: &mut BTreeSet<PathBuf>,
 ) {
     let shared = lock(shared);
+    if overflow.swap(false, Ordering::Relaxed) {
+        tracing::warn!(
+            "more file events than the watch keeps: treating every watched file as changed"
+        );
+        changed.extend(shared.paths.iter().cloned());
+    }
     match event {
         Ok(event) => shared.affected(&event, changed, reset),
         Err(error) => {
@@ -403,6 +512,31 @@ fn take(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_while_nobody_reads_become_one_set_of_distinct_paths() {
+        use notify::event::ModifyKind;
+        let tmp = tempfile::tempdir().unwrap();
+        let base = fs::canonicalize(tmp.path()).unwrap();
+        let paths: Vec<PathBuf> = (0..50).map(|i| base.join(format!("{i:02}.crt"))).collect();
+        let (watcher, mut changes) = Watcher::new(&paths, Duration::from_millis(5)).unwrap();
+        // The first 30 only: the rest must not be reported.
+        for i in 0..100_000 {
+            let event =
+                Event::new(EventKind::Modify(ModifyKind::Any)).add_path(paths[i % 30].clone());
+            watcher.to_thread.send(Message::Event(Ok(event))).unwrap();
+        }
+        // Every batch is closed within four intervals of its first event.
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(changes.try_recv(), Some(Some(paths[..30].to_vec())));
+        assert_eq!(
+            changes.try_recv(),
+            None,
+            "one batch, nothing queued behind it"
+        );
+        drop(watcher);
+        assert_eq!(changes.try_recv(), Some(None), "the watch ended");
+    }
 
     #[test]
     fn reading_is_not_a_change() {

@@ -466,6 +466,240 @@ async fn a_non_root_client_may_read_but_not_rotate() {
     server.stop().await;
 }
 
+/// Where `nobody_holder` finds the socket; without it, that test does nothing.
+const HOLDER_SOCKET: &str = "CERTROTD_TEST_HOLDER_SOCKET";
+
+/// A client run as nobody (this test binary running `nobody_holder`) that holds every
+/// connection the server lets it have.
+struct Holder {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    /// How many connections it was admitted.
+    admitted: usize,
+    /// What the server answered the one after.
+    refusal: Response,
+}
+
+impl Holder {
+    async fn start(socket: &str) -> Holder {
+        let mut child = tokio::process::Command::new("setpriv")
+            .args([
+                &format!("--reuid={NOBODY}"),
+                &format!("--regid={NOBODY}"),
+                "--clear-groups",
+            ])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "nobody_holder",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(HOLDER_SOCKET, socket)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+            child.stdout.take().unwrap(),
+        ));
+        let held = tokio::time::timeout(T, async {
+            let mut before = Vec::new();
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some((_, rest)) = line.split_once("HOLDING ") {
+                    return rest.to_owned();
+                }
+                before.push(line);
+            }
+            panic!("the holder ended: {before:?}");
+        })
+        .await
+        .expect("the holder takes its connections");
+        let (admitted, refusal) = held.split_once(' ').unwrap();
+        Holder {
+            child,
+            lines,
+            admitted: admitted.parse().unwrap(),
+            refusal: serde_json::from_str(refusal).unwrap(),
+        }
+    }
+
+    /// Lets go, and returns how many of its connections still answered then.
+    async fn finish(mut self) -> usize {
+        drop(self.child.stdin.take());
+        let status = tokio::time::timeout(T, self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut rest = Vec::new();
+        while let Some(line) = self.lines.next_line().await.unwrap() {
+            rest.push(line);
+        }
+        assert!(status.success(), "{rest:?}");
+        rest.iter()
+            .find_map(|l| l.split_once("STILL HELD ").map(|(_, n)| n.parse().unwrap()))
+            .unwrap_or_else(|| panic!("{rest:?}"))
+    }
+}
+
+fn busy_message(response: &Response) -> &str {
+    match response {
+        Response::Error {
+            kind: ErrorKind::Busy,
+            message,
+        } => message,
+        other => panic!("expected Busy, got {other:?}"),
+    }
+}
+
+async fn root_rotates(server: &Running, socket: &str, expected_id: &str) {
+    assert_serves_status(&server.socket).await;
+    match ask(
+        &server.socket,
+        Request::Rotate {
+            types: vec!["all".to_owned()],
+            certs: vec![],
+        },
+    )
+    .await
+    {
+        Response::Rotate { rotation_id } => assert_eq!(rotation_id, expected_id),
+        other => panic!("{other:?}"),
+    }
+    // And through the command line.
+    let out = cli(&["rotate", "--type", "all", "--socket", socket], false).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_root_client_holding_every_connection_it_may_does_not_lock_root_out() {
+    // Idle connections are kept long enough for the test.
+    let long_idle = Duration::from_secs(60);
+
+    // Room for many: nobody is stopped by its own cap.
+    let options = ServerOptions {
+        max_per_uid: 8,
+        read_timeout: long_idle,
+        ..ServerOptions::default()
+    };
+    let server = start_with(TestHandler::new(), 0o666, options).await;
+    let socket = server.socket.to_str().unwrap().to_owned();
+    let holder = Holder::start(&socket).await;
+    assert_eq!(holder.admitted, 8);
+    let message = busy_message(&holder.refusal);
+    assert!(
+        message.contains(&format!("uid {NOBODY} already holds 8 connections")),
+        "{message}"
+    );
+    root_rotates(&server, &socket, "r-test-1").await;
+    assert_eq!(holder.finish().await, 8, "root took none of nobody's");
+    server.stop().await;
+
+    // Nobody's eight fill every shared slot: root gets in through the slots kept for it.
+    let options = ServerOptions {
+        max_connections: 8,
+        max_per_uid: 8,
+        read_timeout: long_idle,
+        ..ServerOptions::default()
+    };
+    let server = start_with(TestHandler::new(), 0o666, options).await;
+    let socket = server.socket.to_str().unwrap().to_owned();
+    let holder = Holder::start(&socket).await;
+    assert_eq!(holder.admitted, 8);
+    let message = busy_message(&holder.refusal);
+    assert!(
+        message.contains("as many connections as it can"),
+        "{message}"
+    );
+    root_rotates(&server, &socket, "r-test-1").await;
+    assert_eq!(holder.finish().await, 8);
+    server.stop().await;
+}
+
+/// Not a test of its own: the nobody half of
+/// `a_non_root_client_holding_every_connection_it_may_does_not_lock_root_out`. Opens as many
+/// connections as the server admits (each proved by an answered status), prints how many and the
+/// refusal of the next, then holds them until stdin closes, and says whether they still answer.
+#[test]
+fn nobody_holder() {
+    let Some(socket) = std::env::var_os(HOLDER_SOCKET) else {
+        return;
+    };
+    assert_eq!(nix::unistd::geteuid().as_raw(), NOBODY);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut held = Vec::new();
+        let refusal = loop {
+            let mut stream = UnixStream::connect(&socket).await.unwrap();
+            proto::write_request(&mut stream, &Request::Status, T)
+                .await
+                .unwrap();
+            match proto::read_response(&mut stream, T).await.unwrap() {
+                Response::Status(_) => held.push(stream),
+                other => break other,
+            }
+            assert!(
+                held.len() <= 64,
+                "no cap: {} connections admitted",
+                held.len()
+            );
+        };
+        println!(
+            "HOLDING {} {}",
+            held.len(),
+            serde_json::to_string(&refusal).unwrap()
+        );
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        let mut alive = 0;
+        for stream in &mut held {
+            proto::write_request(stream, &Request::Status, T)
+                .await
+                .unwrap();
+            if matches!(
+                proto::read_response(stream, T).await,
+                Ok(Response::Status(_))
+            ) {
+                alive += 1;
+            }
+        }
+        println!("STILL HELD {alive}");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_idle_after_its_answer_is_closed_after_the_idle_limit() {
+    let options = ServerOptions {
+        read_timeout: Duration::from_millis(300),
+        ..ServerOptions::default()
+    };
+    let server = start_with(TestHandler::new(), 0o660, options).await;
+    let mut stream = UnixStream::connect(&server.socket).await.unwrap();
+    proto::write_request(&mut stream, &Request::Status, T)
+        .await
+        .unwrap();
+    assert!(matches!(
+        proto::read_response(&mut stream, T).await.unwrap(),
+        Response::Status(_)
+    ));
+    let since = Instant::now();
+    let message = bad_request(&answers_until_closed(&mut stream).await);
+    let waited = since.elapsed();
+    assert!(
+        message.contains("no complete frame within 300ms"),
+        "{message}"
+    );
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    server.stop().await;
+}
+
 /// Where `nobody_client` finds the socket; without it, that test does nothing.
 const NOBODY_SOCKET: &str = "CERTROTD_TEST_NOBODY_SOCKET";
 
@@ -644,10 +878,12 @@ async fn a_thousand_concurrent_status_clients_are_all_served() {
         max_connections: 8,
         ..ServerOptions::default()
     };
+    let reserve = options.root_reserve;
     let server = start_with(handler, 0o660, options).await;
     assert_eq!(many_clients(&server.socket, 1000).await, 1000);
+    // These clients are root, who may also take the slots kept for root.
     let peak = server.handler.peak.load(Ordering::SeqCst);
-    assert!((1..=8).contains(&peak), "{peak} at once");
+    assert!((1..=8 + reserve).contains(&peak), "{peak} at once");
     server.stop().await;
 }
 
@@ -1371,4 +1607,85 @@ fn records_and_requests_of_older_and_newer_versions_still_parse() {
     let v: ClusterView = serde_json::from_str(newer).unwrap();
     assert_eq!(v.slots, 2);
     assert_eq!(v.nodes[0].node, "w1");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon's handler: a rotate whose client hung up
+// ---------------------------------------------------------------------------------------------
+
+/// The daemon's own handler with an inbox the test reads in place of the daemon's loop.
+fn daemon_handler(
+    dir: &TempDir,
+) -> (
+    Arc<certrotd::daemon::handler::DaemonHandler>,
+    tokio::sync::mpsc::Receiver<certrotd::daemon::handler::Command>,
+) {
+    use certrotd::daemon::handler::{DaemonHandler, Shared};
+    let (commands, inbox) = tokio::sync::mpsc::channel(4);
+    let shared = Shared {
+        status: std::sync::RwLock::new(canned_status()),
+        progress: Arc::new(Mutex::new(None)),
+        history: std::sync::RwLock::new(Arc::new(History::new(dir.path().join("history.jsonl")))),
+        commands,
+        lease: Default::default(),
+    };
+    (Arc::new(DaemonHandler(Arc::new(shared))), inbox)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotate_whose_client_hung_up_is_seen_as_abandoned_by_the_daemon() {
+    use certrotd::daemon::handler::Command;
+    let dir = open_dir();
+    let socket = dir.path().join("certrotd.sock");
+    let listener = server::bind(&socket, 0o600, None).unwrap();
+    let (handler, mut inbox) = daemon_handler(&dir);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server::serve(listener, handler, async {
+        let _ = stopped.await;
+    }));
+    let rotate = Request::Rotate {
+        types: vec![],
+        certs: vec!["apiserver".to_owned()],
+    };
+
+    // A client that waits is answered with the id the loop gives.
+    let waiting = tokio::spawn({
+        let socket = socket.clone();
+        let rotate = rotate.clone();
+        async move { client::request(&socket, rotate, T).await.unwrap() }
+    });
+    let Some(Command::Rotate { selection, reply }) =
+        tokio::time::timeout(T, inbox.recv()).await.unwrap()
+    else {
+        panic!("expected a rotate command");
+    };
+    assert_eq!(selection.certs, ["apiserver"]);
+    assert!(!reply.is_closed(), "its client still waits");
+    reply.send(Ok("r-1".to_owned())).unwrap();
+    match waiting.await.unwrap() {
+        Response::Rotate { rotation_id } => assert_eq!(rotation_id, "r-1"),
+        other => panic!("{other:?}"),
+    }
+
+    // A client that hangs up before the answer: the loop can tell, and starts nothing.
+    let mut stream = UnixStream::connect(&socket).await.unwrap();
+    proto::write_request(&mut stream, &rotate, T).await.unwrap();
+    let command = tokio::time::timeout(T, inbox.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!command.client_gone(), "its client still waits");
+    drop(stream);
+    support_wait(|| command.client_gone()).await;
+    let _ = stop.send(());
+    tokio::time::timeout(T, task).await.unwrap().unwrap();
+}
+
+/// Polls `done` every 10 ms for up to [`T`].
+async fn support_wait(done: impl Fn() -> bool) {
+    let deadline = Instant::now() + T;
+    while !done() {
+        assert!(Instant::now() < deadline, "waited {T:?} in vain");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -6,11 +6,11 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use certrotd::pki::layout::Component;
 use certrotd::restart::manifest::{self, RESTARTED_AT};
-use certrotd::restart::static_pod::{self, Action};
+use certrotd::restart::static_pod::{self, Action, Host};
 use certrotd::restart::systemd::{JobResult, KillWhom, Systemd, SystemdError};
 use certrotd::restart::{Outcome, RestartError, Restarter, Strategy};
 use nix::sys::signal::Signal;
@@ -34,22 +34,9 @@ async fn connect(m: &UserManager) -> Systemd {
 fn restarter(m: &UserManager, manifests: &Path) -> Restarter {
     Restarter {
         bus: Some(m.bus_address().to_owned()),
-        proc_root: "/proc".into(),
+        host: Host::default(),
         manifests_dir: manifests.to_path_buf(),
         job_timeout: TIMEOUT,
-    }
-}
-
-/// Waits until `/proc` shows exactly one process named `name`, and returns it.
-async fn wait_for_process(name: &str) -> u32 {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let found = static_pod::find_processes(Path::new("/proc"), name).expect("scan /proc");
-        match found.as_slice() {
-            [pid] => return *pid,
-            [] if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
-            other => panic!("expected one {name} process, found {other:?}"),
-        }
     }
 }
 
@@ -184,83 +171,253 @@ async fn unit_by_pid_is_none_for_a_process_in_no_unit() {
     );
 }
 
-#[tokio::test]
-async fn a_static_pod_in_a_scope_is_stopped_through_its_scope() {
-    let m = UserManager::start().await;
-    let name = unique_name("scope");
-    let scope = format!("{name}.scope");
-    // What runc does for a container under the systemd cgroup driver: a transient scope holding
-    // the container's process. systemd-run execs the command in place, so the child is that process.
-    let mut child = m
-        .command("systemd-run")
-        .args(["--user", "--scope", "--quiet", "--unit", &scope, "--"])
-        .args(["bash", "-c", &format!("exec -a {name} sleep infinity")])
-        .spawn()
-        .expect("spawn systemd-run --scope");
-    let pid = wait_for_process(&name).await;
-    assert_eq!(Some(pid), child.id());
+/// A copy of `sleep` named `name` in `dir`: a process whose executable (not just its argv[0])
+/// is the component's, as a container's is.
+fn fake_binary(dir: &Path, name: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::copy("/bin/sleep", &path).expect("copy /bin/sleep");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
 
-    let systemd = connect(&m).await;
-    let actions = static_pod::restart(&systemd, Path::new("/proc"), &name, TIMEOUT)
+/// Waits until `pid` runs an executable named `exe` (systemd-run has exec'd it) and returns the
+/// cgroup the kernel gives it.
+async fn wait_exec(pid: u32, exe: &str) -> String {
+    support::wait_for(&format!("PID {pid} to run {exe}"), TIMEOUT, || async move {
+        let link = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+        if link.file_name()? != exe {
+            return None;
+        }
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        cgroups
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .map(str::to_owned)
+    })
+    .await
+}
+
+fn alive(pid: u32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+}
+
+/// A static pod UID (an md5 in hex, as the kubelet makes them) no other test uses.
+fn pod_uid(salt: u32) -> String {
+    format!("{:08x}{salt:08x}c0ffee00c0ffee00", std::process::id())
+}
+
+/// Starts `argv` in a transient scope of the manager, in `slice` when given (systemd-run execs
+/// the command in place, so the child is the process).
+fn run_scope(
+    m: &UserManager,
+    unit: &str,
+    slice: Option<&str>,
+    argv: &[&str],
+) -> tokio::process::Child {
+    let mut cmd = m.command("systemd-run");
+    cmd.args(["--user", "--scope", "--quiet", "--unit", unit]);
+    if let Some(slice) = slice {
+        cmd.arg(format!("--slice={slice}"));
+    }
+    cmd.arg("--")
+        .args(argv)
+        .spawn()
+        .expect("spawn systemd-run --scope")
+}
+
+#[tokio::test]
+async fn only_the_static_pods_container_is_stopped_and_decoys_by_its_name_are_left_alone() {
+    let m = UserManager::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // The component's real name: decoys of other tests or of the host are left alone too.
+    let name = "kube-apiserver";
+    let bin = fake_binary(tmp.path(), name);
+    let bin = bin.to_str().expect("utf-8 path");
+    let uid = pod_uid(1);
+    let other_uid = pod_uid(2);
+    let container = format!("cri-containerd-{uid}.scope");
+
+    // What runc does under the systemd cgroup driver: the container's scope in its pod's slice.
+    let pod_slice = format!("kubepods-burstable-pod{uid}.slice");
+    let mut real = run_scope(&m, &container, Some(&pod_slice), &[bin, "infinity"]);
+    let real_pid = real.id().expect("pid");
+    let cgroup = wait_exec(real_pid, name).await;
+    assert!(
+        cgroup.ends_with(&format!(
+            "/kubepods.slice/kubepods-burstable.slice/{pod_slice}/{container}"
+        )),
+        "{cgroup}"
+    );
+    // `exec -a kube-apiserver sleep 1000` in an ssh session's scope.
+    let mut renamed = run_scope(
+        &m,
+        &format!("session-{}.scope", std::process::id()),
+        None,
+        &["bash", "-c", &format!("exec -a {name} sleep 1000")],
+    );
+    let renamed_pid = renamed.id().expect("pid");
+    wait_exec(renamed_pid, "sleep").await;
+    // The component's very binary, run by hand in another scope.
+    let mut by_hand = run_scope(
+        &m,
+        &format!("session-{}1.scope", std::process::id()),
+        None,
+        &[bin, "1000"],
+    );
+    let by_hand_pid = by_hand.id().expect("pid");
+    wait_exec(by_hand_pid, name).await;
+    // The same binary in another pod's container (a vcluster's, say).
+    let mut other_pod = run_scope(
+        &m,
+        &format!("cri-containerd-{other_uid}.scope"),
+        Some(&format!("kubepods-pod{other_uid}.slice")),
+        &[bin, "1000"],
+    );
+    let other_pod_pid = other_pod.id().expect("pid");
+    wait_exec(other_pod_pid, name).await;
+
+    // The manifest names the pod's UID, which the kubelet keeps for the static pod.
+    let manifests = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        manifests.path().join(format!("{name}.yaml")),
+        format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: kube-system\n  uid: {uid}\n"),
+    )
+    .expect("write manifest");
+    let outcome = restarter(&m, manifests.path())
+        .restart(
+            Component::KubeApiserver,
+            Strategy::KillScope,
+            datetime!(2026-03-01 12:00 UTC),
+        )
         .await
         .expect("restart the static pod");
-    assert_eq!(actions, vec![Action::ScopeKilled { pid, unit: scope }]);
-    let status = tokio::time::timeout(TIMEOUT, child.wait())
+    let Outcome::StaticPod {
+        actions, decoys, ..
+    } = &outcome
+    else {
+        panic!("{outcome}");
+    };
+    assert_eq!(
+        actions,
+        &vec![Action::ScopeKilled {
+            pid: real_pid,
+            unit: container.clone()
+        }]
+    );
+    for pid in [renamed_pid, by_hand_pid, other_pod_pid] {
+        let decoy = decoys
+            .iter()
+            .find(|d| d.pid == pid)
+            .unwrap_or_else(|| panic!("PID {pid} reported as left alone: {outcome}"));
+        assert!(!decoy.cgroup.is_empty(), "{decoy}");
+    }
+    assert!(
+        outcome
+            .to_string()
+            .contains(&format!("left alone PID {renamed_pid} in ")),
+        "{outcome}"
+    );
+
+    let status = tokio::time::timeout(TIMEOUT, real.wait())
         .await
-        .expect("the process ends")
+        .expect("the container's process ends")
         .expect("wait");
     assert_eq!(status.signal(), Some(Signal::SIGTERM as i32), "{status}");
+    // A measurement window: a decoy signalled would have ended by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (pid, child) in [
+        (renamed_pid, &mut renamed),
+        (by_hand_pid, &mut by_hand),
+        (other_pod_pid, &mut other_pod),
+    ] {
+        assert!(
+            child.try_wait().expect("try_wait").is_none() && alive(pid),
+            "decoy {pid} was killed"
+        );
+    }
 }
 
 #[tokio::test]
-async fn a_process_in_no_unit_is_signalled_itself() {
+async fn without_the_pods_uid_any_pods_container_of_the_binary_is_taken_but_nothing_else() {
     let m = UserManager::start().await;
-    let name = unique_name("nounit");
-    let mut child = tokio::process::Command::new("sleep")
-        .arg0(&name)
-        .arg("infinity")
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let name = unique_name("anypod");
+    let bin = fake_binary(tmp.path(), &name);
+    let bin = bin.to_str().expect("utf-8 path");
+    let uid = pod_uid(3);
+    let mut real = run_scope(
+        &m,
+        &format!("crio-{uid}.scope"),
+        Some(&format!("kubepods-pod{uid}.slice")),
+        &[bin, "infinity"],
+    );
+    let real_pid = real.id().expect("pid");
+    wait_exec(real_pid, &name).await;
+    // In no unit and no pod: a process of the test itself.
+    let mut outside = tokio::process::Command::new(bin)
+        .arg("1000")
         .kill_on_drop(true)
         .spawn()
-        .expect("spawn sleep");
-    let pid = wait_for_process(&name).await;
-    assert_eq!(Some(pid), child.id());
+        .expect("spawn");
+    let outside_pid = outside.id().expect("pid");
+    wait_exec(outside_pid, &name).await;
 
     let systemd = connect(&m).await;
-    let actions = static_pod::restart(&systemd, Path::new("/proc"), &name, TIMEOUT)
+    let done = static_pod::restart(&systemd, &Host::default(), &name, None)
         .await
         .expect("restart");
-    assert_eq!(actions, vec![Action::ProcessSignalled { pid, unit: None }]);
-    let status = tokio::time::timeout(TIMEOUT, child.wait())
+    assert_eq!(
+        done.actions,
+        vec![Action::ScopeKilled {
+            pid: real_pid,
+            unit: format!("crio-{uid}.scope")
+        }]
+    );
+    assert_eq!(
+        done.decoys.iter().map(|d| d.pid).collect::<Vec<_>>(),
+        vec![outside_pid]
+    );
+    assert_eq!(done.decoys[0].why, "not in a container of a kubelet's pod");
+    let status = tokio::time::timeout(TIMEOUT, real.wait())
         .await
-        .expect("the process ends")
+        .expect("the container's process ends")
         .expect("wait");
     assert_eq!(status.signal(), Some(Signal::SIGTERM as i32), "{status}");
+    assert!(
+        outside.try_wait().expect("try_wait").is_none(),
+        "the decoy was killed"
+    );
 }
 
 #[tokio::test]
-async fn a_component_that_is_a_services_main_process_gets_the_service_restarted() {
-    // Without Restart=, SIGTERM alone would leave it stopped: the service must be restarted.
+async fn an_external_etcd_service_is_no_static_pod_and_is_left_alone() {
+    // External etcd runs as a unit: restarting it is the unit strategy's job, not kill-scope's.
     let m = UserManager::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
     let name = unique_name("service");
+    let bin = fake_binary(tmp.path(), &name);
     m.write_unit(
         "external-etcd.service",
-        &format!("[Service]\nExecStart=@/bin/sleep {name} infinity\n"),
+        &format!("[Service]\nExecStart={} infinity\n", bin.display()),
     )
     .await;
     m.start_unit("external-etcd.service").await;
     let before = m.main_pid("external-etcd.service").await;
-    assert_eq!(wait_for_process(&name).await, before);
+    wait_exec(before, &name).await;
 
     let systemd = connect(&m).await;
-    let actions = static_pod::restart(&systemd, Path::new("/proc"), &name, TIMEOUT)
+    let done = static_pod::restart(&systemd, &Host::default(), &name, None)
         .await
         .expect("restart");
-    let [Action::ServiceRestarted { pid, job }] = actions.as_slice() else {
-        panic!("expected one service restart, got {actions:?}");
-    };
-    assert_eq!((*pid, job.unit.as_str()), (before, "external-etcd.service"));
-    let after = m.main_pid("external-etcd.service").await;
-    assert!(after != 0 && after != before, "MainPID {before} → {after}");
+    assert!(done.actions.is_empty(), "{:?}", done.actions);
+    assert_eq!(done.decoys.len(), 1, "{:?}", done.decoys);
+    assert_eq!(done.decoys[0].pid, before);
+    assert!(
+        done.decoys[0].cgroup.ends_with("/external-etcd.service"),
+        "{}",
+        done.decoys[0].cgroup
+    );
+    assert_eq!(m.main_pid("external-etcd.service").await, before);
 }
 
 #[tokio::test]
@@ -315,13 +472,15 @@ async fn restarter_reports_a_static_pod_that_is_not_running() {
     let m = UserManager::start().await;
     let systemd = connect(&m).await;
     let name = unique_name("absent");
-    let actions = static_pod::restart(&systemd, Path::new("/proc"), &name, TIMEOUT)
+    let done = static_pod::restart(&systemd, &Host::default(), &name, None)
         .await
         .expect("restart");
-    assert!(actions.is_empty(), "{actions:?}");
+    assert!(done.actions.is_empty(), "{done:?}");
+    assert!(done.decoys.is_empty(), "{done:?}");
     let outcome = Outcome::StaticPod {
         process: name.clone(),
-        actions,
+        actions: done.actions,
+        decoys: done.decoys,
     };
     assert_eq!(
         outcome.to_string(),
@@ -392,7 +551,7 @@ async fn the_manifest_strategy_changes_only_the_annotation() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let r = Restarter {
         bus: Some("unix:path=/nonexistent/the-manifest-strategy-needs-no-bus".into()),
-        proc_root: "/proc".into(),
+        host: Host::default(),
         manifests_dir: dir.path().to_path_buf(),
         job_timeout: TIMEOUT,
     };
@@ -451,7 +610,7 @@ async fn a_missing_manifest_is_an_error_naming_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let r = Restarter {
         bus: None,
-        proc_root: "/proc".into(),
+        host: Host::default(),
         manifests_dir: dir.path().to_path_buf(),
         job_timeout: TIMEOUT,
     };

@@ -9,8 +9,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use certrotd::watch::{DEFAULT_DEBOUNCE, Watcher};
-use tokio::sync::mpsc::Receiver;
+use certrotd::watch::{Changes, DEFAULT_DEBOUNCE, Watcher};
 
 /// Generous for a loaded machine: waits end as soon as the report comes.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,7 +36,7 @@ fn replace(path: &Path, contents: &str) {
     fs::rename(&tmp, path).unwrap();
 }
 
-async fn next(rx: &mut Receiver<Vec<PathBuf>>) -> Vec<PathBuf> {
+async fn next(rx: &mut Changes) -> Vec<PathBuf> {
     tokio::time::timeout(TIMEOUT, rx.recv())
         .await
         .expect("no change reported in time")
@@ -268,4 +267,44 @@ async fn a_change_is_reported_within_the_debounce_interval_and_a_little() {
     assert!(latencies[0] >= DEFAULT_DEBOUNCE, "{latencies:?}");
     // The daemon's target is a change seen in status within 50 ms.
     assert!(median < Duration::from_millis(50), "{latencies:?}");
+}
+
+#[tokio::test]
+async fn changes_while_nobody_reads_are_merged_into_one_set() {
+    let _serial = SERIAL.lock().await;
+    let (_tmp, base) = dir();
+    let files: Vec<PathBuf> = (0..40).map(|i| base.join(format!("c{i:02}.crt"))).collect();
+    for f in &files {
+        fs::write(f, "0").unwrap();
+    }
+    // Watched but never written: must not appear in the batch.
+    let untouched = base.join("untouched.crt");
+    fs::write(&untouched, "0").unwrap();
+    let mut watched = files.clone();
+    watched.push(untouched.clone());
+    let (_watcher, mut rx) = Watcher::new(&watched, DEFAULT_DEBOUNCE).unwrap();
+
+    // A daemon busy rotating: 10,000 writes (each several inotify events) while nobody reads.
+    let written = files.clone();
+    tokio::task::spawn_blocking(move || {
+        for round in 0..250 {
+            for f in &written {
+                fs::write(f, round.to_string()).unwrap();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    // Long enough for every burst to be closed (four debounce intervals at most).
+    tokio::time::sleep(DEFAULT_DEBOUNCE * 10).await;
+
+    let batch = next(&mut rx).await;
+    // Overflowing the kernel's queue would report every watched file: that is not this case.
+    assert_eq!(batch, files, "one batch holding each written file once");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_err(),
+        "nothing else was queued behind the batch"
+    );
 }

@@ -3,8 +3,10 @@
 //! [`proto`] is the whole protocol (two serde enums, length-prefixed JSON frames with a size cap);
 //! [`server`] binds the socket with its mode set before `listen` and answers requests through a
 //! [`server::Handler`] the daemon implements, deciding by the peer's credentials who may change
-//! state; [`client`] is the other end.
+//! state, with `admission` bounding the connections each user may hold; [`client`] is the other
+//! end.
 
+mod admission;
 pub mod client;
 pub mod proto;
 pub mod server;

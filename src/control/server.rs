@@ -8,6 +8,13 @@
 //! Who may do what is decided by the peer's credentials (`SO_PEERCRED`), never by anything the
 //! client says: reading (status, history) for anyone the socket's mode admits, changing state
 //! (rotate, reload) for root only.
+//!
+//! Every client is bounded, and none can lock root out: each user but root holds at most
+//! [`ServerOptions::max_per_uid`] connections (more are refused at once), a connection that sends
+//! no complete request within [`ServerOptions::read_timeout`] is closed, and
+//! [`ServerOptions::root_reserve`] connections beyond the shared limit are kept for root, so that
+//! `rotate` is answered even while others hold every shared slot. A client that hangs up while its
+//! request is being answered has that request dropped (see `daemon::handler`).
 
 use std::fs::{self, DirBuilder};
 use std::future::Future;
@@ -22,10 +29,12 @@ use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use nix::errno::Errno;
-use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{self, AddressFamily, Backlog, MsgFlags, SockFlag, SockType, UnixAddr};
+use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, watch};
 
+use super::admission::{Peer, PerUid, Slot, admit, refuse_connection};
 use super::proto::{self, ErrorKind, FrameError, HistoryRecord, Request, Response, StatusReport};
 
 /// Mode of the socket's directory when [`bind`] has to create it: others must be able to reach
@@ -34,6 +43,13 @@ const PARENT_DIR_MODE: u32 = 0o755;
 
 /// Most connections served at once, whatever the file-descriptor budget allows.
 pub const MAX_CONNECTIONS: usize = 4096;
+
+/// Connections one user other than root may hold at once by default: enough for a few
+/// terminals and a monitoring agent, far too few to crowd out anyone else.
+pub const DEFAULT_MAX_PER_UID: usize = 8;
+
+/// Connections kept for root beyond the shared limit by default.
+pub const DEFAULT_ROOT_RESERVE: usize = 16;
 
 /// What a handler's method returns.
 pub type HandlerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, HandlerError>> + Send + 'a>>;
@@ -290,7 +306,13 @@ pub struct ServerOptions {
     /// An answer must be taken by the client within this.
     pub write_timeout: Duration,
     /// Connections served at once; further clients wait in the listen backlog, holding no fd.
+    /// Root may hold [`ServerOptions::root_reserve`] more.
     pub max_connections: usize,
+    /// Connections one user other than root may hold at once; more are refused with "busy".
+    pub max_per_uid: usize,
+    /// Connections beyond `max_connections` that only root may take, so that others holding
+    /// every shared slot never lock root out.
+    pub root_reserve: usize,
     /// How long [`serve_with`], once shut down, waits for connections in progress to finish.
     pub shutdown_grace: Duration,
 }
@@ -301,6 +323,8 @@ impl Default for ServerOptions {
             read_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
             max_connections: default_max_connections(),
+            max_per_uid: DEFAULT_MAX_PER_UID,
+            root_reserve: DEFAULT_ROOT_RESERVE,
             shutdown_grace: Duration::from_secs(5),
         }
     }
@@ -337,21 +361,30 @@ pub async fn serve_with(
     options: ServerOptions,
 ) {
     let max = options.max_connections.clamp(1, MAX_CONNECTIONS);
+    let reserve = options.root_reserve.min(MAX_CONNECTIONS);
     let slots = Arc::new(Semaphore::new(max));
+    let root_slots = Arc::new(Semaphore::new(reserve));
+    let per_uid = PerUid::new(options.max_per_uid.max(1));
     let (stop, stopped) = watch::channel(false);
     let options = Arc::new(options);
     tokio::pin!(shutdown);
     loop {
-        // The slot is taken before accepting, so that at the limit clients wait in the kernel's
-        // backlog rather than as open descriptors here.
-        let permit = tokio::select! {
+        // A slot is taken before accepting, so that with every slot busy clients wait in the
+        // kernel's backlog rather than as open descriptors here. A root slot will do: the
+        // connection then proves to be root's, or is refused at once.
+        let slot = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
             permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
+                Ok(permit) => Slot::Shared(permit),
                 Err(_) => break,
             },
-            () = &mut shutdown => break,
+            permit = root_slots.clone().acquire_owned(), if reserve > 0 => match permit {
+                Ok(permit) => Slot::Root(permit),
+                Err(_) => break,
+            },
         };
-        let stream = tokio::select! {
+        let mut stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
@@ -361,22 +394,47 @@ pub async fn serve_with(
             },
             () = &mut shutdown => break,
         };
+        let peer = match stream.peer_cred() {
+            Ok(cred) => Peer {
+                uid: cred.uid(),
+                pid: cred.pid(),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "control connection without peer credentials: closed");
+                continue;
+            }
+        };
+        let admitted = admit(peer, slot, &slots, &per_uid);
+        let (permit, counted) = match admitted {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                refuse_connection(&mut stream, peer, &why).await;
+                continue;
+            }
+        };
         let handler = handler.clone();
         let options = options.clone();
         let stopped = stopped.clone();
         tokio::spawn(async move {
-            connection(stream, handler, &options, stopped).await;
+            connection(stream, peer, handler, &options, stopped).await;
+            drop(counted);
             drop(permit);
         });
     }
     let _ = stop.send(true);
     let all = u32::try_from(max).unwrap_or(u32::MAX);
-    if tokio::time::timeout(options.shutdown_grace, slots.acquire_many(all))
+    let all_root = u32::try_from(reserve).unwrap_or(u32::MAX);
+    let drained = async {
+        let _shared = slots.acquire_many(all).await;
+        let _root = root_slots.acquire_many(all_root).await;
+    };
+    if tokio::time::timeout(options.shutdown_grace, drained)
         .await
         .is_err()
     {
         tracing::warn!(
-            in_progress = max - slots.available_permits(),
+            in_progress =
+                max - slots.available_permits() + reserve - root_slots.available_permits(),
             "control socket stopped with connections still in progress"
         );
     }
@@ -400,37 +458,13 @@ async fn accept_failed(e: &io::Error, shutdown: &mut Pin<&mut impl Future<Output
     }
 }
 
-/// Who is on the other end, from the kernel.
-#[derive(Debug, Clone, Copy)]
-struct Peer {
-    uid: u32,
-    pid: Option<i32>,
-}
-
-impl Peer {
-    /// Root may change state; so may the user the daemon itself runs as (an unprivileged daemon
-    /// on a sandbox), who could do anything the daemon can anyway. As root the two are the same.
-    fn privileged(self) -> bool {
-        self.uid == 0 || self.uid == nix::unistd::geteuid().as_raw()
-    }
-}
-
 async fn connection(
     mut stream: UnixStream,
+    peer: Peer,
     handler: Arc<dyn Handler>,
     options: &ServerOptions,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let peer = match stream.peer_cred() {
-        Ok(cred) => Peer {
-            uid: cred.uid(),
-            pid: cred.pid(),
-        },
-        Err(e) => {
-            tracing::warn!(error = %e, "control connection without peer credentials: closed");
-            return;
-        }
-    };
     loop {
         let read = tokio::select! {
             read = proto::read_request(&mut stream, options.read_timeout) => read,
@@ -444,7 +478,21 @@ async fn connection(
                 return;
             }
         };
-        let response = answer(request, peer, handler.as_ref()).await;
+        let name = request.name();
+        // A client that hangs up is not answered: its request is dropped, which the daemon sees
+        // (a rotation it asked for is not started).
+        let response = tokio::select! {
+            response = answer(request, peer, handler.as_ref()) => response,
+            () = hung_up(&stream) => {
+                tracing::info!(
+                    uid = peer.uid,
+                    pid = peer.pid,
+                    request = name,
+                    "control client hung up before its answer: request dropped"
+                );
+                return;
+            }
+        };
         if let Err(e) = proto::write_response(&mut stream, &response, options.write_timeout).await {
             // Too large to encode means nothing was sent yet: the client can still be told.
             let too_large = matches!(e, FrameError::TooLarge { .. }).then(|| e.to_string());
@@ -462,6 +510,33 @@ async fn connection(
                 let _ = proto::write_response(&mut stream, &tell, options.write_timeout).await;
             }
             return;
+        }
+    }
+}
+
+/// Completes when the client has closed its end (or the connection broke). A client that sends
+/// more (a pipelined request) is still there: then this never completes, and the next read sees
+/// what it sent, since it is only peeked at here.
+async fn hung_up(stream: &UnixStream) {
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        let peeked = stream.try_io(Interest::READABLE, || {
+            let mut byte = [0u8; 1];
+            socket::recv(
+                stream.as_raw_fd(),
+                &mut byte,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+            )
+            .map_err(io::Error::from)
+        });
+        match peeked {
+            Ok(0) => return,
+            Ok(_) => return std::future::pending().await,
+            // Readiness left over from the request just read: cleared, wait for the next.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
         }
     }
 }

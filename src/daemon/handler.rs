@@ -1,14 +1,22 @@
 //! The control socket's requests, answered by the daemon: status from the live snapshot, history
-//! from the state directory, rotations and reloads handed to the daemon's loop.
+//! from the state directory, rotations and reloads handed to the daemon's loop, the cluster view
+//! from the lease through a short-lived cache.
+//!
+//! A request whose client hung up is dropped by the server (`control::server`), and with it the
+//! receiving end of its reply: the loop sees that with [`Command::client_gone`] and need not
+//! start a rotation nobody waits for.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::rotate::Progress;
 use crate::control::proto::{HistoryRecord, StatusReport};
 use crate::control::server::{Handler, HandlerError, HandlerFuture};
 use crate::history::History;
+use crate::lease::{ClusterView, Lease};
 use crate::rotation::{RotationType, Selection};
 
 /// What the loop is asked to do.
@@ -28,6 +36,18 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether the client that asked for this went away before being answered (it hung up, or
+    /// gave up waiting): its reply can no longer be delivered, and a rotation it asked for should
+    /// not be started. Cheap; check it before starting and while waiting for the lease.
+    pub fn client_gone(&self) -> bool {
+        match self {
+            Command::Rotate { reply, .. } => reply.is_closed(),
+            Command::Reload { reply } => reply.is_closed(),
+        }
+    }
+}
+
 /// What the handler shares with the loop.
 #[derive(Debug)]
 pub struct Shared {
@@ -44,7 +64,75 @@ pub struct Shared {
 }
 
 /// How long `status --cluster` waits for the lease's view before answering that it cannot.
-const VIEW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const VIEW_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a cluster view (or the failure to read one) is served again before the lease is
+/// asked anew: however many clients ask, etcd sees at most one read per this interval.
+pub const VIEW_MAX_AGE: Duration = Duration::from_secs(2);
+
+/// The last cluster view read from the lease, shared by every client of `status --cluster`.
+#[derive(Debug)]
+pub struct ViewCache {
+    max_age: Duration,
+    /// Held while the lease is being read: clients that come meanwhile wait for that read
+    /// rather than sending their own.
+    reading: tokio::sync::Mutex<()>,
+    /// When the last read started, and what it gave.
+    last: Mutex<Option<(Instant, Result<ClusterView, String>)>>,
+}
+
+impl Default for ViewCache {
+    fn default() -> Self {
+        ViewCache::new(VIEW_MAX_AGE)
+    }
+}
+
+impl ViewCache {
+    /// A cache that serves a read for `max_age`.
+    pub fn new(max_age: Duration) -> ViewCache {
+        ViewCache {
+            max_age,
+            reading: tokio::sync::Mutex::new(()),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Forgets the last read (the lease was replaced).
+    pub fn clear(&self) {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// The cluster view from `lease`, read anew only when the last read is older than the
+    /// cache's age; a read waits at most `timeout` for the lease.
+    pub async fn get(&self, lease: &dyn Lease, timeout: Duration) -> Result<ClusterView, String> {
+        if let Some(fresh) = self.fresh() {
+            return fresh;
+        }
+        let _reading = self.reading.lock().await;
+        // Whoever held the lock before may just have read it.
+        if let Some(fresh) = self.fresh() {
+            return fresh;
+        }
+        // Stamped with the start of the read: the view is at least that new.
+        let started = Instant::now();
+        let result = match tokio::time::timeout(timeout, lease.view()).await {
+            Ok(Ok(view)) => Ok(view),
+            Ok(Err(e)) => Err(format!("reading the cluster view: {e}")),
+            Err(_) => Err(format!(
+                "reading the cluster view: no answer from {} within {timeout:?}",
+                lease.describe()
+            )),
+        };
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some((started, result.clone()));
+        result
+    }
+
+    fn fresh(&self) -> Option<Result<ClusterView, String>> {
+        let last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let (at, result) = last.as_ref()?;
+        (at.elapsed() < self.max_age).then(|| result.clone())
+    }
+}
 
 /// The daemon's [`Handler`].
 #[derive(Debug, Clone)]
@@ -125,21 +213,17 @@ impl Handler for DaemonHandler {
         })
     }
 
-    fn cluster(&self) -> HandlerFuture<'_, crate::lease::ClusterView> {
+    fn cluster(&self) -> HandlerFuture<'_, ClusterView> {
         Box::pin(async move {
             let lease = self.0.lease.get().ok_or_else(|| {
                 HandlerError::failed("the lease is not open yet (is etcd reachable?)")
             })?;
-            match tokio::time::timeout(VIEW_TIMEOUT, lease.view()).await {
-                Ok(Ok(view)) => Ok(view),
-                Ok(Err(e)) => Err(HandlerError::failed(format!(
-                    "reading the cluster view: {e}"
-                ))),
-                Err(_) => Err(HandlerError::failed(format!(
-                    "reading the cluster view: no answer from {} within {VIEW_TIMEOUT:?}",
-                    lease.describe()
-                ))),
-            }
+            self.0
+                .lease
+                .views()
+                .get(lease.as_ref(), VIEW_TIMEOUT)
+                .await
+                .map_err(HandlerError::failed)
         })
     }
 

@@ -43,18 +43,29 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 /// while they still hold the same certificate (certrotd has not renewed it yet).
 pub const CREDENTIALS_RECHECK: time::Duration = time::Duration::minutes(1);
 
-/// The open lease, shared with the control handler, which answers `status --cluster` from it.
+/// The open lease, shared with the control handler, which answers `status --cluster` from it
+/// through a short-lived cache of its view.
 #[derive(Clone, Default)]
-pub struct SharedLease(Arc<RwLock<Option<Arc<dyn Lease>>>>);
+pub struct SharedLease {
+    lease: Arc<RwLock<Option<Arc<dyn Lease>>>>,
+    views: Arc<super::handler::ViewCache>,
+}
 
 impl SharedLease {
     /// The lease, if it is open.
     pub fn get(&self) -> Option<Arc<dyn Lease>> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.lease.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn set(&self, lease: Option<Arc<dyn Lease>>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = lease;
+    /// The cache of the lease's cluster view.
+    pub fn views(&self) -> &super::handler::ViewCache {
+        &self.views
+    }
+
+    /// Replaces the lease (and forgets the old one's view).
+    pub fn set(&self, lease: Option<Arc<dyn Lease>>) {
+        *self.lease.write().unwrap_or_else(|e| e.into_inner()) = lease;
+        self.views.clear();
     }
 }
 

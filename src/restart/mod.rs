@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use crate::pki::layout::Component;
 use crate::root::Root;
 use manifest::ManifestError;
-use static_pod::Action;
+use static_pod::{Action, Decoy, Host};
 use systemd::{JobOutcome, Systemd, SystemdError};
 
 /// Where kubeadm keeps static pod manifests on a node.
@@ -55,9 +55,9 @@ pub enum Target {
         /// Candidate unit names, most likely first.
         candidates: &'static [&'static str],
     },
-    /// Stop the processes with this argv[0].
+    /// Stop the static pod's processes running this executable (see [`static_pod::scan`]).
     Process {
-        /// The process name.
+        /// The executable's name, which is also the static pod's.
         name: &'static str,
     },
     /// Annotate the static pod's manifest, `<pod>.yaml` in the manifest directory.
@@ -121,6 +121,8 @@ pub enum Outcome {
         process: String,
         /// What was done to each process found.
         actions: Vec<Action>,
+        /// Processes by that name that are not the static pod's, left alone.
+        decoys: Vec<Decoy>,
     },
     /// A static pod's manifest was annotated.
     ManifestAnnotated {
@@ -133,16 +135,24 @@ impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Outcome::UnitRestarted(job) => write!(f, "restarted {}: job {}", job.unit, job.result),
-            Outcome::StaticPod { process, actions } if actions.is_empty() => {
-                write!(f, "{process} is not running: nothing to restart")
-            }
-            Outcome::StaticPod { process, actions } => {
-                write!(f, "{process}: ")?;
-                for (i, a) in actions.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str("; ")?;
+            Outcome::StaticPod {
+                process,
+                actions,
+                decoys,
+            } => {
+                if actions.is_empty() {
+                    write!(f, "{process} is not running: nothing to restart")?;
+                } else {
+                    write!(f, "{process}: ")?;
+                    for (i, a) in actions.iter().enumerate() {
+                        if i > 0 {
+                            f.write_str("; ")?;
+                        }
+                        write!(f, "{a}")?;
                     }
-                    write!(f, "{a}")?;
+                }
+                for d in decoys {
+                    write!(f, "; left alone {d}")?;
                 }
                 Ok(())
             }
@@ -210,8 +220,8 @@ pub fn target(component: Component, strategy: Strategy) -> Result<Target, Restar
 pub struct Restarter {
     /// The D-Bus address of systemd's bus; None for the system bus.
     pub bus: Option<String>,
-    /// Where the process table is (`/proc`).
-    pub proc_root: PathBuf,
+    /// Where the process table and the cgroups are (`/proc`, `/sys/fs/cgroup`).
+    pub host: Host,
     /// The real path of the static pod manifest directory.
     pub manifests_dir: PathBuf,
     /// How long to wait for a unit's restart job.
@@ -219,11 +229,11 @@ pub struct Restarter {
 }
 
 impl Restarter {
-    /// A restarter for the node at `root`, using the system bus and `/proc`.
+    /// A restarter for the node at `root`, using the system bus, `/proc` and `/sys/fs/cgroup`.
     pub fn new(root: &Root) -> Restarter {
         Restarter {
             bus: None,
-            proc_root: PathBuf::from("/proc"),
+            host: Host::default(),
             manifests_dir: root.join(MANIFESTS_DIR),
             job_timeout: DEFAULT_JOB_TIMEOUT,
         }
@@ -257,11 +267,13 @@ impl Restarter {
             }
             Target::Process { name } => {
                 let systemd = Systemd::connect(self.bus.as_deref()).await?;
-                let actions =
-                    static_pod::restart(&systemd, &self.proc_root, name, self.job_timeout).await?;
+                let manifest = self.manifests_dir.join(format!("{name}.yaml"));
+                let uid = static_pod::manifest_pod_uid(&manifest);
+                let done = static_pod::restart(&systemd, &self.host, name, uid.as_deref()).await?;
                 Ok(Outcome::StaticPod {
                     process: name.to_owned(),
-                    actions,
+                    actions: done.actions,
+                    decoys: done.decoys,
                 })
             }
             Target::Manifest { pod } => {

@@ -259,12 +259,11 @@ pub async fn serve(settings: Settings, edges: Edges) -> anyhow::Result<()> {
             () = tokio::time::sleep_until(publish_at) => d.publish_summary().await,
             Some(paths) = changes.recv() => d.on_change(&paths),
             Some(cmd) = commands.recv() => match cmd {
+                cmd @ Command::Rotate { .. } if cmd.client_gone() => {
+                    // Its client gave up (or went away) before the loop got to it.
+                    tracing::info!("a requested rotation was dropped: its client is gone");
+                }
                 Command::Rotate { selection, reply } => {
-                    if reply.is_closed() {
-                        // Its client gave up (or went away) before the loop got to it.
-                        tracing::info!("a requested rotation was dropped: its client is gone");
-                        continue;
-                    }
                     let req = Request {
                         selection,
                         why: "requested with certrotd rotate".into(),

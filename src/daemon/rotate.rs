@@ -145,6 +145,12 @@ pub async fn plan_for(
     planned.map_err(RotationFailure::NotStarted)
 }
 
+/// An attempt that failed before anything was changed (the remote CA refused or could not be
+/// reached): recorded as Failed, like one that could not be planned.
+pub fn record_failed_attempt(env: &Env<'_>, req: &Request, failure: &RotationFailure) {
+    record_not_started(env, req, &failure.to_string(), env.clock.now());
+}
+
 /// An automatic rotation that could not even be planned (a remote CA's auth key unreadable, a
 /// certificate refused) leaves a Failed record, so history shows every attempt the backoff
 /// makes, not only those that got as far as building. (A requested one answers its caller.)

@@ -20,6 +20,8 @@ use crate::config::Settings;
 use crate::control::proto::{HistoryState, LeaseStatus};
 use crate::lease::{Held, Lease};
 use crate::report::rfc3339;
+use crate::rotation::obtain::{self, Obtained};
+use crate::rotation::plan::Plan;
 
 /// How a turn ended.
 #[derive(Debug)]
@@ -83,7 +85,7 @@ impl Daemon {
             let env = self.env(&|_: &Step| {}, Fence::none());
             rotate::plan_for(&env, &req, reply).await
         };
-        let plan = match planned {
+        let mut plan = match planned {
             Ok(p) => p,
             Err(f) => {
                 tracing::warn!("rotation not started: {f}");
@@ -91,6 +93,15 @@ impl Daemon {
             }
         };
         let id = plan.id.clone();
+        if obtain::needed(&plan) {
+            match self.obtain(&plan, &req).await {
+                Ok(o) => plan.obtained = Some(Arc::new(o)),
+                Err(f) => {
+                    tracing::warn!("rotation {id} not started: {f}");
+                    return Turned::NotStarted(f);
+                }
+            }
+        }
         if req.recovery {
             // The cluster is down (this member cannot talk to anyone): there is no lease to take.
             self.go(Mode::Recovering {
@@ -146,6 +157,32 @@ impl Daemon {
             )
             .await;
         Turned::Ran(finished)
+    }
+
+    /// Obtains the remote CA's certificates of `plan` before the lease is taken (see
+    /// [`obtain`]), feeding the watchdog while the CA answers.
+    async fn obtain(&mut self, plan: &Plan, req: &Request) -> Result<Obtained, RotationFailure> {
+        let step = Step::Obtain;
+        self.go(Mode::Waiting {
+            id: plan.id.clone(),
+            detail: step.to_string(),
+        });
+        self.live
+            .pulse
+            .beat(step.to_string(), bound(&self.settings, &step));
+        let (p, now) = (plan.clone(), self.clock.now());
+        let got = self
+            .live
+            .drive(tokio::task::spawn_blocking(move || obtain::obtain(&p, now)))
+            .await;
+        let failure = match got {
+            Ok(Ok(o)) => return Ok(o),
+            Ok(Err(e)) => RotationFailure::Install(e),
+            Err(e) => RotationFailure::NotStarted(format!("obtaining task failed: {e}")),
+        };
+        // Nothing was changed; an automatic attempt still leaves its Failed record.
+        rotate::record_failed_attempt(&self.env(&|_: &Step| {}, Fence::none()), req, &failure);
+        Err(failure)
     }
 
     /// Finishes the rotations a crash or a lost lease left open, under the lease.

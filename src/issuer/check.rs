@@ -11,8 +11,7 @@ use time::OffsetDateTime;
 
 use crate::pki::cert::{Cert, San};
 
-/// Clock skew tolerated between the node and the remote CA for NotBefore.
-const SKEW: time::Duration = time::Duration::minutes(10);
+use super::CLOCK_SKEW as SKEW;
 
 /// What is wrong with an answer: every difference, in words.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -20,6 +20,10 @@ use crate::pki::cert::Cert;
 /// certificate the moment it is installed (`CertificateBackdate`).
 pub const BACKDATE: time::Duration = time::Duration::minutes(5);
 
+/// The one clock-skew allowance between this node and whoever issued a certificate (a remote CA,
+/// another node): a NotBefore up to this far after the time of issue is still taken as valid.
+pub const CLOCK_SKEW: time::Duration = time::Duration::minutes(10);
+
 /// What to renew.
 pub struct IssueRequest<'a> {
     /// The certificate being replaced: the authority for every attribute.

@@ -106,14 +106,21 @@ impl Built {
 /// kubeconfigs it edits); writes nothing.
 pub fn build(plan: &Plan) -> Result<Built, RotationError> {
     let cas = load_cas(plan)?;
+    let obtained = plan.obtained.as_deref();
     let keys = generate_keys(plan)?;
     let mut built = Built::default();
-    for (item, (leaf_key, ca_key)) in plan.items.iter().zip(keys) {
+    for (item, (generated, ca_key)) in plan.items.iter().zip(keys) {
         let renew_err = |reason: String| RotationError::Renew {
             name: item.name().to_owned(),
             reason,
         };
-        let spki = match &leaf_key {
+        // A certificate obtained before the rotation comes with the key it certifies.
+        let got = obtained.and_then(|o| o.get(item.name()));
+        let leaf_key = match got {
+            Some(g) => g.key.as_ref(),
+            None => generated.as_ref(),
+        };
+        let spki = match leaf_key {
             Some(k) => k.subject_public_key_info(),
             None => item.old.spki_der.clone(),
         };
@@ -136,6 +143,14 @@ pub fn build(plan: &Plan) -> Result<Built, RotationError> {
                 let chain: Vec<Vec<u8>> = item.chain.iter().map(|c| c.der.clone()).collect();
                 (issued.der, chain, ca.ca().clone())
             }
+            IssuerPlan::Remote { cert, .. } if got.is_some() => {
+                let got = got.ok_or_else(|| renew_err("not obtained".into()))?;
+                built
+                    .notes
+                    .extend(got.notes.iter().map(|n| format!("{}: {n}", item.name())));
+                let chain: Vec<Vec<u8>> = item.chain.iter().map(|c| c.der.clone()).collect();
+                (got.der.clone(), chain, (**cert).clone())
+            }
             IssuerPlan::Remote {
                 cert,
                 remote,
@@ -146,7 +161,7 @@ pub fn build(plan: &Plan) -> Result<Built, RotationError> {
                 // The CSR is signed by the key the certificate will certify: the new one, or the
                 // reused old one.
                 let old_key;
-                let key = match &leaf_key {
+                let key = match leaf_key {
                     Some(k) => k,
                     None => {
                         old_key = read_key(&item.key_source).map_err(&renew_err)?;
@@ -189,8 +204,13 @@ pub fn build(plan: &Plan) -> Result<Built, RotationError> {
                 (regen.leaf_der, vec![regen.ca_der], ca_cert)
             }
         };
-        let new = check_cert(item, &leaf_der, &issuer_cert, &spki, plan.now)?;
-        let key_pem = match (&item.key, &leaf_key) {
+        // Judged against the time it was issued: an obtained certificate may have waited for
+        // the lease longer than its issuer backdated it.
+        let issued_at = obtained
+            .filter(|_| got.is_some())
+            .map_or(plan.now, |o| o.issued_at);
+        let new = check_cert(item, &leaf_der, &issuer_cert, &spki, issued_at)?;
+        let key_pem = match (&item.key, leaf_key) {
             (KeyPlan::New { format, .. }, Some(k)) => {
                 Some(encode::private_key_pem(k, *format).map_err(|e| renew_err(e.to_string()))?)
             }
@@ -260,8 +280,16 @@ type ItemKeys = (Option<KeyPair>, Option<KeyPair>);
 /// Generates every new key of the plan on all cores.
 fn generate_keys(plan: &Plan) -> Result<Vec<ItemKeys>, RotationError> {
     let mut jobs: Vec<(usize, bool, KeySpec)> = Vec::new();
+    let obtained = |name: &str| {
+        plan.obtained
+            .as_ref()
+            .is_some_and(|o| o.get(name).is_some())
+    };
     for (i, item) in plan.items.iter().enumerate() {
-        if let KeyPlan::New { spec, .. } = item.key {
+        // An obtained certificate brought its key along.
+        if let KeyPlan::New { spec, .. } = item.key
+            && !obtained(item.name())
+        {
             jobs.push((i, false, spec));
         }
         if let IssuerPlan::SelfSigned { ca_spec, .. } = &item.issuer {
@@ -311,8 +339,13 @@ fn check_cert(
             "its subject differs from the old certificate's".into(),
         ));
     }
-    if new.not_before > now || new.not_after <= now {
-        return Err(fail("it is not valid now".into()));
+    if new.not_before > now + crate::issuer::CLOCK_SKEW || new.not_after <= now {
+        return Err(fail(format!(
+            "it is not valid at its time of issue {} (valid {} to {})",
+            crate::report::rfc3339(now),
+            crate::report::rfc3339(new.not_before),
+            crate::report::rfc3339(new.not_after)
+        )));
     }
     Ok(new)
 }

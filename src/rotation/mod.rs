@@ -22,6 +22,7 @@ pub mod build;
 pub mod execute;
 pub mod journal;
 pub mod lock;
+pub mod obtain;
 pub mod plan;
 pub mod recover;
 pub mod select;

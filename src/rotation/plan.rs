@@ -49,6 +49,9 @@ pub struct Plan {
     pub refused: Vec<Verdict>,
     /// Things worth saying about the selection.
     pub notes: Vec<String>,
+    /// The remote CA's certificates, when they were obtained before the rotation (the daemon
+    /// does so before taking the lease); otherwise the build asks the CA itself.
+    pub obtained: Option<std::sync::Arc<super::obtain::Obtained>>,
 }
 
 /// Why a certificate is not renewed.
@@ -310,6 +313,7 @@ pub fn make(
         skipped: Vec::new(),
         refused: Vec::new(),
         notes: selected.notes.clone(),
+        obtained: None,
     };
     let mut taken_names: Vec<PathBuf> = Vec::new();
     for t in &selected.targets {

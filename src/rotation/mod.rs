@@ -23,6 +23,7 @@ pub mod execute;
 pub mod journal;
 pub mod lock;
 pub mod plan;
+pub mod recheck;
 pub mod recover;
 pub mod select;
 pub mod stage;
@@ -145,6 +146,12 @@ impl StateDirs {
     /// `<state>/backups`: one [`crate::store::Backup`] per rotation.
     pub fn backups(&self) -> PathBuf {
         self.dir.join("backups")
+    }
+
+    /// `<state>/quarantine`: rotations whose journal recovery could not trust (unreadable, an
+    /// unknown version, paths outside the root), moved aside whole for a person to look at.
+    pub fn quarantine(&self) -> PathBuf {
+        self.dir.join("quarantine")
     }
 
     /// `<state>/lock`: held while a rotation, a recovery or a restore runs.

@@ -508,7 +508,7 @@ mod armed {
             before,
             "another node's files were touched"
         );
-        assert_eq!(node.rotations(), [id.clone()]);
+        assert_eq!(node.rotations(), std::slice::from_ref(&id));
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(node.state().join("quarantine"))
             .unwrap()

@@ -318,15 +318,14 @@ fn forward_blocker(
         }
         let path = change.path();
         match backup {
-            Some(b) => {
-                // Unreadable counts as changed: nothing proves it is the old content.
-                if !b.matches_current(path).unwrap_or(false) {
-                    return Err(RotationError::Changed {
-                        path: path.to_owned(),
-                    }
-                    .to_string());
+            // Unreadable counts as changed: nothing proves it is the old content.
+            Some(b) if !b.matches_current(path).unwrap_or(false) => {
+                return Err(RotationError::Changed {
+                    path: path.to_owned(),
                 }
+                .to_string());
             }
+            Some(_) => {}
             // Nothing tells old content from a stranger's: only a rotation that installed
             // nothing yet can be given up safely; one that did is finished (displacing
             // whatever is neither old nor new).

@@ -527,6 +527,45 @@ mod armed {
         assert_consistent(&node.root, Some(vec![Layout::Kubeadm]), &[]);
     }
 
+    /// A rotation whose journal is sound but whose recovery fails (it is rolling back and its
+    /// backup is gone) is reported and stays open, listed by `journal::open` so the daemon keeps
+    /// its certificates due; the rotation next to it is recovered all the same.
+    #[test]
+    fn a_rotation_that_cannot_be_recovered_stays_open_and_the_others_go_on() {
+        let base = template();
+        let before = snapshot(&base.root);
+        let (node, id) = interrupted(&base);
+        let good = std::fs::read_to_string(rotation_dir(&node, &id).join("journal.json")).unwrap();
+        plant(
+            &node,
+            "00-nobackup",
+            &good
+                .replace(&id, "00-nobackup")
+                .replace("\"phase\": \"installing\"", "\"phase\": \"rolling-back\""),
+        );
+        let r = node.run("recover", &[]);
+        r.code(1);
+        assert!(
+            r.stderr.contains("rotation 00-nobackup: recovery failed: ")
+                && r.stderr.contains("it stays open"),
+            "{}",
+            r.text()
+        );
+        assert_eq!(
+            judge(&node, &before, &id, "next to a failing one"),
+            Phase::Committed
+        );
+        let state = certrotd::rotation::StateDirs { dir: node.state() };
+        let open = certrotd::rotation::journal::open(&state);
+        assert_eq!(open.len(), 1, "{open:?}");
+        assert_eq!(open[0].id, "00-nobackup");
+        assert_eq!(open[0].phase, Phase::RollingBack);
+        // `renew` does not start another rotation while one is open.
+        let r = node.run("renew", &["--cert", "apiserver"]);
+        r.code(1);
+        assert!(r.stderr.contains("still unfinished"), "{}", r.text());
+    }
+
     /// A copy of `base` whose rotation a crash stopped right after the journal said staged.
     fn staged(base: &Node) -> (Node, String) {
         let node = base.copy();

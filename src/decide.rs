@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use crate::inventory::{Entry, Inventory};
 use crate::pki::cert::Cert;
 use crate::policy::{self, Status, Windows as StatusWindows};
+use crate::rotation::journal::OpenRotation;
 use crate::window::Windows;
 
 /// The policy as the decision needs it.
@@ -130,16 +131,51 @@ pub struct Decision {
     pub expired: bool,
     /// Certificates due but held back by the maintenance windows.
     pub deferred: Vec<String>,
+    /// Certificates due because a rotation of theirs is unfinished (also in `due`): whatever the
+    /// inventory says of them (a certificate installed without its key is a "key mismatch"), the
+    /// rotation must be finished or rolled back, and its consumers restarted and proved.
+    pub unfinished: Vec<Unfinished>,
     /// When the daemon must look again (`None`: only an event can change anything).
     pub next_wake: Option<OffsetDateTime>,
 }
 
-/// Decides at `now`. `announced` holds the notices already made, as (name, serial, threshold).
+/// A certificate that belongs to a rotation not yet finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unfinished {
+    /// The certificate.
+    pub name: String,
+    /// The open rotation's id.
+    pub rotation: String,
+}
+
+impl Unfinished {
+    /// Why it is due, for operators.
+    pub fn reason(&self) -> String {
+        format!("unfinished rotation {}", self.rotation)
+    }
+}
+
+/// Decides at `now` for a node with no open rotation (see [`decide_with_open`]).
 pub fn decide(
     inv: &Inventory,
     policy: &Policy,
     announced: &BTreeSet<(String, String, Threshold)>,
     kubelet_rotates: bool,
+    now: OffsetDateTime,
+) -> Decision {
+    decide_with_open(inv, policy, announced, kubelet_rotates, &[], now)
+}
+
+/// Decides at `now`. `announced` holds the notices already made, as (name, serial, threshold);
+/// `open` the rotations not finished ([`crate::rotation::journal::open`]): every leaf they touch
+/// is due now, windows or not and problems or not, since they started in a window already and
+/// only finishing them clears the problems they cause.
+pub fn decide_with_open(
+    inv: &Inventory,
+    policy: &Policy,
+    announced: &BTreeSet<(String, String, Threshold)>,
+    kubelet_rotates: bool,
+    open: &[OpenRotation],
     now: OffsetDateTime,
 ) -> Decision {
     let mut d = Decision::default();
@@ -154,12 +190,25 @@ pub fn decide(
     };
     for e in &inv.entries {
         let status = policy::assess(e, &status_windows, now).status;
+        let unfinished = open.iter().find(|o| touches(o, e)).filter(|_| !e.is_ca());
+        if let Some(o) = unfinished {
+            d.unfinished.push(Unfinished {
+                name: e.name.clone(),
+                rotation: o.id.clone(),
+            });
+        }
         let Some(cert) = &e.cert else {
+            let next = if unfinished.is_some() {
+                d.due.push(e.name.clone());
+                NextAction::RenewNow
+            } else {
+                NextAction::Blocked(first_problem(e))
+            };
             d.certs.push(CertDecision {
                 name: e.name.clone(),
                 status,
-                next: NextAction::Blocked(first_problem(e)),
-                at: None,
+                at: (next == NextAction::RenewNow).then_some(now),
+                next,
             });
             continue;
         };
@@ -182,6 +231,11 @@ pub fn decide(
         let (next, at) = if e.is_ca() {
             // CA rotation is a deliberate, cluster-wide act; certrotd announces, never starts it.
             (NextAction::None, None)
+        } else if unfinished.is_some() {
+            d.due.push(e.name.clone());
+            d.emergency |= now >= t.emergency;
+            d.expired |= now >= cert.not_after;
+            (NextAction::RenewNow, Some(now))
         } else if let Some(why) = blocked(e, &policy.issuer) {
             if now >= t.notify {
                 (NextAction::Blocked(why), None)
@@ -331,6 +385,13 @@ fn blocked(e: &Entry, issuer: &crate::config::IssuerSettings) -> Option<String> 
         });
     }
     None
+}
+
+/// Whether the open rotation renews this certificate or touches one of its files.
+fn touches(o: &OpenRotation, e: &Entry) -> bool {
+    o.certificates.contains(&e.name)
+        || o.paths.contains(&e.path)
+        || e.key_path.as_ref().is_some_and(|k| o.paths.contains(k))
 }
 
 fn first_problem(e: &Entry) -> String {
@@ -710,5 +771,64 @@ mod tests {
         assert_ne!(a, jitter("cp2", e, max));
         assert!(a >= time::Duration::ZERO && a < time::Duration::hours(1));
         assert_eq!(jitter("cp1", e, Duration::ZERO), time::Duration::ZERO);
+    }
+
+    #[test]
+    fn a_key_mismatch_left_by_an_unfinished_rotation_is_due_not_blocked() {
+        let (t, _, _) = node();
+        // A lost lease between installing apiserver's certificate and its key.
+        let other = crate::pki::encode::generate(crate::pki::encode::KeySpec::EcdsaP256).unwrap();
+        let pem = crate::pki::encode::private_key_pem(&other, crate::pki::encode::KeyFormat::Pkcs8)
+            .unwrap();
+        std::fs::write(t.path().join("etc/kubernetes/pki/apiserver.key"), pem).unwrap();
+        let root = crate::root::Root::new(t.path());
+        let inv = crate::inventory::scan(&crate::inventory::Request {
+            root: &root,
+            layouts: None,
+            extra_paths: &[],
+        });
+        let api = inv.get("apiserver").unwrap();
+        assert!(!api.problems.is_empty());
+        // Inside notify_before, outside renew_before, and outside every window.
+        let now = leaf_expiry(&inv) - time::Duration::days(45);
+        let later = (now + time::Duration::hours(3)).replace_minute(0).unwrap();
+        let day = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+            [later.weekday().number_days_from_monday() as usize];
+        let p = policy(&[&format!(
+            "{day} {:02}:00-{:02}:30",
+            later.hour(),
+            later.hour()
+        )]);
+        assert!(!p.windows.is_open(now));
+
+        let d = decide(&inv, &p, &BTreeSet::new(), true, now);
+        assert!(matches!(state_of(&d, "apiserver"), NextAction::Blocked(w) if w.contains("match")));
+        assert!(d.due.is_empty() && d.unfinished.is_empty());
+
+        let by_name = OpenRotation {
+            id: "20260101T000000Z-abcdef".into(),
+            phase: crate::rotation::journal::Phase::Installing,
+            certificates: vec!["apiserver".into()],
+            paths: Vec::new(),
+            consumers: Vec::new(),
+        };
+        let by_path = OpenRotation {
+            certificates: Vec::new(),
+            paths: vec![api.key_path.clone().unwrap()],
+            ..by_name.clone()
+        };
+        for open in [by_name, by_path] {
+            let d = decide_with_open(&inv, &p, &BTreeSet::new(), true, &[open], now);
+            assert_eq!(state_of(&d, "apiserver"), NextAction::RenewNow);
+            assert_eq!(d.due, ["apiserver"]);
+            assert_eq!(d.unfinished.len(), 1);
+            assert_eq!(
+                d.unfinished[0].reason(),
+                "unfinished rotation 20260101T000000Z-abcdef"
+            );
+            assert!(!d.emergency && !d.expired);
+            // Nothing else joins: no other certificate is inside renew_before.
+            assert!(d.deferred.is_empty());
+        }
     }
 }

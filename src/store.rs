@@ -1086,14 +1086,26 @@ fn scan(backups_root: &Path) -> Result<(Vec<BackupSummary>, Vec<String>)> {
 }
 
 /// Deletes all but the newest `keep` backups, never one whose id is in `protect` (the rotation in
-/// progress), plus unprotected directories left without a manifest by a crash. Returns the ids
-/// deleted, incomplete ones first, then oldest first.
-pub fn prune(backups_root: &Path, keep: usize, protect: &[&str]) -> Result<Vec<String>> {
+/// progress), plus unprotected directories left without a manifest by a crash. Backups whose id is
+/// in `expendable` (rotations that were rolled back or abandoned: the node holds what they saved)
+/// go first, so a committed rotation's backup, the only way back from it, is never evicted while
+/// one of theirs is kept. Returns the ids deleted: incomplete ones, then expendable ones, then the
+/// others, oldest first within each.
+pub fn prune(
+    backups_root: &Path,
+    keep: usize,
+    protect: &[&str],
+    expendable: &[&str],
+) -> Result<Vec<String>> {
     let (complete, incomplete) = scan(backups_root)?;
     let surplus = complete.len().saturating_sub(keep);
+    let (cheap, dear): (Vec<_>, Vec<_>) = complete
+        .into_iter()
+        .map(|s| s.id)
+        .partition(|id| expendable.contains(&id.as_str()));
     let doomed = incomplete
         .into_iter()
-        .chain(complete.into_iter().take(surplus).map(|s| s.id))
+        .chain(cheap.into_iter().chain(dear).take(surplus))
         .filter(|id| !protect.contains(&id.as_str()));
     let mut deleted = Vec::new();
     for id in doomed {
@@ -1101,6 +1113,16 @@ pub fn prune(backups_root: &Path, keep: usize, protect: &[&str]) -> Result<Vec<S
         deleted.push(id);
     }
     Ok(deleted)
+}
+
+/// Deletes the backup of rotation `id` (a rotation that installed nothing: it holds old private
+/// keys and nothing worth restoring). A backup that is not there is fine.
+pub fn remove(backups_root: &Path, id: &str) -> Result<()> {
+    validate_rotation_id(id)?;
+    if fs::symlink_metadata(backups_root.join(id)).is_err() {
+        return Ok(());
+    }
+    delete_backup(backups_root, id)
 }
 
 /// Deletes one backup so that a crash half-way leaves a manifest-less directory (which [`list`]
@@ -1716,14 +1738,36 @@ mod tests {
         assert_eq!(listed[0].entries, 1);
         assert_eq!(listed[0].created_at, T0);
 
-        let deleted = prune(&root, 2, &["e"]).unwrap();
+        let deleted = prune(&root, 2, &["e"], &[]).unwrap();
         assert_eq!(deleted, ["crashed", "d", "c"]);
         let order: Vec<String> = list(&root).unwrap().into_iter().map(|s| s.id).collect();
         assert_eq!(order, ["e", "b", "a"]);
         assert_eq!(names_in(&root), ["README", "a", "b", "e"]);
 
-        assert!(prune(&root, 5, &[]).unwrap().is_empty());
-        assert_eq!(prune(&root, 0, &["a"]).unwrap(), ["e", "b"]);
+        assert!(prune(&root, 5, &[], &[]).unwrap().is_empty());
+        assert_eq!(prune(&root, 0, &["a"], &[]).unwrap(), ["e", "b"]);
         assert_eq!(names_in(&root), ["README", "a"]);
+    }
+
+    #[test]
+    fn prune_evicts_backups_of_rolled_back_rotations_before_committed_ones() {
+        let t = TempDir::new().unwrap();
+        let root = t.path().join("backups");
+        // "old" committed first, then three rolled back, then the rotation just committed.
+        let ids = ["old", "rb1", "rb2", "rb3", "new"];
+        for (i, id) in ids.iter().enumerate() {
+            let mut b = Backup::create(&root, id, T0 + time::Duration::hours(i as i64)).unwrap();
+            b.save(&t.path().join("absent")).unwrap();
+        }
+        let deleted = prune(&root, 2, &["new"], &["rb1", "rb2", "rb3"]).unwrap();
+        assert_eq!(deleted, ["rb1", "rb2", "rb3"]);
+        assert_eq!(names_in(&root), ["new", "old"]);
+        // Past the committed ones' share, the oldest committed one goes as before.
+        assert_eq!(prune(&root, 1, &["new"], &[]).unwrap(), ["old"]);
+
+        remove(&root, "new").unwrap();
+        remove(&root, "new").unwrap();
+        assert!(names_in(&root).is_empty());
+        assert!(remove(&root, "../x").is_err());
     }
 }

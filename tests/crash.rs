@@ -433,6 +433,311 @@ mod armed {
         });
     }
 
+    fn rotation_dir(node: &Node, id: &str) -> PathBuf {
+        node.state().join("rotations").join(id)
+    }
+
+    fn journal_of(node: &Node, id: &str) -> Journal {
+        Journal::load(&rotation_dir(node, id)).unwrap().unwrap()
+    }
+
+    /// Writes a rotation directory holding `journal` as its journal text.
+    fn plant(node: &Node, id: &str, journal: &str) {
+        let dir = rotation_dir(node, id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("journal.json"), journal).unwrap();
+    }
+
+    /// A journal that cannot be read, one of an unknown version and one naming another node's
+    /// files are each quarantined (moved whole, nothing they name touched), and the genuine
+    /// interrupted rotation next to them is still finished; the next recovery has nothing to do.
+    #[test]
+    fn untrusted_journals_are_quarantined_and_the_others_still_recovered() {
+        let base = template();
+        let before = snapshot(&base.root);
+        let (node, id) = interrupted(&base);
+        let good = std::fs::read_to_string(rotation_dir(&node, &id).join("journal.json")).unwrap();
+        assert!(good.contains("\"version\": 1,"), "{good}");
+        plant(&node, "00-corrupt", "{\"version\": 1, \"id\": ");
+        plant(
+            &node,
+            "00-version",
+            &good
+                .replace(&id, "00-version")
+                .replace("\"version\": 1,", "\"version\": 99,"),
+        );
+        // Every path of this one leads into another node (the one it was copied from).
+        let other = node.root.to_str().unwrap();
+        plant(
+            &node,
+            "00-outside",
+            &good
+                .replace(&id, "00-outside")
+                .replace(other, base.root.to_str().unwrap()),
+        );
+
+        let r = node.run("recover", &[]);
+        r.code(1);
+        for (bad, why) in [
+            ("00-corrupt", "rotation journal"),
+            ("00-version", "unknown journal version 99"),
+            ("00-outside", "outside the node root"),
+        ] {
+            let line = r
+                .stderr
+                .lines()
+                .find(|l| l.starts_with(&format!("rotation {bad} quarantined")))
+                .unwrap_or_else(|| panic!("{bad} not quarantined:\n{}", r.text()));
+            assert!(line.contains(why), "{line}");
+            let moved = node.state().join("quarantine").join(bad);
+            assert!(moved.join("journal.json").is_file(), "{bad}");
+        }
+        assert!(
+            r.stdout.contains(&format!(
+                "recovered rotation {id}: was interrupted while installing; finished from its staged files"
+            )),
+            "{}",
+            r.text()
+        );
+        assert_eq!(
+            judge(&node, &before, &id, "next to bad journals"),
+            Phase::Committed
+        );
+        assert_eq!(
+            snapshot(&base.root),
+            before,
+            "another node's files were touched"
+        );
+        assert_eq!(node.rotations(), std::slice::from_ref(&id));
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(node.state().join("quarantine"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+
+        let again = node.run("recover", &[]);
+        assert!(
+            again.ok().contains("nothing to recover"),
+            "{}",
+            again.text()
+        );
+        // And the node rotates again.
+        node.run("renew", RENEW_ALL).ok();
+        assert_consistent(&node.root, Some(vec![Layout::Kubeadm]), &[]);
+    }
+
+    /// A rotation whose journal is sound but whose recovery fails (it is rolling back and its
+    /// backup is gone) is reported and stays open, listed by `journal::open` so the daemon keeps
+    /// its certificates due; the rotation next to it is recovered all the same.
+    #[test]
+    fn a_rotation_that_cannot_be_recovered_stays_open_and_the_others_go_on() {
+        let base = template();
+        let before = snapshot(&base.root);
+        let (node, id) = interrupted(&base);
+        let good = std::fs::read_to_string(rotation_dir(&node, &id).join("journal.json")).unwrap();
+        plant(
+            &node,
+            "00-nobackup",
+            &good
+                .replace(&id, "00-nobackup")
+                .replace("\"phase\": \"installing\"", "\"phase\": \"rolling-back\""),
+        );
+        let r = node.run("recover", &[]);
+        r.code(1);
+        assert!(
+            r.stderr.contains("rotation 00-nobackup: recovery failed: ")
+                && r.stderr.contains("it stays open"),
+            "{}",
+            r.text()
+        );
+        assert_eq!(
+            judge(&node, &before, &id, "next to a failing one"),
+            Phase::Committed
+        );
+        let state = certrotd::rotation::StateDirs { dir: node.state() };
+        let open = certrotd::rotation::journal::open(&state);
+        assert_eq!(open.len(), 1, "{open:?}");
+        assert_eq!(open[0].id, "00-nobackup");
+        assert_eq!(open[0].phase, Phase::RollingBack);
+        // `renew` does not start another rotation while one is open.
+        let r = node.run("renew", &["--cert", "apiserver"]);
+        r.code(1);
+        assert!(r.stderr.contains("still unfinished"), "{}", r.text());
+    }
+
+    /// A copy of `base` whose rotation a crash stopped right after the journal said staged.
+    fn staged(base: &Node) -> (Node, String) {
+        let node = base.copy();
+        crash(
+            &node,
+            "renew",
+            RENEW_ALL,
+            Failpoint::JournalStaged.name(),
+            1,
+        );
+        let id = node.rotations()[0].clone();
+        (node, id)
+    }
+
+    fn first_file(j: &Journal, ext: &str) -> PathBuf {
+        j.changes
+            .iter()
+            .find_map(|c| match c {
+                Change::File { path, .. } if path.extension().is_some_and(|e| e == ext) => {
+                    Some(path.clone())
+                }
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    /// Before a recovered rotation rolls forward, every file it has not installed must still
+    /// hold what was backed up, and what it staged must still pass its checks; otherwise a staged
+    /// rotation is abandoned and an installing one restored, naming the file.
+    #[test]
+    fn a_recovered_rotation_is_rechecked_before_it_rolls_forward() {
+        let base = template();
+        let before = snapshot(&base.root);
+
+        // Staged, then someone else wrote one of its files.
+        let (node, id) = staged(&base);
+        let victim = first_file(&journal_of(&node, &id), "crt");
+        let rel = victim.strip_prefix(&node.root).unwrap().to_owned();
+        std::fs::write(&victim, b"written by someone else\n").unwrap();
+        let r = node.run("recover", &[]);
+        let out = r.ok();
+        assert!(
+            out.contains(&format!(
+                "recovered rotation {id}: was interrupted before installing anything; abandoned"
+            )),
+            "{out}"
+        );
+        let warning = format!("{} changed since it was backed up", victim.display());
+        assert!(out.contains(&warning), "{out}");
+        let j = journal_of(&node, &id);
+        assert_eq!(j.phase, Phase::RolledBack);
+        assert!(!j.installed_anything());
+        assert!(j.outcome.unwrap().to_string().contains(&warning));
+        let mut expected = before.clone();
+        let Some(Held::File(_, mode)) = before.get(&rel) else {
+            panic!("{rel:?}")
+        };
+        expected.insert(
+            rel,
+            Held::File(b"written by someone else\n".to_vec(), *mode),
+        );
+        assert_eq!(snapshot(&node.root), expected);
+        assert!(!rotation_dir(&node, &id).join("staged").exists());
+        assert!(
+            !node.state().join("backups").join(&id).exists(),
+            "an abandoned rotation kept its backup (old private keys)"
+        );
+
+        // Staged, with a key whose digest the journal agrees with but that belongs to no staged
+        // certificate (a disk that returned another file, tampering).
+        let (node, id) = staged(&base);
+        let dir = rotation_dir(&node, &id);
+        let mut j = journal_of(&node, &id);
+        let stranger = std::fs::read(node.path("/etc/kubernetes/pki/sa.key")).unwrap();
+        let key_path = first_file(&j, "key");
+        for c in &mut j.changes {
+            if let Change::File {
+                path,
+                staged,
+                sha256,
+                ..
+            } = c
+                && *path == key_path
+            {
+                std::fs::write(dir.join("staged").join(&*staged), &stranger).unwrap();
+                *sha256 = sha256_hex(&stranger);
+            }
+        }
+        j.save(&dir).unwrap();
+        let out = node.run("recover", &[]);
+        let out = out.ok();
+        assert!(out.contains("abandoned"), "{out}");
+        assert!(
+            out.contains(&key_path.display().to_string())
+                && out.contains("belongs to none of the staged certificates"),
+            "{out}"
+        );
+        assert_eq!(snapshot(&node.root), before);
+
+        // Installing, and a file it had not reached yet was written meanwhile: restored, with
+        // that file kept aside.
+        let (node, id) = interrupted(&base);
+        let j = journal_of(&node, &id);
+        let victim = j
+            .changes
+            .iter()
+            .find_map(|c| match c {
+                Change::File { path, sha256, .. }
+                    if sha256_hex(&std::fs::read(path).unwrap()) != *sha256 =>
+                {
+                    Some(path.clone())
+                }
+                _ => None,
+            })
+            .expect("a file not installed yet");
+        std::fs::write(&victim, b"written by someone else\n").unwrap();
+        let out = node.run("recover", &[]);
+        let out = out.ok();
+        assert!(out.contains("rolled back from its backup"), "{out}");
+        assert!(out.contains("kept as"), "{out}");
+        assert_eq!(
+            judge(&node, &before, &id, "changed while installing"),
+            Phase::RolledBack
+        );
+        let displaced: Vec<Vec<u8>> = std::fs::read_dir(rotation_dir(&node, &id).join("displaced"))
+            .unwrap()
+            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            .collect();
+        assert_eq!(displaced, [b"written by someone else\n".to_vec()]);
+    }
+
+    /// Fifty failed attempts after a committed rotation: none leaves a backup (they hold the
+    /// node's private keys) or piles up journals, and the committed rotation's backup, the only
+    /// way back from it, survives them and the pruning of the next rotation that commits.
+    #[test]
+    fn failed_attempts_leave_no_backup_and_never_evict_a_committed_one() {
+        let node = template();
+        let backups = |node: &Node| -> Vec<String> {
+            let mut ids: Vec<String> = std::fs::read_dir(node.state().join("backups"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            ids.sort();
+            ids
+        };
+        node.run("renew", &["--cert", "apiserver"]).ok();
+        let committed = node.rotations();
+        assert_eq!(committed.len(), 1);
+        assert_eq!(backups(&node), committed);
+        let before = snapshot(&node.root);
+        let fail = format!("{}:1:error", Failpoint::StagedFile.name());
+        for attempt in 0..50 {
+            let r = node.run_env("renew", &["--cert", "apiserver"], &[(ENV, &fail)]);
+            r.code(1);
+            assert!(
+                r.stderr.contains("rolled back, nothing changed"),
+                "attempt {attempt}: {}",
+                r.text()
+            );
+        }
+        assert_eq!(snapshot(&node.root), before);
+        assert_eq!(backups(&node), committed, "abandoned attempts left backups");
+        let journals = node.rotations();
+        assert!(journals.len() <= 2, "journals pile up: {journals:?}");
+        assert!(journals.contains(&committed[0]));
+
+        node.run("renew", &["--cert", "apiserver"]).ok();
+        let after = backups(&node);
+        assert_eq!(after.len(), 2, "{after:?}");
+        assert!(after.contains(&committed[0]));
+    }
+
     /// One test runs every scenario in turn (each spreads its cases over the cores) and then
     /// checks that every failpoint fired: a failpoint added without a way to reach it fails here.
     #[test]

@@ -40,21 +40,47 @@ pub fn lock_and_recover(
     };
     let recovered = recover::recover(&ctx)?;
     print_recovered(&recovered);
+    if let Some(r) = recovered
+        .iter()
+        .find(|r| matches!(r.action, Action::Failed { .. }))
+    {
+        return Err(anyhow::anyhow!(
+            "rotation {} is still unfinished (see above); nothing else is done until it is",
+            r.id
+        )
+        .into());
+    }
     Ok(lock)
 }
 
-/// Tells the operator what recovery did.
+/// Tells the operator what recovery did (what went wrong on stderr).
 pub fn print_recovered(recovered: &[Recovered]) {
     for r in recovered {
-        let what = match r.action {
+        let what = match &r.action {
             Action::Abandoned => {
-                "was interrupted before installing anything; abandoned (nothing changed)"
+                "was interrupted before installing anything; abandoned (nothing changed)".into()
             }
             Action::RolledForward => {
-                "was interrupted while installing; finished from its staged files"
+                "was interrupted while installing; finished from its staged files".into()
             }
-            Action::RolledBack => "was interrupted; rolled back from its backup",
-            Action::CleanedUp => "had finished; removed what it left behind",
+            Action::RolledBack => "was interrupted; rolled back from its backup".into(),
+            Action::CleanedUp => "had finished; removed what it left behind".to_owned(),
+            Action::Quarantined { reason, moved_to } => {
+                eprintln!(
+                    "rotation {} quarantined: {reason}; moved to {}, none of its files touched \
+                     (see `certrotd check`; its backup, if any, is kept)",
+                    r.id,
+                    moved_to.display()
+                );
+                continue;
+            }
+            Action::Failed { error } => {
+                eprintln!(
+                    "rotation {}: recovery failed: {error}; it stays open and the next run retries",
+                    r.id
+                );
+                continue;
+            }
         };
         println!("recovered rotation {}: {what}", r.id);
         for w in &r.warnings {
@@ -64,6 +90,13 @@ pub fn print_recovered(recovered: &[Recovered]) {
             println!("  restart to use its certificates: {}", join(&r.consumers));
         }
     }
+}
+
+/// Whether recovery left something for a person: a quarantined rotation, or one still open.
+fn needs_attention(recovered: &[Recovered]) -> bool {
+    recovered
+        .iter()
+        .any(|r| matches!(r.action, Action::Quarantined { .. } | Action::Failed { .. }))
 }
 
 /// Comma-separated display values.
@@ -92,5 +125,8 @@ pub fn run(node: &NodeArgs) -> Outcome {
         println!("no interrupted rotation: nothing to recover");
     }
     print_recovered(&recovered);
+    if needs_attention(&recovered) {
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }

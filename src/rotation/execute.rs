@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use tracing::{info, warn};
 
 use super::build::{self, Renewed};
-use super::journal::{self, Change, Journal, Phase};
+use super::journal::{self, Change, Journal, Outcome, Phase};
 use super::plan::Plan;
 use super::{Context, RotationError, check_guard, stage};
 use crate::failpoint::{self, Failpoint};
@@ -84,11 +84,11 @@ pub fn run(ctx: &Context<'_>, plan: &Plan) -> Result<Report, RotationError> {
         .and_then(|p| check_guard(ctx.guard, "installing").map(|()| p));
     let (backup, built) = match prepared {
         Ok(p) => p,
-        Err(cause) => return Err(abandon(&dir, &mut journal, cause)),
+        Err(cause) => return Err(abandon(ctx, &dir, &mut journal, cause)),
     };
     if let Err(cause) = journal.advance(&dir, Phase::Installing) {
         // The journal still says staged: nothing was installed.
-        return Err(abandon(&dir, &mut journal, cause));
+        return Err(abandon(ctx, &dir, &mut journal, cause));
     }
 
     let contents: Vec<Option<&[u8]>> = journal
@@ -249,24 +249,49 @@ pub(crate) fn verify_installed(dir: &Path, changes: &[Change]) -> Result<(), Rot
     Ok(())
 }
 
-/// Gives up a rotation that installed nothing: the journal says so, the staged keys go.
-pub(crate) fn abandon(dir: &Path, journal: &mut Journal, cause: RotationError) -> RotationError {
+/// Gives up a rotation that installed nothing: the journal says so, the staged keys go, and so
+/// does its backup.
+pub(crate) fn abandon(
+    ctx: &Context<'_>,
+    dir: &Path,
+    journal: &mut Journal,
+    cause: RotationError,
+) -> RotationError {
     warn!(rotation = %journal.id, error = %cause, "rotation abandoned before installing anything");
-    journal.outcome = Some(format!("abandoned before installing anything: {cause}"));
+    journal.outcome = Some(Outcome::Abandoned {
+        why: cause.to_string(),
+    });
     let closed = journal
         .advance(dir, Phase::RolledBack)
         .and_then(|()| stage::remove(dir));
     match closed {
-        Ok(()) => RotationError::RolledBack {
-            id: journal.id.clone(),
-            cause: Box::new(cause),
-        },
+        Ok(()) => {
+            discard_backup(ctx, &journal.id);
+            RotationError::RolledBack {
+                id: journal.id.clone(),
+                cause: Box::new(cause),
+            }
+        }
         Err(e) => RotationError::Stuck {
             id: journal.id.clone(),
             dir: dir.to_owned(),
             cause: Box::new(cause),
             rollback: Box::new(e),
         },
+    }
+}
+
+/// Deletes the backup of a rotation closed before it installed anything, and the journals of
+/// older rotations that are over and have no backup left. A failed attempt (a remote CA that
+/// does not answer, retried every few minutes) must not leave a copy of the node's private keys
+/// behind each time, nor a journal. If the backup cannot be deleted now, the next recovery does.
+pub(crate) fn discard_backup(ctx: &Context<'_>, id: &str) {
+    if let Err(e) = store::remove(&ctx.state.backups(), id) {
+        warn!(rotation = %id, error = %e, "cannot delete the backup of an abandoned rotation");
+        return;
+    }
+    if let Err(e) = drop_orphan_journals(ctx, id) {
+        warn!(error = %e, "cannot delete the journals of finished rotations");
     }
 }
 
@@ -278,7 +303,10 @@ pub(crate) fn roll_back(
     cause: RotationError,
 ) -> RotationError {
     warn!(rotation = %journal.id, error = %cause, "rolling back");
-    match restore(dir, journal, backup, &format!("rolled back: {cause}")) {
+    let outcome = Outcome::RolledBack {
+        why: cause.to_string(),
+    };
+    match restore(dir, journal, backup, outcome) {
         Ok(_) => RotationError::RolledBack {
             id: journal.id.clone(),
             cause: Box::new(cause),
@@ -298,13 +326,13 @@ pub(crate) fn restore(
     dir: &Path,
     journal: &mut Journal,
     backup: &Backup,
-    outcome: &str,
+    outcome: Outcome,
 ) -> Result<RestoreReport, RotationError> {
     journal.advance(dir, Phase::RollingBack)?;
     failpoint::hit(Failpoint::JournalRollingBack)?;
     let report = backup.restore()?;
     failpoint::hit(Failpoint::Restored)?;
-    journal.outcome = Some(outcome.to_owned());
+    journal.outcome = Some(outcome);
     journal.advance(dir, Phase::RolledBack)?;
     stage::remove(dir)?;
     Ok(report)
@@ -319,7 +347,27 @@ pub(crate) fn finish(
 ) -> Result<Vec<String>, RotationError> {
     stage::remove(dir)?;
     failpoint::hit(Failpoint::StagedRemoved)?;
-    let pruned = store::prune(&ctx.state.backups(), ctx.backups_keep, &[id])?;
+    // Backups of rotations that were undone hold what the node holds again: they go first.
+    let undone: Vec<String> = store::list(&ctx.state.backups())?
+        .into_iter()
+        .map(|s| s.id)
+        .filter(|other| {
+            matches!(
+                Journal::load(&ctx.state.rotation(other)),
+                Ok(Some(j)) if j.phase == Phase::RolledBack
+            )
+        })
+        .collect();
+    let undone: Vec<&str> = undone.iter().map(String::as_str).collect();
+    let pruned = store::prune(&ctx.state.backups(), ctx.backups_keep, &[id], &undone)?;
+    drop_orphan_journals(ctx, id)?;
+    failpoint::hit(Failpoint::Pruned)?;
+    Ok(pruned)
+}
+
+/// Deletes the directories of rotations (other than `id`) that are over and whose backups are
+/// gone: nothing can restore them any more. An unreadable journal is kept for a person.
+fn drop_orphan_journals(ctx: &Context<'_>, id: &str) -> Result<(), RotationError> {
     let kept: BTreeSet<String> = store::list(&ctx.state.backups())?
         .into_iter()
         .map(|s| s.id)
@@ -328,7 +376,6 @@ pub(crate) fn finish(
         if other == id || kept.contains(&other) {
             continue;
         }
-        // Only finished rotations lose their journal; an unreadable one is kept for a person.
         if let Ok(Some(j)) = Journal::load(&other_dir)
             && j.phase.is_final()
         {
@@ -338,8 +385,7 @@ pub(crate) fn finish(
             ))?;
         }
     }
-    failpoint::hit(Failpoint::Pruned)?;
-    Ok(pruned)
+    Ok(())
 }
 
 /// Creates a directory (and parents) that will hold private keys: 0700.

@@ -2,6 +2,10 @@
 //! step, so that after a crash the next start knows which step a rotation had reached and what
 //! every one of its files should hold.
 
+use std::fmt;
+use std::fs::OpenOptions;
+use std::io::Read as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -15,6 +19,9 @@ use crate::store;
 pub const VERSION: u32 = 1;
 /// The journal's file name inside a rotation's directory.
 pub const FILE: &str = "journal.json";
+/// Largest journal read: one lists a few dozen paths; anything near this was not written by
+/// certrotd and is not read whole.
+pub const MAX_BYTES: u64 = 1024 * 1024;
 
 /// Where a rotation stands. Each phase is written before the step it names begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,7 +120,137 @@ pub struct Journal {
     pub changes: Vec<Change>,
     /// Why it was rolled back, or what recovery did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<String>,
+    pub outcome: Option<Outcome>,
+}
+
+/// How a rotation ended (or what recovery made of it). Written in the journal as the sentence
+/// [`Display`](fmt::Display) gives, so journals of older versions, which wrote free text, still
+/// load, and a newer version's sentence this one does not know is kept as [`Outcome::Other`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Given up by the run itself before anything was installed.
+    Abandoned {
+        /// What made it fail.
+        why: String,
+    },
+    /// Given up by recovery: a crash (or a refusal) stopped it before anything was installed.
+    AbandonedByRecovery {
+        /// Why it could not go on.
+        why: String,
+    },
+    /// The run restored the backup after installing some of the changes.
+    RolledBack {
+        /// What made it fail.
+        why: String,
+    },
+    /// Recovery restored the backup (empty `why`: it found the rotation rolling back already).
+    RolledBackByRecovery {
+        /// Why it could not be rolled forward.
+        why: String,
+    },
+    /// Recovery installed what the crash had left out and committed it.
+    RolledForward,
+    /// An operator (`certrotd restore`) or the daemon put the backup back after the commit.
+    RestoredOnRequest,
+    /// A sentence this version does not know (written by a newer certrotd), kept as it is.
+    Other(String),
+}
+
+impl Outcome {
+    const ABANDONED: &'static str = "abandoned before installing anything: ";
+    const ABANDONED_BY_RECOVERY: &'static str = "abandoned by recovery: ";
+    const ROLLED_BACK: &'static str = "rolled back: ";
+    const ROLLED_BACK_BY_RECOVERY: &'static str = "rolled back by recovery";
+    const ROLLED_FORWARD: &'static str = "rolled forward by recovery";
+    const RESTORED: &'static str = "restored on request";
+
+    /// Reads the sentence a journal holds (any version's).
+    pub fn parse(s: &str) -> Outcome {
+        let why = |rest: &str| rest.to_owned();
+        if let Some(rest) = s.strip_prefix(Self::ABANDONED) {
+            Outcome::Abandoned { why: why(rest) }
+        } else if let Some(rest) = s.strip_prefix(Self::ABANDONED_BY_RECOVERY) {
+            Outcome::AbandonedByRecovery { why: why(rest) }
+        } else if let Some(rest) = s.strip_prefix(Self::ROLLED_BACK) {
+            Outcome::RolledBack { why: why(rest) }
+        } else if s == Self::ROLLED_BACK_BY_RECOVERY {
+            Outcome::RolledBackByRecovery { why: String::new() }
+        } else if let Some(rest) = s
+            .strip_prefix(Self::ROLLED_BACK_BY_RECOVERY)
+            .and_then(|r| r.strip_prefix(": "))
+        {
+            Outcome::RolledBackByRecovery { why: why(rest) }
+        } else if s == Self::ROLLED_FORWARD {
+            Outcome::RolledForward
+        } else if s == Self::RESTORED {
+            Outcome::RestoredOnRequest
+        } else {
+            Outcome::Other(s.to_owned())
+        }
+    }
+
+    /// Whether the rotation was given up before it installed anything (so no component can
+    /// have read a new file, and no backup is worth keeping).
+    pub fn is_abandoned(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Abandoned { .. } | Outcome::AbandonedByRecovery { .. }
+        )
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Abandoned { why } => write!(f, "{}{why}", Self::ABANDONED),
+            Outcome::AbandonedByRecovery { why } => {
+                write!(f, "{}{why}", Self::ABANDONED_BY_RECOVERY)
+            }
+            Outcome::RolledBack { why } => write!(f, "{}{why}", Self::ROLLED_BACK),
+            Outcome::RolledBackByRecovery { why } if why.is_empty() => {
+                f.write_str(Self::ROLLED_BACK_BY_RECOVERY)
+            }
+            Outcome::RolledBackByRecovery { why } => {
+                write!(f, "{}: {why}", Self::ROLLED_BACK_BY_RECOVERY)
+            }
+            Outcome::RolledForward => f.write_str(Self::ROLLED_FORWARD),
+            Outcome::RestoredOnRequest => f.write_str(Self::RESTORED),
+            Outcome::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Transitional, for code written when the outcome was free text
+/// (`outcome.as_deref().unwrap_or("").starts_with("abandoned")`): an outcome reads as the fixed
+/// beginning of its sentence. New code matches on the enum or calls
+/// [`Journal::installed_anything`]; this goes once no caller needs it.
+impl std::ops::Deref for Outcome {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Outcome::Abandoned { .. } => Self::ABANDONED,
+            Outcome::AbandonedByRecovery { .. } => Self::ABANDONED_BY_RECOVERY,
+            Outcome::RolledBack { .. } => Self::ROLLED_BACK,
+            Outcome::RolledBackByRecovery { .. } => Self::ROLLED_BACK_BY_RECOVERY,
+            Outcome::RolledForward => Self::ROLLED_FORWARD,
+            Outcome::RestoredOnRequest => Self::RESTORED,
+            Outcome::Other(s) => s,
+        }
+    }
+}
+
+impl Serialize for Outcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Outcome {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Outcome, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(Outcome::parse(&s))
+    }
 }
 
 impl Journal {
@@ -138,19 +275,51 @@ impl Journal {
         }
     }
 
+    /// Whether the rotation may have installed something, so that its consumers may have read
+    /// a new file: false only while it is before installing, or once it was abandoned (closed
+    /// before installing anything).
+    pub fn installed_anything(&self) -> bool {
+        match self.phase {
+            Phase::Planned | Phase::BackedUp | Phase::Staged => false,
+            Phase::Installing | Phase::Committed | Phase::RollingBack => true,
+            Phase::RolledBack => !self.outcome.as_ref().is_some_and(Outcome::is_abandoned),
+        }
+    }
+
     /// Reads the journal of the rotation directory `dir`; `None` when there is none (a crash
     /// before the first write).
     pub fn load(dir: &Path) -> Result<Option<Journal>, RotationError> {
         let path = dir.join(FILE);
-        let data = match std::fs::read(&path) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(RotationError::io("read rotation journal", &path)(e)),
-        };
         let bad = |reason: String| RotationError::Journal {
             path: path.clone(),
             reason,
         };
+        // Never through a link someone planted, never a device, never more than MAX_BYTES.
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc_flags())
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(RotationError::io("read rotation journal", &path)(e)),
+        };
+        let meta = file
+            .metadata()
+            .map_err(RotationError::io("inspect rotation journal", &path))?;
+        if !meta.file_type().is_file() {
+            return Err(bad("it is not a regular file".into()));
+        }
+        if meta.len() > MAX_BYTES {
+            return Err(bad(format!(
+                "it is {} bytes, more than the {MAX_BYTES} a journal may have",
+                meta.len()
+            )));
+        }
+        let mut data = Vec::new();
+        file.take(MAX_BYTES + 1)
+            .read_to_end(&mut data)
+            .map_err(RotationError::io("read rotation journal", &path))?;
         let j: Journal = serde_json::from_slice(&data).map_err(|e| bad(e.to_string()))?;
         if j.version != VERSION {
             return Err(bad(format!("unknown journal version {}", j.version)));
@@ -202,6 +371,12 @@ impl Journal {
     }
 }
 
+/// `O_NOFOLLOW | O_NONBLOCK`: a link at the journal's place is refused by the kernel, and opening
+/// a FIFO planted there does not hang recovery (the regular-file check then refuses it).
+fn libc_flags() -> i32 {
+    (nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits()
+}
+
 /// Could certrotd have named a staged file so? (Guards against a journal edited to point outside.)
 pub fn is_staged_name(name: &str) -> bool {
     !name.is_empty()
@@ -234,6 +409,40 @@ pub fn list(state: &StateDirs) -> Result<Vec<(String, PathBuf)>, RotationError> 
     }
     out.sort();
     Ok(out)
+}
+
+/// A rotation that is not over: until recovery finishes or undoes it, its files may be a mix of
+/// old and new (a certificate installed, its key not yet), which the inventory sees as problems.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenRotation {
+    /// The rotation id.
+    pub id: String,
+    /// The step it reached.
+    pub phase: Phase,
+    /// The certificates it renews, by inventory name.
+    pub certificates: Vec<String>,
+    /// Every path it touches (real paths).
+    pub paths: Vec<PathBuf>,
+    /// The components to restart once it is finished.
+    pub consumers: Vec<Component>,
+}
+
+/// The rotations not yet final, oldest first. A journal that cannot be read is skipped: recovery
+/// quarantines it, and it must not make anything due (its paths cannot be trusted).
+pub fn open(state: &StateDirs) -> Vec<OpenRotation> {
+    list(state)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(_, dir)| Journal::load(&dir).ok().flatten())
+        .filter(|j| !j.phase.is_final())
+        .map(|j| OpenRotation {
+            id: j.id,
+            phase: j.phase,
+            certificates: j.certificates,
+            paths: j.paths,
+            consumers: j.consumers,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -281,5 +490,140 @@ mod tests {
         std::fs::write(other.join(FILE), text).unwrap();
         let err = Journal::load(&other).unwrap_err();
         assert!(err.to_string().contains("belongs to rotation"), "{err}");
+    }
+
+    #[test]
+    fn outcomes_of_every_version_load_and_round_trip() {
+        let old = [
+            (
+                "abandoned before installing anything: injected failure",
+                Outcome::Abandoned {
+                    why: "injected failure".into(),
+                },
+            ),
+            (
+                "abandoned by recovery: interrupted before anything was installed",
+                Outcome::AbandonedByRecovery {
+                    why: "interrupted before anything was installed".into(),
+                },
+            ),
+            (
+                "rolled back: the key does not match",
+                Outcome::RolledBack {
+                    why: "the key does not match".into(),
+                },
+            ),
+            (
+                "rolled back by recovery: staged content x is missing or corrupt",
+                Outcome::RolledBackByRecovery {
+                    why: "staged content x is missing or corrupt".into(),
+                },
+            ),
+            (
+                "rolled back by recovery",
+                Outcome::RolledBackByRecovery { why: String::new() },
+            ),
+            ("rolled forward by recovery", Outcome::RolledForward),
+            ("restored on request", Outcome::RestoredOnRequest),
+            (
+                "something a newer version says",
+                Outcome::Other("something a newer version says".into()),
+            ),
+        ];
+        for (text, outcome) in old {
+            assert_eq!(Outcome::parse(text), outcome, "{text}");
+            assert_eq!(outcome.to_string(), text);
+            let json = serde_json::to_string(&outcome).unwrap();
+            assert_eq!(json, serde_json::to_string(text).unwrap());
+            assert_eq!(serde_json::from_str::<Outcome>(&json).unwrap(), outcome);
+        }
+    }
+
+    fn journal_text(id: &str, phase: &str, outcome: Option<&str>) -> String {
+        let outcome = outcome.map_or(String::new(), |o| format!(r#","outcome":"{o}""#));
+        format!(
+            r#"{{"version":1,"id":"{id}","created_at":"2026-01-01T00:00:00Z","phase":"{phase}",
+               "certificates":["apiserver"],"consumers":[],"paths":["/pki/apiserver.crt"]{outcome}}}"#
+        )
+    }
+
+    #[test]
+    fn a_journal_of_an_older_version_says_whether_it_installed_anything() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cases = [
+            ("staged", None, false),
+            ("installing", None, true),
+            ("committed", Some("rolled forward by recovery"), true),
+            (
+                "rolled-back",
+                Some("abandoned before installing anything: x"),
+                false,
+            ),
+            ("rolled-back", Some("abandoned by recovery: y"), false),
+            ("rolled-back", Some("rolled back: z"), true),
+            ("rolled-back", Some("restored on request"), true),
+            ("rolled-back", None, true),
+        ];
+        for (i, (phase, outcome, installed)) in cases.into_iter().enumerate() {
+            let id = format!("20260101T000000Z-{i:06}");
+            let dir = tmp.path().join(&id);
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join(FILE), journal_text(&id, phase, outcome)).unwrap();
+            let j = Journal::load(&dir).unwrap().unwrap();
+            assert_eq!(j.installed_anything(), installed, "{phase} {outcome:?}");
+        }
+    }
+
+    #[test]
+    fn a_journal_that_is_a_link_or_too_large_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("20260101T000000Z-abcdef");
+        std::fs::create_dir(&dir).unwrap();
+        let elsewhere = tmp.path().join("elsewhere.json");
+        std::fs::write(
+            &elsewhere,
+            journal_text("20260101T000000Z-abcdef", "staged", None),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.join(FILE)).unwrap();
+        assert!(Journal::load(&dir).is_err());
+        std::fs::remove_file(dir.join(FILE)).unwrap();
+        let big = vec![b' '; MAX_BYTES as usize + 1];
+        std::fs::write(dir.join(FILE), big).unwrap();
+        let err = Journal::load(&dir).unwrap_err().to_string();
+        assert!(err.contains("more than"), "{err}");
+    }
+
+    #[test]
+    fn open_lists_unfinished_rotations_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDirs {
+            dir: tmp.path().to_owned(),
+        };
+        assert!(open(&state).is_empty());
+        for (id, phase) in [
+            ("20260101T000000Z-000001", "committed"),
+            ("20260101T000000Z-000002", "installing"),
+            ("20260101T000000Z-000003", "rolled-back"),
+            ("20260101T000000Z-000004", "staged"),
+        ] {
+            let dir = state.rotation(id);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(FILE), journal_text(id, phase, None)).unwrap();
+        }
+        let bad = state.rotation("20260101T000000Z-000005");
+        std::fs::create_dir_all(&bad).unwrap();
+        std::fs::write(bad.join(FILE), "{ not json").unwrap();
+        let open = open(&state);
+        let ids: Vec<(&str, Phase)> = open.iter().map(|o| (o.id.as_str(), o.phase)).collect();
+        assert_eq!(
+            ids,
+            [
+                ("20260101T000000Z-000002", Phase::Installing),
+                ("20260101T000000Z-000004", Phase::Staged)
+            ]
+        );
+        assert_eq!(open[0].certificates, ["apiserver"]);
+        assert_eq!(open[0].paths, [PathBuf::from("/pki/apiserver.crt")]);
     }
 }

@@ -24,6 +24,7 @@ pub mod journal;
 pub mod lock;
 pub mod obtain;
 pub mod plan;
+pub mod recheck;
 pub mod recover;
 pub mod select;
 pub mod stage;
@@ -146,6 +147,12 @@ impl StateDirs {
     /// `<state>/backups`: one [`crate::store::Backup`] per rotation.
     pub fn backups(&self) -> PathBuf {
         self.dir.join("backups")
+    }
+
+    /// `<state>/quarantine`: rotations whose journal recovery could not trust (unreadable, an
+    /// unknown version, paths outside the root), moved aside whole for a person to look at.
+    pub fn quarantine(&self) -> PathBuf {
+        self.dir.join("quarantine")
     }
 
     /// `<state>/lock`: held while a rotation, a recovery or a restore runs.

@@ -4,25 +4,38 @@
 //! | journal phase            | staged contents verify | what recovery does                         |
 //! |--------------------------|------------------------|--------------------------------------------|
 //! | (no journal)             | –                      | removes the empty rotation directory       |
+//! | (unreadable, unknown)    | –                      | quarantines it, touches none of its files  |
 //! | planned, backed-up       | –                      | abandons it: nothing was installed         |
 //! | staged                   | yes / no               | rolls forward / abandons it                |
 //! | installing               | yes / no               | rolls forward / restores the backup        |
 //! | rolling-back             | –                      | restores the backup (again)                |
-//! | committed, rolled-back   | –                      | deletes leftover staged keys               |
+//! | committed, rolled-back   | –                      | deletes leftover staged keys (and the      |
+//! |                          |                        | backup of an abandoned one)                |
 //!
-//! Rolling forward never silently loses a file someone else wrote meanwhile: a file that is
-//! neither the rotation's old nor its new content is copied to `<rotation>/displaced/` first.
+//! "Verify" means more than the digests: every staged certificate is judged again at the time
+//! of the recovery ([`super::recheck`]), and every file not installed yet must still hold what
+//! was backed up (someone else may have written it since the crash). A staged rotation that fails
+//! either is abandoned; an installing one is restored, naming the file.
+//!
+//! Each rotation is dealt with on its own: one whose journal cannot be trusted (unreadable, an
+//! unknown version, paths outside the node root) is moved whole to `<state>/quarantine/<id>` and
+//! the others are still recovered, so one bad file never stops the daemon.
+//!
+//! Neither rolling forward nor restoring silently loses a file someone else wrote meanwhile: a
+//! file that is neither the rotation's old nor its new content is copied to
+//! `<rotation>/displaced/` first.
 
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
-use tracing::{info, warn};
+use time::OffsetDateTime;
+use tracing::{error, info, warn};
 
 use super::execute;
-use super::journal::{self, Change, Journal, Phase};
-use super::{Context, RotationError, check_guard, stage};
+use super::journal::{self, Change, Journal, Outcome, Phase};
+use super::{Context, RotationError, check_guard, recheck, stage};
 use crate::failpoint::Failpoint;
 use crate::pki::layout::Component;
 use crate::store::{self, Backup, RestoreReport};
@@ -30,7 +43,7 @@ use crate::store::{self, Backup, RestoreReport};
 /// What recovery did to one rotation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// It had installed nothing; it was closed as rolled back.
+    /// It had installed nothing; it was closed as rolled back (and its backup deleted).
     Abandoned,
     /// Its staged contents were installed and it was committed.
     RolledForward,
@@ -38,6 +51,20 @@ pub enum Action {
     RolledBack,
     /// It was finished already; leftovers (staged keys, an empty directory) were removed.
     CleanedUp,
+    /// Its journal could not be trusted; the rotation's directory was moved to
+    /// `<state>/quarantine/` and none of its files was touched.
+    Quarantined {
+        /// Why (names the journal or the path; never file contents).
+        reason: String,
+        /// Where the rotation's directory is now.
+        moved_to: PathBuf,
+    },
+    /// Recovering it failed (an I/O error, a backup that cannot be restored); it stays open and
+    /// the next recovery tries again.
+    Failed {
+        /// What went wrong.
+        error: String,
+    },
 }
 
 /// One rotation recovery dealt with.
@@ -53,82 +80,207 @@ pub struct Recovered {
     pub warnings: Vec<String>,
 }
 
-/// Recovers every unfinished rotation, oldest first. The caller holds the rotation lock.
+impl Recovered {
+    fn only(id: &str, action: Action) -> Recovered {
+        Recovered {
+            id: id.to_owned(),
+            action,
+            consumers: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Recovers every unfinished rotation, oldest first, judging staged certificates at the current
+/// time (the CLI's entry; the daemon passes its clock to [`recover_at`]). The caller holds the
+/// rotation lock.
 pub fn recover(ctx: &Context<'_>) -> Result<Vec<Recovered>, RotationError> {
+    recover_at(ctx, OffsetDateTime::now_utc())
+}
+
+/// Recovers every unfinished rotation, oldest first, each on its own: a rotation that cannot be
+/// trusted is quarantined and one that fails stays open, and either is reported in its
+/// [`Recovered`] while the others go on. Errors only when nothing can go on: the rotations
+/// directory cannot be read, or the guard was lost. The caller holds the rotation lock.
+pub fn recover_at(ctx: &Context<'_>, now: OffsetDateTime) -> Result<Vec<Recovered>, RotationError> {
     let mut out = Vec::new();
     for (id, dir) in journal::list(ctx.state)? {
-        let Some(j) = Journal::load(&dir)? else {
-            // A crash between creating the directory and the first journal write: nothing else
-            // of this rotation exists yet.
-            std::fs::remove_dir_all(&dir)
-                .map_err(RotationError::io("remove empty rotation directory", &dir))?;
-            store::fsync_dir(&ctx.state.rotations())?;
-            out.push(Recovered {
-                id,
-                action: Action::CleanedUp,
-                consumers: Vec::new(),
-                warnings: Vec::new(),
-            });
-            continue;
+        let result = match Journal::load(&dir) {
+            Ok(j) => recover_dir(ctx, &id, &dir, j, now),
+            Err(e) => Err(Trouble::Untrusted(e)),
         };
-        if j.phase.is_final() {
-            if stage::dir(&dir).exists() {
-                stage::remove(&dir)?;
-                out.push(Recovered {
-                    id,
-                    action: Action::CleanedUp,
-                    consumers: Vec::new(),
-                    warnings: Vec::new(),
-                });
+        match result {
+            Ok(Some(r)) => out.push(r),
+            Ok(None) => {}
+            Err(Trouble::Failed(e @ RotationError::GuardLost { .. })) => return Err(e),
+            Err(Trouble::Failed(e)) => {
+                error!(rotation = %id, error = %e, "recovering the rotation failed; it stays open");
+                out.push(Recovered::only(
+                    &id,
+                    Action::Failed {
+                        error: e.to_string(),
+                    },
+                ));
             }
-            continue;
+            Err(Trouble::Untrusted(e)) => out.push(quarantine(ctx, &id, &dir, &e)),
         }
-        out.push(recover_one(ctx, &dir, j)?);
     }
     Ok(out)
 }
 
-fn recover_one(ctx: &Context<'_>, dir: &Path, mut j: Journal) -> Result<Recovered, RotationError> {
+/// Why one rotation could not be recovered.
+enum Trouble {
+    /// Its journal or backup cannot be trusted: quarantine it, guess nothing.
+    Untrusted(RotationError),
+    /// Something failed on the way: it stays open.
+    Failed(RotationError),
+}
+
+impl From<RotationError> for Trouble {
+    fn from(e: RotationError) -> Trouble {
+        match e {
+            RotationError::OutsideRoot { .. } | RotationError::Journal { .. } => {
+                Trouble::Untrusted(e)
+            }
+            e => Trouble::Failed(e),
+        }
+    }
+}
+
+fn recover_dir(
+    ctx: &Context<'_>,
+    id: &str,
+    dir: &Path,
+    j: Option<Journal>,
+    now: OffsetDateTime,
+) -> Result<Option<Recovered>, Trouble> {
+    let Some(j) = j else {
+        // A crash between creating the directory and the first journal write: nothing else of
+        // this rotation exists yet.
+        std::fs::remove_dir_all(dir)
+            .map_err(RotationError::io("remove empty rotation directory", dir))?;
+        store::fsync_dir(&ctx.state.rotations()).map_err(RotationError::from)?;
+        return Ok(Some(Recovered::only(id, Action::CleanedUp)));
+    };
+    if !j.phase.is_final() {
+        return recover_one(ctx, dir, j, now).map(Some);
+    }
+    let mut cleaned = false;
+    if stage::dir(dir).exists() {
+        stage::remove(dir)?;
+        cleaned = true;
+    }
+    // A crash between closing an abandoned rotation and deleting its backup.
+    let abandoned = j.outcome.as_ref().is_some_and(Outcome::is_abandoned);
+    if abandoned && ctx.state.backups().join(id).exists() {
+        store::remove(&ctx.state.backups(), id).map_err(RotationError::from)?;
+        cleaned = true;
+    }
+    Ok(cleaned.then(|| Recovered::only(id, Action::CleanedUp)))
+}
+
+/// Moves a rotation that cannot be trusted to `<state>/quarantine/<id>` (another name if that is
+/// taken), touching nothing it names.
+fn quarantine(ctx: &Context<'_>, id: &str, dir: &Path, why: &RotationError) -> Recovered {
+    let reason = why.to_string();
+    let moved = (|| -> Result<PathBuf, RotationError> {
+        let q = ctx.state.quarantine();
+        execute::create_private_dir(&q)?;
+        let mut to = q.join(id);
+        let mut n = 1;
+        while std::fs::symlink_metadata(&to).is_ok() {
+            to = q.join(format!("{id}.{n}"));
+            n += 1;
+        }
+        std::fs::rename(dir, &to).map_err(RotationError::io("move to quarantine", dir))?;
+        store::fsync_dir(&q)?;
+        store::fsync_dir(&ctx.state.rotations())?;
+        Ok(to)
+    })();
+    match moved {
+        Ok(to) => {
+            error!(
+                rotation = %id,
+                reason = %reason,
+                quarantine = %to.display(),
+                "rotation quarantined: its journal cannot be trusted, its files were left as they are"
+            );
+            Recovered::only(
+                id,
+                Action::Quarantined {
+                    reason,
+                    moved_to: to,
+                },
+            )
+        }
+        Err(e) => Recovered::only(
+            id,
+            Action::Failed {
+                error: format!("{reason}; moving it to quarantine failed: {e}"),
+            },
+        ),
+    }
+}
+
+fn recover_one(
+    ctx: &Context<'_>,
+    dir: &Path,
+    mut j: Journal,
+    now: OffsetDateTime,
+) -> Result<Recovered, Trouble> {
     info!(rotation = %j.id, phase = j.phase.as_str(), "recovering an unfinished rotation");
     let named = j.paths.iter().map(PathBuf::as_path);
     inside_root(ctx, &j.id, named.chain(j.changes.iter().map(Change::path)))?;
+    // A backup naming a path outside the root is refused before anything is touched; one that
+    // is missing or damaged only matters where it is needed.
+    let backup = match open_backup(ctx, &j.id) {
+        Ok(b) => Ok(b),
+        Err(e @ RotationError::OutsideRoot { .. }) => return Err(Trouble::Untrusted(e)),
+        Err(e) => Err(e),
+    };
     remove_temps(ctx, dir, &j);
     let mut warnings = Vec::new();
     let id = j.id.clone();
     let action = match j.phase {
-        Phase::Planned | Phase::BackedUp => {
-            abandon_after_crash(dir, &mut j, "interrupted before anything was installed")?
+        Phase::Planned | Phase::BackedUp => abandon_after_crash(
+            ctx,
+            dir,
+            &mut j,
+            "interrupted before anything was installed".into(),
+        )?,
+        Phase::Staged | Phase::Installing => {
+            match forward_blocker(dir, &j, backup.as_ref().ok(), now) {
+                Ok(contents) => {
+                    roll_forward(
+                        ctx,
+                        dir,
+                        &mut j,
+                        backup.as_ref().ok(),
+                        &contents,
+                        &mut warnings,
+                    )?;
+                    Action::RolledForward
+                }
+                Err(why) if j.phase == Phase::Staged => {
+                    warnings.push(why.clone());
+                    abandon_after_crash(ctx, dir, &mut j, why)?
+                }
+                Err(why) => {
+                    warnings.push(why.clone());
+                    let backup = backup?;
+                    restore_after_crash(ctx, dir, &mut j, &backup, why, &mut warnings)?;
+                    Action::RolledBack
+                }
+            }
         }
-        Phase::Staged | Phase::Installing => match stage::read_all(dir, &j.changes) {
-            Ok(contents) => {
-                roll_forward(ctx, dir, &mut j, &contents, &mut warnings)?;
-                Action::RolledForward
-            }
-            Err(e) if j.phase == Phase::Staged => {
-                warnings.push(e.to_string());
-                abandon_after_crash(dir, &mut j, &format!("staged contents unusable: {e}"))?
-            }
-            Err(e) => {
-                warnings.push(e.to_string());
-                check_guard(ctx.guard, "restoring the backup")?;
-                let backup = open_backup(ctx, &id)?;
-                execute::restore(
-                    dir,
-                    &mut j,
-                    &backup,
-                    &format!("rolled back by recovery: {e}"),
-                )?;
-                Action::RolledBack
-            }
-        },
         Phase::RollingBack => {
+            let backup = backup?;
             check_guard(ctx.guard, "restoring the backup")?;
-            let backup = open_backup(ctx, &id)?;
             let outcome = j
                 .outcome
                 .clone()
-                .unwrap_or_else(|| "rolled back by recovery".into());
-            execute::restore(dir, &mut j, &backup, &outcome)?;
+                .unwrap_or(Outcome::RolledBackByRecovery { why: String::new() });
+            execute::restore(dir, &mut j, &backup, outcome)?;
             Action::RolledBack
         }
         Phase::Committed | Phase::RolledBack => Action::CleanedUp,
@@ -149,11 +301,97 @@ fn recover_one(ctx: &Context<'_>, dir: &Path, mut j: Journal) -> Result<Recovere
     })
 }
 
-fn abandon_after_crash(dir: &Path, j: &mut Journal, why: &str) -> Result<Action, RotationError> {
-    j.outcome = Some(format!("abandoned by recovery: {why}"));
+/// The staged contents if rolling forward is safe, or why it is not: a staged content is
+/// missing or corrupt, a staged certificate no longer passes its checks at `now`, or a file not
+/// installed yet no longer holds what was backed up.
+fn forward_blocker(
+    dir: &Path,
+    j: &Journal,
+    backup: Option<&Backup>,
+    now: OffsetDateTime,
+) -> Result<Vec<Option<Vec<u8>>>, String> {
+    let contents = stage::read_all(dir, &j.changes).map_err(|e| e.to_string())?;
+    recheck::staged(&j.changes, &contents, now).map_err(|e| e.to_string())?;
+    for change in &j.changes {
+        if execute::is_installed(change).map_err(|e| e.to_string())? {
+            continue;
+        }
+        let path = change.path();
+        match backup {
+            // Unreadable counts as changed: nothing proves it is the old content.
+            Some(b) if !b.matches_current(path).unwrap_or(false) => {
+                return Err(RotationError::Changed {
+                    path: path.to_owned(),
+                }
+                .to_string());
+            }
+            Some(_) => {}
+            // Nothing tells old content from a stranger's: only a rotation that installed
+            // nothing yet can be given up safely; one that did is finished (displacing
+            // whatever is neither old nor new).
+            None if j.phase == Phase::Staged => {
+                return Err(format!(
+                    "its backup cannot be read, so nothing proves {} still holds what the \
+                     rotation built on",
+                    path.display()
+                ));
+            }
+            None => {}
+        }
+    }
+    Ok(contents)
+}
+
+fn abandon_after_crash(
+    ctx: &Context<'_>,
+    dir: &Path,
+    j: &mut Journal,
+    why: String,
+) -> Result<Action, RotationError> {
+    j.outcome = Some(Outcome::AbandonedByRecovery { why });
     j.advance(dir, Phase::RolledBack)?;
     stage::remove(dir)?;
+    execute::discard_backup(ctx, &j.id);
     Ok(Action::Abandoned)
+}
+
+/// Restores the backup of a rotation that installed part of its changes, keeping aside a file
+/// someone else wrote meanwhile.
+fn restore_after_crash(
+    ctx: &Context<'_>,
+    dir: &Path,
+    j: &mut Journal,
+    backup: &Backup,
+    why: String,
+    warnings: &mut Vec<String>,
+) -> Result<(), RotationError> {
+    check_guard(ctx.guard, "restoring the backup")?;
+    for (i, change) in j.changes.iter().enumerate() {
+        let old = backup.matches_current(change.path()).unwrap_or(false);
+        if !old && !execute::is_installed(change)? {
+            keep_aside(dir, i, change.path(), &j.id, warnings)?;
+        }
+    }
+    execute::restore(dir, j, backup, Outcome::RolledBackByRecovery { why })?;
+    Ok(())
+}
+
+/// Copies a file that is neither a rotation's old nor its new content aside, and says so.
+fn keep_aside(
+    dir: &Path,
+    index: usize,
+    path: &Path,
+    id: &str,
+    warnings: &mut Vec<String>,
+) -> Result<(), RotationError> {
+    if let Some(saved) = displace(dir, index, path)? {
+        warnings.push(format!(
+            "{} held neither the old nor the new content of rotation {id}; it was kept as {}",
+            path.display(),
+            saved.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Installs what is not installed yet, then commits as a normal run would.
@@ -161,11 +399,10 @@ fn roll_forward(
     ctx: &Context<'_>,
     dir: &Path,
     j: &mut Journal,
+    backup: Option<&Backup>,
     contents: &[Option<Vec<u8>>],
     warnings: &mut Vec<String>,
 ) -> Result<(), RotationError> {
-    // Without a readable backup nothing tells old content from a stranger's; still roll forward.
-    let backup = open_backup(ctx, &j.id).ok();
     if j.phase == Phase::Staged {
         check_guard(ctx.guard, "installing")?;
         j.advance(dir, Phase::Installing)?;
@@ -175,17 +412,14 @@ fn roll_forward(
         if execute::is_installed(change)? {
             continue;
         }
-        let is_old = match &backup {
+        // Without a readable backup nothing tells old content from a stranger's: installing
+        // is all that is left (forward_blocker allowed it only for an installing rotation).
+        let is_old = match backup {
             Some(b) => b.matches_current(change.path()).unwrap_or(false),
             None => true,
         };
-        if !is_old && let Some(saved) = displace(dir, i, change.path())? {
-            warnings.push(format!(
-                "{} held neither the old nor the new content of rotation {}; it was kept as {}",
-                change.path().display(),
-                j.id,
-                saved.display()
-            ));
+        if !is_old {
+            keep_aside(dir, i, change.path(), &j.id, warnings)?;
         }
         pending.push((change.clone(), data.as_deref()));
     }
@@ -193,7 +427,7 @@ fn roll_forward(
     let data: Vec<Option<&[u8]>> = pending.iter().map(|(_, d)| *d).collect();
     execute::install_all(ctx, &changes, &data, Failpoint::RecoverInstalled)?;
     execute::verify_installed(dir, &j.changes)?;
-    j.outcome = Some("rolled forward by recovery".into());
+    j.outcome = Some(Outcome::RolledForward);
     j.advance(dir, Phase::Committed)?;
     // Committed is committed: tidying up is retried by the next start if it fails now.
     if let Err(e) = execute::finish(ctx, &j.id, dir) {
@@ -208,7 +442,17 @@ fn inside_root<'a>(
     id: &str,
     mut paths: impl Iterator<Item = &'a Path>,
 ) -> Result<(), RotationError> {
-    match paths.find(|p| !p.starts_with(ctx.root.dir())) {
+    // Component-wise: `<root>/../etc` starts with the root but leads out of it.
+    let outside = |p: &Path| {
+        !p.starts_with(ctx.root.dir())
+            || p.components().any(|c| {
+                matches!(
+                    c,
+                    std::path::Component::ParentDir | std::path::Component::CurDir
+                )
+            })
+    };
+    match paths.find(|p| outside(p)) {
         Some(p) => Err(RotationError::OutsideRoot {
             id: id.to_owned(),
             path: p.to_owned(),
@@ -298,7 +542,7 @@ pub fn restore(ctx: &Context<'_>, id: &str) -> Result<Restored, RotationError> {
     let dir = ctx.state.rotation(id);
     match Journal::load(&dir)? {
         Some(mut j) => {
-            let report = execute::restore(&dir, &mut j, &backup, "restored on request")?;
+            let report = execute::restore(&dir, &mut j, &backup, Outcome::RestoredOnRequest)?;
             Ok(Restored {
                 report,
                 consumers: j.consumers,

@@ -87,12 +87,28 @@ impl Daemon {
         create_private_dir(&settings.in_root(&settings.state_dir))?;
         let state = StateDirs::new(&root, &settings.state_dir)?;
         let mut notices = Vec::new();
-        if let Err(e) = recover_at_start(&root, &state, &settings) {
-            tracing::error!("recovering interrupted rotations: {e}");
-            notices.push(format!("recovering interrupted rotations failed: {e}"));
+        let history = Arc::new(History::for_settings(&settings));
+        match recover_at_start(&root, &state, &settings, now) {
+            Ok(recovered) => {
+                super::rotate::record_quarantined(&history, &settings.node_name, &recovered, now);
+                for r in &recovered {
+                    if let crate::rotation::recover::Action::Quarantined { reason, moved_to } =
+                        &r.action
+                    {
+                        notices.push(format!(
+                            "rotation {} was quarantined to {}: {reason}",
+                            r.id,
+                            moved_to.display()
+                        ));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!("recovering interrupted rotations: {e}");
+                notices.push(format!("recovering interrupted rotations failed: {e}"));
+            }
         }
         let announced = load_announced(&state.dir);
-        let history = Arc::new(History::for_settings(&settings));
         let last_rotation = history
             .read(None)
             .ok()
@@ -217,11 +233,15 @@ impl Daemon {
     /// What is due, deferred and next, at `now`.
     pub fn decide(&self, now: OffsetDateTime) -> Decision {
         let rotates = self.inventory.kubelet.rotate_certificates.unwrap_or(false);
-        let mut d = decide::decide(
+        // A certificate of a rotation left open is due, whatever its inventory problem (a key
+        // that does not match its certificate half-way through an install): finishing it is the cure.
+        let open = crate::rotation::journal::open(&self.state);
+        let mut d = decide::decide_with_open(
             &self.inventory,
             &Policy::from_settings(&self.settings),
             &self.announced,
             rotates,
+            &open,
             now,
         );
         if let Some(retry) = self.backoff.waiting(now) {
@@ -417,9 +437,14 @@ impl Daemon {
 pub const IDLE_BOUND: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Finishes or rolls back what a crash (or a SIGTERM mid-rotation) left, before anything else.
-fn recover_at_start(root: &Root, state: &StateDirs, settings: &Settings) -> Result<(), String> {
+fn recover_at_start(
+    root: &Root,
+    state: &StateDirs,
+    settings: &Settings,
+    now: OffsetDateTime,
+) -> Result<Vec<crate::rotation::recover::Recovered>, String> {
     let _lock = lock::acquire(state).map_err(|e| format!("{e:#}"))?;
-    super::rotate::recover_locked(root, state, settings, &Unguarded)
+    super::rotate::recover_locked(root, state, settings, &Unguarded, now)
 }
 
 /// The configuration files of `settings`, as status shows them.

@@ -434,7 +434,7 @@ pub async fn resume(env: &Env<'_>, lease: &Held) -> Vec<Finished> {
                 let installed = Installed::from_journal(&j, &inv);
                 restart_and_prove(env, &id, &installed, lease, record).await
             }
-            Ok(Some(j)) if j.phase == Phase::RolledBack && installed_anything(&j) => {
+            Ok(Some(j)) if j.phase == Phase::RolledBack && j.installed_anything() => {
                 record.disruptive_from = Some(rfc3339(env.clock.now()));
                 let installed = Installed::from_journal(&j, &inv);
                 let after = restart_onto_disk(env, &id, &names, &installed, lease).await;
@@ -474,12 +474,6 @@ pub async fn resume(env: &Env<'_>, lease: &Held) -> Vec<Finished> {
         }
     }
     finished
-}
-
-/// Whether a rolled-back rotation had installed anything (so its components read new files).
-fn installed_anything(j: &Journal) -> bool {
-    // "abandoned": closed before anything was installed, so nothing read the new files.
-    !j.outcome.as_deref().unwrap_or("").starts_with("abandoned")
 }
 
 /// The rotations history shows as Initiated: started, never finished.
@@ -568,9 +562,12 @@ async fn make_plan(env: &Env<'_>, sel: &Selection, now: OffsetDateTime) -> Resul
         env.state.clone(),
         sel.clone(),
     );
+    let history = History::for_settings(&settings);
     spawn_blocking(move || {
         let _lock = lock::acquire(&state).map_err(|e| format!("{e:#}"))?;
-        recover_locked(&root, &state, &settings, &Unguarded)?;
+        let recovered = recover_locked(&root, &state, &settings, &Unguarded, now)?;
+        record_quarantined(&history, &settings.node_name, &recovered, now);
+        still_open(&recovered)?;
         let inv = crate::commands::check::inventory(&settings);
         let selected = select::select(&inv, &sel).map_err(|e| e.to_string())?;
         let opts = PlanOptions {
@@ -593,23 +590,81 @@ async fn make_plan(env: &Env<'_>, sel: &Selection, now: OffsetDateTime) -> Resul
 }
 
 /// Finishes or rolls back rotations a crash interrupted (the caller holds the lock), asking
-/// `guard` before every install of a roll-forward.
+/// `guard` before every install of a roll-forward. Returns what it did to each; a rotation it
+/// could not recover stays open (`Action::Failed`), one whose journal cannot be trusted is
+/// quarantined (`Action::Quarantined`), and the others go on either way.
 pub fn recover_locked(
     root: &Root,
     state: &StateDirs,
     settings: &Settings,
     guard: &dyn Guard,
-) -> Result<(), String> {
+    now: OffsetDateTime,
+) -> Result<Vec<recover::Recovered>, String> {
     let ctx = Context {
         root,
         state,
         backups_keep: settings.renew.backups_keep,
         guard,
     };
-    for r in recover::recover(&ctx).map_err(|e| format!("{e:#}"))? {
+    let recovered = recover::recover_at(&ctx, now).map_err(|e| format!("{e:#}"))?;
+    for r in &recovered {
         tracing::warn!(rotation_id = %r.id, "recovered interrupted rotation {}: {:?}", r.id, r.action);
     }
-    Ok(())
+    Ok(recovered)
+}
+
+/// Closes in history what recovery quarantined: a Failed record (started if history had none)
+/// naming the journal and where it went, and an error event. The daemon goes on with the rest.
+pub fn record_quarantined(
+    history: &History,
+    node: &str,
+    recovered: &[recover::Recovered],
+    now: OffsetDateTime,
+) {
+    for r in recovered {
+        let recover::Action::Quarantined { reason, moved_to } = &r.action else {
+            continue;
+        };
+        let why = format!(
+            "{}; it was moved to {} and none of its files was touched",
+            RotationFailure::JournalUnreadable(reason.clone()),
+            moved_to.display()
+        );
+        events::rotation_failed(node, &r.id, &[], &why);
+        let known = history
+            .read(None)
+            .map(|h| h.records.iter().any(|x| x.id == r.id))
+            .unwrap_or(false);
+        let recorded = if known {
+            history.update(&r.id, HistoryState::Failed, Some(why), now)
+        } else {
+            history
+                .start(
+                    &r.id,
+                    node,
+                    Vec::new(),
+                    Some("quarantined by recovery".into()),
+                    now,
+                )
+                .and_then(|_| history.update(&r.id, HistoryState::Failed, Some(why), now))
+        };
+        if let Err(e) = recorded {
+            tracing::error!("recording quarantined rotation {} in history: {e:#}", r.id);
+        }
+    }
+}
+
+/// Refuses to plan while recovery left a rotation open: it is finished first, under the lease.
+fn still_open(recovered: &[recover::Recovered]) -> Result<(), String> {
+    match recovered.iter().find_map(|r| match &r.action {
+        recover::Action::Failed { error } => Some((r.id.as_str(), error.as_str())),
+        _ => None,
+    }) {
+        Some((id, error)) => Err(format!(
+            "rotation {id} is still open (recovering it failed: {error}); it is finished first"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Recovery under the lock with the lease as its guard (a roll-forward installs files).
@@ -620,9 +675,13 @@ async fn recover_guarded(env: &Env<'_>, lease: &Held) -> Result<(), String> {
         env.state.clone(),
         lease.clone(),
     );
+    let now = env.clock.now();
+    let history = History::for_settings(&settings);
     spawn_blocking(move || {
         let _lock = lock::acquire(&state).map_err(|e| format!("{e:#}"))?;
-        recover_locked(&root, &state, &settings, &lease)
+        let recovered = recover_locked(&root, &state, &settings, &lease, now)?;
+        record_quarantined(&history, &settings.node_name, &recovered, now);
+        still_open(&recovered)
     })
     .await
     .map_err(|e| format!("recovery task failed: {e}"))?

@@ -220,26 +220,6 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// Transitional, for code written when the outcome was free text
-/// (`outcome.as_deref().unwrap_or("").starts_with("abandoned")`): an outcome reads as the fixed
-/// beginning of its sentence. New code matches on the enum or calls
-/// [`Journal::installed_anything`]; this goes once no caller needs it.
-impl std::ops::Deref for Outcome {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        match self {
-            Outcome::Abandoned { .. } => Self::ABANDONED,
-            Outcome::AbandonedByRecovery { .. } => Self::ABANDONED_BY_RECOVERY,
-            Outcome::RolledBack { .. } => Self::ROLLED_BACK,
-            Outcome::RolledBackByRecovery { .. } => Self::ROLLED_BACK_BY_RECOVERY,
-            Outcome::RolledForward => Self::ROLLED_FORWARD,
-            Outcome::RestoredOnRequest => Self::RESTORED,
-            Outcome::Other(s) => s,
-        }
-    }
-}
-
 impl Serialize for Outcome {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)

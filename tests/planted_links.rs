@@ -22,6 +22,9 @@ use support::renewal::*;
 
 /// `nobody`: a user that is neither root nor certrotd.
 const NOBODY: u32 = 65534;
+/// `/var/tmp/stolen.key` as seen from `/etc/kubernetes/pki`: a relative link text names the same
+/// file under a sandbox root as on a node (an absolute one would leave the sandbox).
+const RELATIVE_STOLEN: &str = "../../../var/tmp/stolen.key";
 
 fn need_root() {
     assert!(
@@ -30,11 +33,13 @@ fn need_root() {
     );
 }
 
-/// Content, mode and owner: what must not change in a file certrotd must not touch.
-fn held(p: &Path) -> (Vec<u8>, u32, u32) {
+/// Digest of the content, mode and owner: what must not change in a file certrotd must not
+/// touch (a digest, so a failing assertion never prints a key).
+fn held(p: &Path) -> (String, u32, u32) {
     let m = std::fs::symlink_metadata(p).unwrap();
     assert!(m.is_file(), "{} should be a regular file", p.display());
-    (std::fs::read(p).unwrap(), m.mode() & 0o7777, m.uid())
+    let digest = certrotd::store::sha256_hex(&std::fs::read(p).unwrap());
+    (digest, m.mode() & 0o7777, m.uid())
 }
 
 /// Puts a file owned by `nobody` at `node_path`, readable by all, holding `data`.
@@ -65,7 +70,10 @@ fn is_link(p: &Path) -> bool {
 fn a_link_planted_before_the_renewal_is_named_and_never_written_through() {
     need_root();
     // Its target outside the PKI directory, and inside it.
-    for target in ["/var/tmp/stolen.key", "/etc/kubernetes/pki/apiserver-old.key"] {
+    for target in [
+        "/var/tmp/stolen.key",
+        "/etc/kubernetes/pki/apiserver-old.key",
+    ] {
         let node = Node::sandbox(&SandboxOptions::default());
         let key = "/etc/kubernetes/pki/apiserver.key";
         // The target holds the valid key, so nothing but the link itself gives it away.
@@ -73,17 +81,17 @@ fn a_link_planted_before_the_renewal_is_named_and_never_written_through() {
         plant_link(&node, key, target, NOBODY);
         let before = held(&stolen);
 
+        let renew = node.run("renew", &["--cert", "apiserver"]);
+        assert_eq!(held(&stolen), before, "{target} must not be touched");
+        assert!(!renew.status.success(), "{}", renew.text());
+        assert!(renew.text().contains("apiserver"), "{}", renew.text());
+
         let check = node.run("check", &[]);
         let text = check.text();
         assert!(
             text.contains("apiserver: ") && text.contains("owned by uid 65534"),
             "check must name the planted link as apiserver's problem:\n{text}"
         );
-
-        let renew = node.run("renew", &["--cert", "apiserver"]);
-        assert!(!renew.status.success(), "{}", renew.text());
-        assert!(renew.text().contains("apiserver"), "{}", renew.text());
-        assert_eq!(held(&stolen), before, "{target} must not be touched");
         assert!(is_link(&node.path(key)));
         assert_eq!(
             std::fs::read_link(node.path(key)).unwrap(),
@@ -100,41 +108,36 @@ fn a_link_swapped_in_during_the_renewal_is_never_written_through() {
     let target = "/var/tmp/stolen.key";
     let stolen = attacker_file(&node, target, &std::fs::read(node.path(key)).unwrap());
     let before = held(&stolen);
+    // Relative, so it names that file under a sandbox root as it would on a node.
+    let target = RELATIVE_STOLEN;
 
-    // The rotation's directory appears once the plan is made; its staged files after the
-    // backup and the build. The link goes in at that moment, between the plan and the install.
-    let rotations = node.state().join("rotations");
-    std::fs::create_dir_all(&rotations).unwrap();
-    for d in [node.state(), rotations.clone()] {
+    // The backup of the rotation gets its directory once the plan is made and checked; the link
+    // goes in then, while the backup and the build run.
+    let backups = node.state().join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    for d in [node.state(), backups.clone()] {
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
     }
     let (tx, rx) = mpsc::channel();
     let mut watcher = notify::recommended_watcher(tx).unwrap();
     watcher
-        .watch(&rotations, RecursiveMode::NonRecursive)
+        .watch(&backups, RecursiveMode::NonRecursive)
         .unwrap();
     let swapper = {
         let link = node.path(key);
-        let rotations = rotations.clone();
         std::thread::spawn(move || {
+            let _watching = watcher;
             let deadline = Instant::now() + Duration::from_secs(120);
             while Instant::now() < deadline {
                 let Ok(Ok(event)) = rx.recv_timeout(Duration::from_millis(100)) else {
                     continue;
                 };
-                if !matches!(event.kind, EventKind::Create(_)) {
-                    continue;
-                }
-                for p in &event.paths {
-                    if p.parent() == Some(rotations.as_path()) {
-                        watcher.watch(p, RecursiveMode::NonRecursive).unwrap();
-                    } else if p.file_name().is_some_and(|n| n == "staged") {
-                        let tmp = link.with_file_name(".planted");
-                        symlink(target, &tmp).unwrap();
-                        std::os::unix::fs::lchown(&tmp, Some(NOBODY), Some(NOBODY)).unwrap();
-                        std::fs::rename(&tmp, &link).unwrap();
-                        return true;
-                    }
+                if matches!(event.kind, EventKind::Create(_)) {
+                    let tmp = link.with_file_name(".planted");
+                    symlink(target, &tmp).unwrap();
+                    std::os::unix::fs::lchown(&tmp, Some(NOBODY), Some(NOBODY)).unwrap();
+                    std::fs::rename(&tmp, &link).unwrap();
+                    return true;
                 }
             }
             false
@@ -144,13 +147,14 @@ fn a_link_swapped_in_during_the_renewal_is_never_written_through() {
     let renew = node.run("renew", &["--cert", "apiserver"]);
     assert!(
         swapper.join().unwrap(),
-        "the watcher never saw the rotation stage its files:\n{}",
+        "the watcher never saw the backup begin:\n{}",
         renew.text()
     );
-    assert!(!renew.status.success(), "{}", renew.text());
     assert_eq!(held(&stolen), before, "the renewal wrote through the link");
+    assert!(!renew.status.success(), "{}", renew.text());
     // Either the link is still there (the rotation saw the change before installing) or the
-    // roll-back put the old key back in its place; never a key written into the target.
+    // roll-back put the old key back in its place; never a key written into the target. The
+    // install right after the checks is covered without a race below.
     let key_path = node.path(key);
     assert!(is_link(&key_path) || std::fs::metadata(&key_path).unwrap().is_file());
 
@@ -158,6 +162,66 @@ fn a_link_swapped_in_during_the_renewal_is_never_written_through() {
     assert!(recover.status.success(), "{}", recover.text());
     assert_eq!(held(&stolen), before, "recovery wrote through the link");
     assert_no_temps(&node.root);
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_link_swapped_in_between_two_installs_is_never_written_through() {
+    use certrotd::failpoint::{ENV, RELEASE_ENV, TRACE_ENV};
+    need_root();
+    let node = Node::sandbox(&SandboxOptions::default());
+    let key = "/etc/kubernetes/pki/apiserver.key";
+    let target = "/var/tmp/stolen.key";
+    let stolen = attacker_file(&node, target, &std::fs::read(node.path(key)).unwrap());
+    let before = held(&stolen);
+    let target = RELATIVE_STOLEN;
+
+    // The renewal stops after installing the certificate, before the key: every check before
+    // the install has passed, and the link goes in exactly then.
+    let trace = node.tmp.path().join("trace");
+    let release = node.tmp.path().join("release");
+    let config = node.root.join("certrotd.toml");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_certrotd"))
+        .args(["renew", "--root", node.root.to_str().unwrap()])
+        .args(["--config", config.to_str().unwrap(), "--cert", "apiserver"])
+        .env("CERTROTD_LOG", "warn")
+        .env(ENV, "installed:1:pause")
+        .env(TRACE_ENV, &trace)
+        .env(RELEASE_ENV, &release)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&trace).is_ok_and(|t| t.contains("installed")) {
+        assert!(
+            Instant::now() < deadline,
+            "the renewal never reached its first install"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    plant_link(&node, key, target, NOBODY);
+    std::fs::write(&release, b"").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        held(&stolen),
+        before,
+        "the renewal wrote through the link:\n{text}"
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("rolled back"), "{text}");
+
+    let recover = node.run("recover", &[]);
+    assert!(recover.status.success(), "{}", recover.text());
+    assert_eq!(held(&stolen), before, "recovery wrote through the link");
+    // The roll-back put the old key back in place of the link (renaming over it).
+    assert!(std::fs::symlink_metadata(node.path(key)).unwrap().is_file());
+    assert_consistent(&node.root, None, &[]);
 }
 
 #[cfg(feature = "failpoints")]
@@ -196,7 +260,9 @@ fn recovery_after_a_crash_replaces_a_planted_link_without_following_it() {
         .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
         .collect();
     assert!(
-        notes.iter().any(|n| n.contains("a symlink to /var/tmp/stolen.key owned by uid 65534")),
+        notes
+            .iter()
+            .any(|n| n.contains("a symlink to /var/tmp/stolen.key owned by uid 65534")),
         "{notes:?}"
     );
     assert_consistent(&node.root, None, &[]);
@@ -211,7 +277,13 @@ fn device_nodes_and_links_to_them_are_reported_and_never_opened() {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         let _ = std::fs::remove_file(p);
         // /dev/zero's numbers: a read of it never ends.
-        mknod(p, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(1, 5)).unwrap();
+        mknod(
+            p,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(1, 5),
+        )
+        .unwrap();
     };
     let dev_zero = node.path("/dev/zero");
     zero(&dev_zero);
@@ -237,6 +309,17 @@ fn device_nodes_and_links_to_them_are_reported_and_never_opened() {
         "check and renew took {:?}",
         started.elapsed()
     );
+    std::thread::sleep(Duration::from_millis(300));
+    drop(watcher);
+    let opened: Vec<_> = rx
+        .try_iter()
+        .filter_map(Result::ok)
+        .filter(|e| matches!(e.kind, EventKind::Access(_)))
+        .collect();
+    assert!(
+        opened.is_empty(),
+        "a device node or FIFO was opened: {opened:?}"
+    );
     let text = check.text();
     for expected in [
         "apiserver: ",
@@ -249,15 +332,6 @@ fn device_nodes_and_links_to_them_are_reported_and_never_opened() {
         assert!(text.contains(expected), "{expected:?} missing:\n{text}");
     }
     assert!(!renew.status.success(), "{}", renew.text());
-
-    std::thread::sleep(Duration::from_millis(300));
-    drop(watcher);
-    let opened: Vec<_> = rx
-        .try_iter()
-        .filter_map(Result::ok)
-        .filter(|e| matches!(e.kind, EventKind::Access(_)))
-        .collect();
-    assert!(opened.is_empty(), "a device node or FIFO was opened: {opened:?}");
 }
 
 #[test]
@@ -267,13 +341,13 @@ fn a_key_left_at_0644_gets_its_successor_at_0600_and_keeps_its_owner() {
     let key = node.path("/etc/kubernetes/pki/apiserver.key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::os::unix::fs::chown(&key, Some(0), Some(NOBODY)).unwrap();
-    let old = std::fs::read(&key).unwrap();
+    let old = held(&key).0;
     let crt = node.path("/etc/kubernetes/pki/apiserver.crt");
     std::fs::set_permissions(&crt, std::fs::Permissions::from_mode(0o640)).unwrap();
 
     node.run("renew", &["--cert", "apiserver"]).ok();
     let m = std::fs::metadata(&key).unwrap();
-    assert_ne!(std::fs::read(&key).unwrap(), old, "a new key was written");
+    assert_ne!(held(&key).0, old, "a new key was written");
     assert_eq!(m.mode() & 0o7777, 0o600);
     assert_eq!((m.uid(), m.gid()), (0, NOBODY));
     // A certificate keeps its mode.
@@ -289,7 +363,8 @@ fn the_kubelets_current_link_is_followed_only_inside_its_directory() {
     let node = Node::sandbox(&SandboxOptions::default());
     let was = std::fs::read_link(node.path(link)).unwrap();
     node.run("check", &[]).ok();
-    node.run("renew", &["--cert", "kubelet-client-current"]).ok();
+    node.run("renew", &["--cert", "kubelet-client-current"])
+        .ok();
     let now = std::fs::read_link(node.path(link)).unwrap();
     assert_ne!(now, was);
     assert_eq!(now.parent(), Some(Path::new("/var/lib/kubelet/pki")));
@@ -299,7 +374,12 @@ fn the_kubelets_current_link_is_followed_only_inside_its_directory() {
     let node = Node::sandbox(&SandboxOptions::default());
     let outside = "/var/lib/kubelet/kubelet-client.pem";
     let real_outside = node.path(outside);
-    let current = node.path(std::fs::read_link(node.path(link)).unwrap().to_str().unwrap());
+    let current = node.path(
+        std::fs::read_link(node.path(link))
+            .unwrap()
+            .to_str()
+            .unwrap(),
+    );
     std::fs::copy(&current, &real_outside).unwrap();
     plant_link(&node, link, outside, 0);
     let before = held(&real_outside);

@@ -111,7 +111,9 @@ impl Root {
         };
         let mut dir = self.dir.clone();
         let check = |dir: &Path| match std::fs::symlink_metadata(dir) {
-            Ok(m) if !m.file_type().is_dir() => Err(format!("{} is not a directory", dir.display())),
+            Ok(m) if !m.file_type().is_dir() => {
+                Err(format!("{} is not a directory", dir.display()))
+            }
             Ok(m) if !fd::trusted_owner(m.uid()) => Err(format!(
                 "directory {} belongs to uid {}, not to root",
                 dir.display(),

@@ -678,6 +678,10 @@ pub fn remove_stale_temps(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
+/// Something another process does at a named step of a write (a test stands in for it).
+#[cfg(test)]
+type Meanwhile = Option<(&'static str, Box<dyn Fn()>)>;
+
 // Test-only fault injection: lets tests fail a write at a chosen step and observe the temp file,
 // which is the only way to exercise cleanup paths when tests run as root (no EACCES to provoke).
 #[cfg(test)]
@@ -686,8 +690,7 @@ thread_local! {
     static SEEN_TEMP_MODES: std::cell::RefCell<Vec<(&'static str, u32)>> =
         const { std::cell::RefCell::new(Vec::new()) };
     /// Runs at a checkpoint: what another process could do in the middle of a write.
-    static MEANWHILE: std::cell::RefCell<Option<(&'static str, Box<dyn Fn()>)>> =
-        std::cell::RefCell::new(None);
+    static MEANWHILE: std::cell::RefCell<Meanwhile> = std::cell::RefCell::new(None);
 }
 
 /// A named step of a write; under test it records the temp's mode and may inject a failure.
@@ -999,26 +1002,29 @@ impl Backup {
         // No link followed, nothing but a regular file opened: if it became something else
         // since it was inspected, refuse rather than back up whatever is there now.
         let no_links = ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_BENEATH;
-        let (mut file, seen) = match fd::open_regular(&dest.dir, Path::new(dest.name), false, no_links) {
-            Ok(opened) => opened,
-            Err(fd::OpenError::NotRegular(kind)) => {
-                return Err(StoreError::Unsupported {
-                    op: "back up",
-                    path: path.to_path_buf(),
-                    found: kind.name(),
-                });
-            }
-            Err(fd::OpenError::Symlink) => {
-                return Err(StoreError::Changed {
-                    op: "back up",
-                    path: path.to_path_buf(),
-                });
-            }
-            Err(fd::OpenError::Missing) => {
-                return Err(io_err("open for backup", path)(io::ErrorKind::NotFound.into()));
-            }
-            Err(fd::OpenError::Io(e)) => return Err(io_err("open for backup", path)(e)),
-        };
+        let (mut file, seen) =
+            match fd::open_regular(&dest.dir, Path::new(dest.name), false, no_links) {
+                Ok(opened) => opened,
+                Err(fd::OpenError::NotRegular(kind)) => {
+                    return Err(StoreError::Unsupported {
+                        op: "back up",
+                        path: path.to_path_buf(),
+                        found: kind.name(),
+                    });
+                }
+                Err(fd::OpenError::Symlink) => {
+                    return Err(StoreError::Changed {
+                        op: "back up",
+                        path: path.to_path_buf(),
+                    });
+                }
+                Err(fd::OpenError::Missing) => {
+                    return Err(io_err("open for backup", path)(
+                        io::ErrorKind::NotFound.into(),
+                    ));
+                }
+                Err(fd::OpenError::Io(e)) => return Err(io_err("open for backup", path)(e)),
+            };
         let mut contents = Vec::with_capacity(usize::try_from(seen.size).unwrap_or(0));
         file.read_to_end(&mut contents)
             .map_err(io_err("read for backup", path))?;
@@ -1549,14 +1555,18 @@ mod tests {
         for write in [
             &(|p: &Path| write_atomic(p, b"new", 0o600)) as &dyn Fn(&Path) -> Result<()>,
             &|p: &Path| write_node_file(p, b"new", FileMode::Secret { new: 0o600 }, Expect::Seen),
-            &|p: &Path| {
-                write_node_file(p, b"new", FileMode::Keep { new: 0o600 }, Expect::Absent)
-            },
+            &|p: &Path| write_node_file(p, b"new", FileMode::Keep { new: 0o600 }, Expect::Absent),
         ] {
             for p in [&link, &dangling] {
                 let err = write(p).unwrap_err();
                 assert!(
-                    matches!(err, StoreError::Unsupported { found: "symlink", .. }),
+                    matches!(
+                        err,
+                        StoreError::Unsupported {
+                            found: "symlink",
+                            ..
+                        }
+                    ),
                     "{err}"
                 );
             }
@@ -1599,7 +1609,13 @@ mod tests {
         assert_eq!((mode_of(&key), owner_of(&key)), (0o600, (uid, gid)));
         // Stricter stays stricter.
         set_mode(&key, 0o400).unwrap();
-        write_node_file(&key, b"newer", FileMode::Secret { new: 0o600 }, Expect::Seen).unwrap();
+        write_node_file(
+            &key,
+            b"newer",
+            FileMode::Secret { new: 0o600 },
+            Expect::Seen,
+        )
+        .unwrap();
         assert_eq!(mode_of(&key), 0o400);
         assert_eq!(fs::read(&key).unwrap(), b"newer");
     }
@@ -1640,8 +1656,8 @@ mod tests {
         // A file created where nothing was expected is not replaced either.
         let new = t.path().join("new.pem");
         fs::write(&new, b"someone's").unwrap();
-        let err = write_node_file(&new, b"x", FileMode::Keep { new: 0o644 }, Expect::Absent)
-            .unwrap_err();
+        let err =
+            write_node_file(&new, b"x", FileMode::Keep { new: 0o644 }, Expect::Absent).unwrap_err();
         assert!(matches!(err, StoreError::Changed { .. }), "{err}");
         assert_eq!(fs::read(&new).unwrap(), b"someone's");
     }
@@ -1730,7 +1746,12 @@ mod tests {
     fn replace_symlink_swaps_and_creates() {
         let t = TempDir::new().unwrap();
         let link = t.path().join("kubelet-client-current.pem");
-        replace_symlink(&link, Path::new("/var/lib/kubelet/pki/a.pem"), Expect::Absent).unwrap();
+        replace_symlink(
+            &link,
+            Path::new("/var/lib/kubelet/pki/a.pem"),
+            Expect::Absent,
+        )
+        .unwrap();
         assert_eq!(
             fs::read_link(&link).unwrap(),
             Path::new("/var/lib/kubelet/pki/a.pem")
@@ -2036,6 +2057,12 @@ mod tests {
         assert_eq!(key["path"], n.key.to_str().unwrap());
         assert_eq!(key["mode"], 0o600);
         assert_eq!(key["sha256"], sha256_hex(b"old key"));
+        // The inode, so an install replaces that very file or nothing.
+        let ino = fs::symlink_metadata(&n.key).unwrap().ino();
+        assert_eq!(key["inode"]["ino"], ino);
+        assert!(matches!(b.expect(&n.key), Expect::Same(FileId { ino: i, .. }) if i == ino));
+        assert_eq!(b.expect(&n.new), Expect::Absent);
+        assert!(matches!(b.expect(&n.link), Expect::Same(_)));
         assert_eq!(v["entries"][2]["kind"], "symlink");
         assert_eq!(v["entries"][2]["target"], "kubelet-client-2025.pem");
         assert_eq!(v["entries"][3]["kind"], "absent");

@@ -143,10 +143,7 @@ impl<'a> NodeReader<'a> {
             ));
         }
         if let Err(why) = self.root.owned_by_root_down_to(dir) {
-            return refuse(format!(
-                "symlink to {}, refused: {why}",
-                target.display()
-            ));
+            return refuse(format!("symlink to {}, refused: {why}", target.display()));
         }
         let Some(target_name) = same_dir_target(node, self.root.node_path(dir).as_deref(), &target)
         else {
@@ -183,7 +180,11 @@ impl<'a> NodeReader<'a> {
 
 /// The file name a link at `node` points at, when its target is a plain file of the link's own
 /// directory (named relatively, or absolutely by the node path of that directory).
-fn same_dir_target<'t>(node: &Path, real_dir_node: Option<&Path>, target: &'t Path) -> Option<&'t OsStr> {
+fn same_dir_target<'t>(
+    node: &Path,
+    real_dir_node: Option<&Path>,
+    target: &'t Path,
+) -> Option<&'t OsStr> {
     let name = target.file_name()?;
     let mut parent = PathBuf::from("/");
     let base = if target.is_absolute() {
@@ -239,7 +240,10 @@ mod tests {
     fn only_targets_in_the_same_directory_are_accepted() {
         let node = Path::new("/var/lib/kubelet/pki/kubelet-client-current.pem");
         let ok = |t: &str| same_dir_target(node, None, Path::new(t)).map(|n| n.to_owned());
-        assert_eq!(ok("kubelet-client-2026.pem").unwrap(), "kubelet-client-2026.pem");
+        assert_eq!(
+            ok("kubelet-client-2026.pem").unwrap(),
+            "kubelet-client-2026.pem"
+        );
         assert!(ok("/var/lib/kubelet/pki/kubelet-client-2026.pem").is_some());
         assert!(ok("./kubelet-client-2026.pem").is_some());
         assert!(ok("../pki/kubelet-client-2026.pem").is_some());
@@ -248,8 +252,6 @@ mod tests {
         assert!(ok("sub/kubelet-client-2026.pem").is_none());
         assert!(ok("..").is_none());
         let real = Path::new("/data/kubelet/pki");
-        assert!(
-            same_dir_target(node, Some(real), Path::new("/data/kubelet/pki/x.pem")).is_some()
-        );
+        assert!(same_dir_target(node, Some(real), Path::new("/data/kubelet/pki/x.pem")).is_some());
     }
 }

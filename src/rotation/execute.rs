@@ -239,8 +239,11 @@ pub(crate) fn install(
 
 /// Whether new content carries a PEM private key (a key file, or certificate and key together).
 fn holds_private_key(path: &Path, data: &[u8]) -> bool {
-    crate::pki::pem::blocks(path, data)
-        .is_ok_and(|blocks| blocks.iter().any(|b| crate::pki::key::is_key_label(&b.label)))
+    crate::pki::pem::blocks(path, data).is_ok_and(|blocks| {
+        blocks
+            .iter()
+            .any(|b| crate::pki::key::is_key_label(&b.label))
+    })
 }
 
 /// Whether a change is in place: the file holds the staged digest, the link says the target.

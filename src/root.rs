@@ -3,9 +3,15 @@
 //!
 //! Symlinks on real nodes hold absolute node paths (`kubelet-client-current.pem` →
 //! `/var/lib/kubelet/pki/kubelet-client-….pem`); following them with the host's resolver would leave
-//! the root, so links are resolved here, component by component, and clamped inside the root.
+//! the root, so links are resolved here, component by component, and clamped inside the root. Only
+//! links owned by root (or by certrotd itself) are followed: anyone else's may have been planted to
+//! lead certrotd's writes elsewhere. What is opened afterwards is opened through [`fd`], with no
+//! link on the way, so a link planted after resolution is refused rather than followed.
+
+pub mod fd;
 
 use std::io;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Component, Path, PathBuf};
 
 /// How many symlinks one resolution may follow before it is called a loop (Linux uses 40).
@@ -54,7 +60,8 @@ impl Root {
     /// Resolves every symlink in a node path as the node would, never leaving the root.
     ///
     /// Returns the real path of the final target. A dangling link resolves to the path that does not
-    /// exist (the caller's read reports it); a loop is an error.
+    /// exist (the caller's read reports it); a loop, or a link owned by anyone but root (or
+    /// certrotd's own user), is an error.
     pub fn resolve(&self, node_path: impl AsRef<Path>) -> io::Result<PathBuf> {
         let mut pending: Vec<PathBuf> = Vec::new();
         push_components(&mut pending, node_path.as_ref());
@@ -69,6 +76,13 @@ impl Root {
             let real = self.join(&candidate);
             match std::fs::symlink_metadata(&real) {
                 Ok(meta) if meta.file_type().is_symlink() => {
+                    if !fd::trusted_owner(meta.uid()) {
+                        return Err(io::Error::other(format!(
+                            "{} is a symlink owned by uid {}, not by root; it is not followed",
+                            candidate.display(),
+                            meta.uid()
+                        )));
+                    }
                     links += 1;
                     if links > MAX_LINKS {
                         return Err(io::Error::other(format!(
@@ -86,6 +100,34 @@ impl Root {
             }
         }
         Ok(self.join(&current))
+    }
+
+    /// Checks that the root and every directory from it down to `real_dir` belong to root (or to
+    /// certrotd's own user), none of them a link: only then can nobody else swap what a link in
+    /// `real_dir` points at. Returns why not.
+    pub fn owned_by_root_down_to(&self, real_dir: &Path) -> Result<(), String> {
+        let Ok(rel) = real_dir.strip_prefix(&self.dir) else {
+            return Err(format!("{} is outside the node root", real_dir.display()));
+        };
+        let mut dir = self.dir.clone();
+        let check = |dir: &Path| match std::fs::symlink_metadata(dir) {
+            Ok(m) if !m.file_type().is_dir() => {
+                Err(format!("{} is not a directory", dir.display()))
+            }
+            Ok(m) if !fd::trusted_owner(m.uid()) => Err(format!(
+                "directory {} belongs to uid {}, not to root",
+                dir.display(),
+                m.uid()
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("cannot inspect {}: {e}", dir.display())),
+        };
+        check(&dir)?;
+        for part in rel.components() {
+            dir.push(part);
+            check(&dir)?;
+        }
+        Ok(())
     }
 }
 
@@ -144,6 +186,27 @@ mod tests {
         symlink("../../../../etc/passwd", tmp.path().join("a/link")).unwrap();
         let r = Root::new(tmp.path());
         assert_eq!(r.resolve("/a/link").unwrap(), tmp.path().join("etc/passwd"));
+    }
+
+    #[test]
+    fn links_of_other_users_are_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("real")).unwrap();
+        symlink("/real", tmp.path().join("planted")).unwrap();
+        let r = Root::new(tmp.path());
+        assert_eq!(r.resolve("/planted/x").unwrap(), tmp.path().join("real/x"));
+        r.owned_by_root_down_to(&tmp.path().join("real")).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::lchown(tmp.path().join("planted"), Some(65534), Some(65534))
+                .unwrap();
+            let err = r.resolve("/planted/x").unwrap_err();
+            assert!(err.to_string().contains("owned by uid 65534"), "{err}");
+            std::os::unix::fs::chown(tmp.path().join("real"), Some(65534), None).unwrap();
+            let err = r
+                .owned_by_root_down_to(&tmp.path().join("real"))
+                .unwrap_err();
+            assert!(err.contains("belongs to uid 65534"), "{err}");
+        }
     }
 
     #[test]

@@ -6,21 +6,34 @@
 //! so after a crash the path holds either the whole old or the whole new content. Temp files are
 //! named `.<name>.certrotd-tmp.<16 hex digits>` so that [`remove_stale_temps`] can find exactly ours.
 //!
+//! certrotd runs as root next to directories others can write, so nothing here follows a link it
+//! was not asked to write: the directory is opened once (for node files with no symlink on the
+//! way), every later step is relative to that handle, the file being replaced must be a regular
+//! file (a link for a link) and still the same inode just before the rename, and a key never
+//! keeps a mode wider than 0600.
+//!
 //! A [`Backup`] records, before the first install of a rotation, what every path the rotation will
 //! touch held: a regular file (copied), a symlink (its target) or nothing. Its manifest is rewritten
 //! atomically after each save, so what is on disk is always a complete, checkable backup.
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::{self, DirBuilder, File};
 use std::io::{self, Read, Write};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::digest;
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
+use nix::fcntl::{
+    AT_FDCWD, AtFlags, OFlag, RenameFlags, ResolveFlag, openat, readlinkat, renameat, renameat2,
+};
+use nix::unistd::{UnlinkatFlags, fchownat, fsync, symlinkat, unlinkat};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+
+use crate::root::fd::{self, FileId, Kind, Seen};
 
 /// What marks a temp file as ours; it sits between the original name and the random suffix.
 const TEMP_MARKER: &[u8] = b".certrotd-tmp.";
@@ -28,8 +41,6 @@ const TEMP_MARKER: &[u8] = b".certrotd-tmp.";
 const TEMP_RANDOM_HEX: usize = 16;
 /// Longest original name kept in a temp name, so the temp name stays under NAME_MAX (255).
 const TEMP_NAME_KEEP: usize = 200;
-/// How many links [`write_atomic`] follows before calling it a loop (Linux's own limit).
-const MAX_LINKS: usize = 40;
 /// Longest rotation id accepted; ids become directory names and appear in CLI output.
 const MAX_ID_LEN: usize = 128;
 /// Name of the manifest inside each backup directory.
@@ -55,8 +66,9 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
-    /// The path holds something the store never replaces or backs up (a directory, device, socket...).
-    #[error("cannot {op} {}: it is a {found}, not a regular file or symlink", path.display())]
+    /// The path holds something the store does not replace there (a directory, device, socket, or
+    /// a symlink where a file belongs); it is never followed either.
+    #[error("cannot {op} {}: a {found} is there, which certrotd neither replaces nor follows", path.display())]
     Unsupported {
         /// What was being done.
         op: &'static str,
@@ -64,6 +76,18 @@ pub enum StoreError {
         path: PathBuf,
         /// What was found there.
         found: &'static str,
+    },
+    /// What stands at the path is no longer what the write expected (another file, or a link,
+    /// was put there since it was backed up or since the write began): nothing was replaced.
+    #[error(
+        "refusing to {op} {}: it changed since certrotd looked (another file or a link is there now); nothing was replaced",
+        path.display()
+    )]
+    Changed {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
     },
     /// The path cannot be used as given (no file name, or relative where an absolute path is needed).
     #[error("cannot {op} {}: {reason}", path.display())]
@@ -156,45 +180,238 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Sto
 // Atomic writes
 // ---------------------------------------------------------------------------------------------
 
+/// How the mode of a written file is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileMode {
+    /// The replaced file's mode; `new` for a new file (certificates, kubeconfigs, state files).
+    Keep {
+        /// Mode of a file that did not exist.
+        new: u32,
+    },
+    /// A private key: `new` for a new file, and a replaced file's mode narrowed to at most `new`,
+    /// so a key someone left at 0644 gets its successor at 0600.
+    Secret {
+        /// Mode of a file that did not exist, and the widest a replaced one keeps.
+        new: u32,
+    },
+}
+
+/// What a write expects at its destination. It is checked when the write starts and again just
+/// before the rename; if it no longer holds, nothing is renamed and the temp file is removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Whatever regular file (or nothing) is there when the write starts, still there at the rename.
+    Seen,
+    /// Nothing: the file is created, never replaced.
+    Absent,
+    /// This very file or link (device and inode), as it was backed up.
+    Same(FileId),
+    /// Whatever stands there but a directory: recovery has set it aside already, and it is
+    /// replaced by renaming over it, never written through.
+    Displaced,
+}
+
+impl Expect {
+    /// What a write with this expectation may replace.
+    fn replaces(self) -> Replaces {
+        match self {
+            Expect::Displaced => Replaces::AnyButDir,
+            _ => Replaces::SameKind,
+        }
+    }
+}
+
 /// Which mode and owner a newly written file gets.
 #[derive(Debug, Clone, Copy)]
 enum Meta {
-    /// Those of the file being replaced; for a new file this mode and the process's owner.
-    Preserve { new_mode: u32 },
+    /// Those of the file being replaced (the mode as [`FileMode`] says); for a new file the mode
+    /// it names and the process's owner.
+    Preserve(FileMode),
     /// Exactly these (restore puts back what the backup recorded).
     Exact { mode: u32, uid: u32, gid: u32 },
 }
 
-/// Atomically replaces the file at `path` with `contents`.
-///
-/// Keeps the mode and owner of the file being replaced; a new file gets `new_mode` and the process's
-/// owner. If `path` is a symlink its final target is replaced and the link is left alone. On error
-/// the original is untouched and no temp file is left behind.
-pub fn write_atomic(path: &Path, contents: &[u8], new_mode: u32) -> Result<()> {
-    let dest = resolve_links(path)?;
-    install_file(&dest, contents, Meta::Preserve { new_mode })
+/// What a write may replace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replaces {
+    /// Only what it writes: a regular file for a file, a symlink for a link (or nothing).
+    SameKind,
+    /// Anything but a directory (restore, which must put back what the rotation replaced, and
+    /// replaces a link by renaming over it, never through it).
+    AnyButDir,
 }
 
-/// Follows `path` through symlinks to the file they finally name (which may not exist yet).
+/// Atomically replaces one of certrotd's own files (its state, history, journals) with `contents`.
 ///
-/// Only the last component is followed here; the kernel resolves the directories on the way.
-fn resolve_links(path: &Path) -> Result<PathBuf> {
-    let mut current = path.to_path_buf();
-    for _ in 0..=MAX_LINKS {
-        match fs::symlink_metadata(&current) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                let target = fs::read_link(&current).map_err(io_err("read symlink", &current))?;
-                current = match current.parent() {
-                    Some(parent) if target.is_relative() => parent.join(target),
-                    _ => target,
-                };
-            }
-            Ok(_) => return Ok(current),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(current),
-            Err(e) => return Err(io_err("inspect", &current)(e)),
-        }
+/// The directory is resolved by the kernel (it is certrotd's own); the file itself is never
+/// followed: only a regular file (or nothing) is replaced, a symlink or anything else is refused.
+/// Keeps the mode and owner of the file being replaced; a new file gets `new_mode` and the
+/// process's owner. On error the original is untouched and no temp file is left behind.
+pub fn write_atomic(path: &Path, contents: &[u8], new_mode: u32) -> Result<()> {
+    let dest = Dest::open("write", path, false)?;
+    install_file(
+        &dest,
+        contents,
+        Meta::Preserve(FileMode::Keep { new: new_mode }),
+        Expect::Seen,
+        Replaces::SameKind,
+    )
+}
+
+/// Atomically writes a node file (a certificate, key or kubeconfig) at its real path.
+///
+/// The directory is opened in one `openat2` step with no symlink anywhere on its path (node paths
+/// reach the store with their links resolved, so a link now was planted since), the temp file is
+/// created `O_EXCL|O_NOFOLLOW` in it, and the rename happens relative to the same handle. Only a
+/// regular file (or nothing) is replaced, and only if it is still what `expect` says just before
+/// the rename; a symlink, device, FIFO, socket or directory at `path` is refused, never followed
+/// (with [`Expect::Displaced`] anything but a directory is renamed over, still never followed).
+pub fn write_node_file(path: &Path, contents: &[u8], mode: FileMode, expect: Expect) -> Result<()> {
+    let dest = Dest::open("write", path, true)?;
+    install_file(
+        &dest,
+        contents,
+        Meta::Preserve(mode),
+        expect,
+        expect.replaces(),
+    )
+}
+
+/// Atomically points the symlink `link` at `target` (creating it if absent), so a reader sees either
+/// the old or the new target, never a missing link. Keeps the owner of a link being replaced.
+///
+/// The directory is opened as for [`write_node_file`]; only a symlink (or nothing) is replaced,
+/// and only if it is still what `expect` says just before the rename.
+pub fn replace_symlink(link: &Path, target: &Path, expect: Expect) -> Result<()> {
+    let dest = Dest::open("replace symlink", link, true)?;
+    install_symlink(&dest, target, None, expect, expect.replaces())
+}
+
+/// A destination: its directory, opened once, and its name in it.
+struct Dest<'a> {
+    dir: OwnedFd,
+    dir_path: &'a Path,
+    name: &'a OsStr,
+    path: &'a Path,
+}
+
+impl<'a> Dest<'a> {
+    /// Opens the directory of `path`; with `no_links` there may be no symlink on the way.
+    fn open(op: &'static str, path: &'a Path, no_links: bool) -> Result<Dest<'a>> {
+        let (dir_path, name) = dir_and_name(op, path)?;
+        let opened = if no_links {
+            fd::open_dir_no_links(dir_path)
+        } else {
+            fd::open_dir(dir_path)
+        };
+        let dir = opened.map_err(|e| {
+            let e = if e.raw_os_error() == Some(nix::libc::ELOOP) {
+                io::Error::other(
+                    "a symlink is on the way to it, and node files are written only along paths \
+                     without links",
+                )
+            } else {
+                e
+            };
+            io_err("open the directory of", path)(e)
+        })?;
+        Ok(Dest {
+            dir,
+            dir_path,
+            name: OsStr::from_bytes(name),
+            path,
+        })
     }
-    Err(io_err("resolve symlinks of", path)(Errno::ELOOP.into()))
+
+    /// What stands at the name now, never following a link.
+    fn seen(&self) -> Result<Option<Seen>> {
+        fd::stat_at(&self.dir, self.name).map_err(io_err("inspect", self.path))
+    }
+
+    /// Refuses a destination that is not what the write may replace or not what it expects.
+    fn check(
+        &self,
+        op: &'static str,
+        seen: Option<Seen>,
+        want: Kind,
+        replaces: Replaces,
+        expect: Expect,
+    ) -> Result<()> {
+        if let Some(s) = seen {
+            let allowed = match replaces {
+                Replaces::SameKind => s.kind == want,
+                Replaces::AnyButDir => s.kind != Kind::Dir,
+            };
+            if !allowed {
+                return Err(StoreError::Unsupported {
+                    op,
+                    path: self.path.to_path_buf(),
+                    found: s.kind.name(),
+                });
+            }
+        }
+        let ok = match (expect, seen) {
+            (Expect::Seen | Expect::Displaced, _) => true,
+            (Expect::Absent, s) => s.is_none(),
+            (Expect::Same(id), Some(s)) => s.id == id,
+            (Expect::Same(_), None) => false,
+        };
+        if !ok {
+            return Err(StoreError::Changed {
+                op,
+                path: self.path.to_path_buf(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Renames the temp `tmp` over the name if the name still holds what was seen at the start;
+    /// otherwise removes the temp and refuses. Then makes the rename durable.
+    fn commit(&self, op: &'static str, tmp: &OsStr, seen: Option<Seen>) -> Result<()> {
+        let undo = |e: StoreError| {
+            let _ = unlinkat(&self.dir, tmp, UnlinkatFlags::NoRemoveDir);
+            Err(e)
+        };
+        let now = match self.seen() {
+            Ok(n) => n,
+            Err(e) => return undo(e),
+        };
+        if now.map(|s| (s.kind, s.id)) != seen.map(|s| (s.kind, s.id)) {
+            return undo(StoreError::Changed {
+                op,
+                path: self.path.to_path_buf(),
+            });
+        }
+        let renamed = if seen.is_none() {
+            // Nothing was there: nothing may be there now either, not even for an instant.
+            renameat2(
+                &self.dir,
+                tmp,
+                &self.dir,
+                self.name,
+                RenameFlags::RENAME_NOREPLACE,
+            )
+        } else {
+            renameat(&self.dir, tmp, &self.dir, self.name)
+        };
+        match renamed {
+            Ok(()) => {}
+            Err(Errno::EEXIST) => {
+                return undo(StoreError::Changed {
+                    op,
+                    path: self.path.to_path_buf(),
+                });
+            }
+            Err(e) => {
+                return undo(StoreError::Io {
+                    op: "rename temp file over",
+                    path: self.path.to_path_buf(),
+                    source: e.into(),
+                });
+            }
+        }
+        fsync(&self.dir).map_err(|e| io_err("fsync directory", self.dir_path)(e.into()))
+    }
 }
 
 /// Splits a destination into its directory and file name, refusing paths without a name.
@@ -212,18 +429,24 @@ fn dir_and_name<'a>(op: &'static str, path: &'a Path) -> Result<(&'a Path, &'a [
     Ok((dir, name.as_bytes()))
 }
 
-/// A fresh temp name for `name` in `dir`, recognisable by [`is_temp_name`].
-fn temp_path(dir: &Path, name: &[u8]) -> PathBuf {
+/// A fresh temp name for `name`, recognisable by [`is_temp_name`].
+fn temp_name(name: &[u8]) -> std::ffi::OsString {
     let kept = &name[..name.len().min(TEMP_NAME_KEEP)];
     let mut tmp = Vec::with_capacity(1 + kept.len() + TEMP_MARKER.len() + TEMP_RANDOM_HEX);
     tmp.push(b'.');
     tmp.extend_from_slice(kept);
     tmp.extend_from_slice(TEMP_MARKER);
     tmp.extend_from_slice(format!("{:016x}", rand::random::<u64>()).as_bytes());
-    dir.join(std::ffi::OsStr::from_bytes(&tmp))
+    std::ffi::OsString::from_vec(tmp)
 }
 
-/// Is this a name [`temp_path`] could have made?
+/// A fresh temp path for `name` in `dir`.
+#[cfg(test)]
+fn temp_path(dir: &Path, name: &[u8]) -> PathBuf {
+    dir.join(temp_name(name))
+}
+
+/// Is this a name [`temp_name`] could have made?
 fn is_temp_name(name: &[u8]) -> bool {
     let Some(rest) = name.strip_prefix(b".") else {
         return false;
@@ -238,57 +461,35 @@ fn is_temp_name(name: &[u8]) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
 }
 
-/// Names a file type for error messages.
-fn kind_name(ft: fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if ft.is_dir() {
-        "directory"
-    } else if ft.is_symlink() {
-        "symlink"
-    } else if ft.is_block_device() {
-        "block device"
-    } else if ft.is_char_device() {
-        "character device"
-    } else if ft.is_fifo() {
-        "fifo"
-    } else if ft.is_socket() {
-        "socket"
-    } else {
-        "regular file"
-    }
-}
-
-/// Writes `contents` to a temp file next to `dest` and renames it over `dest` (never following a
-/// link at `dest`: a symlink there is replaced by the file).
-fn install_file(dest: &Path, contents: &[u8], meta: Meta) -> Result<()> {
+/// Writes `contents` to a temp file in the destination's directory and renames it over the name
+/// (a link there is replaced, never followed; restore alone may do that).
+fn install_file(
+    dest: &Dest<'_>,
+    contents: &[u8],
+    meta: Meta,
+    expect: Expect,
+    replaces: Replaces,
+) -> Result<()> {
     const OP: &str = "write";
-    let (dir, name) = dir_and_name(OP, dest)?;
-    let existing = match fs::symlink_metadata(dest) {
-        Ok(m) if m.file_type().is_file() => Some(m),
-        // Reached only by restore, which must put a file back where the rotation left a link.
-        Ok(m) if m.file_type().is_symlink() => None,
-        Ok(m) => {
-            return Err(StoreError::Unsupported {
-                op: OP,
-                path: dest.to_path_buf(),
-                found: kind_name(m.file_type()),
-            });
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io_err("inspect", dest)(e)),
-    };
-    let (mode, owner) = match (meta, &existing) {
+    let seen = dest.seen()?;
+    dest.check(OP, seen, Kind::File, replaces, expect)?;
+    let existing = seen.filter(|s| s.kind == Kind::File);
+    let (mode, owner) = match (meta, existing) {
         (Meta::Exact { mode, uid, gid }, _) => (mode, Some((uid, gid))),
-        (Meta::Preserve { .. }, Some(m)) => (m.mode(), Some((m.uid(), m.gid()))),
-        (Meta::Preserve { new_mode }, None) => (new_mode, None),
+        (Meta::Preserve(FileMode::Keep { .. }), Some(s)) => (s.mode, Some((s.uid, s.gid))),
+        (Meta::Preserve(FileMode::Secret { new }), Some(s)) => {
+            (s.mode & new & 0o7777, Some((s.uid, s.gid)))
+        }
+        (Meta::Preserve(FileMode::Keep { new } | FileMode::Secret { new }), None) => (new, None),
     };
     let mode = mode & 0o7777;
 
-    let (tmp, mut file) = create_temp_file(dir, name)?;
+    let (tmp, mut file) = create_temp_file(dest)?;
+    let tmp_path = dest.dir_path.join(&tmp);
     let result = (|| {
-        checkpoint("created", &tmp)?;
+        checkpoint("created", &tmp_path)?;
         file.write_all(contents)?;
-        checkpoint("written", &tmp)?;
+        checkpoint("written", &tmp_path)?;
         if let Some((uid, gid)) = owner {
             let current = file.metadata()?;
             if (current.uid(), current.gid()) != (uid, gid) {
@@ -297,137 +498,142 @@ fn install_file(dest: &Path, contents: &[u8], meta: Meta) -> Result<()> {
         }
         // After fchown, which clears set-id bits, and before fsync, so the mode is durable too.
         file.set_permissions(fs::Permissions::from_mode(mode))?;
-        checkpoint("owned", &tmp)?;
+        checkpoint("owned", &tmp_path)?;
         file.sync_all()?;
-        checkpoint("synced", &tmp)?;
+        checkpoint("synced", &tmp_path)?;
         Ok(())
     })();
     drop(file);
     if let Err(source) = result {
-        let _ = fs::remove_file(&tmp);
+        let _ = unlinkat(&dest.dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
         return Err(StoreError::Io {
             op: "write temp file for",
-            path: dest.to_path_buf(),
+            path: dest.path.to_path_buf(),
             source,
         });
     }
-    if let Err(source) = fs::rename(&tmp, dest) {
-        let _ = fs::remove_file(&tmp);
-        return Err(StoreError::Io {
-            op: "rename temp file over",
-            path: dest.to_path_buf(),
-            source,
-        });
-    }
-    fsync_dir(dir)
+    dest.commit(OP, &tmp, seen)
 }
 
-/// Creates a new temp file with mode 0600, so key material is never readable by others, not even
-/// for the moment before the final mode is set.
-fn create_temp_file(dir: &Path, name: &[u8]) -> Result<(PathBuf, File)> {
+/// Creates a new temp file with mode 0600 in the destination's directory (`O_EXCL|O_NOFOLLOW`:
+/// never an existing file or a link someone made under that name), so key material is never
+/// readable by others, not even for the moment before the final mode is set.
+fn create_temp_file(dest: &Dest<'_>) -> Result<(std::ffi::OsString, File)> {
+    let flags = OFlag::O_WRONLY
+        | OFlag::O_CREAT
+        | OFlag::O_EXCL
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_CLOEXEC
+        | OFlag::O_NOCTTY;
     let mut last = None;
     for _ in 0..8 {
-        let tmp = temp_path(dir, name);
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(OFlag::O_CLOEXEC.bits())
-            .open(&tmp)
-        {
-            Ok(f) => return Ok((tmp, f)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some((tmp, e)),
-            Err(e) => return Err(io_err("create temp file", &tmp)(e)),
+        let tmp = temp_name(dest.name.as_bytes());
+        match openat(&dest.dir, tmp.as_os_str(), flags, fd::mode(0o600)) {
+            Ok(owned) => return Ok((tmp, File::from(owned))),
+            Err(Errno::EEXIST) => last = Some(tmp),
+            Err(e) => {
+                return Err(io_err("create temp file", &dest.dir_path.join(&tmp))(
+                    e.into(),
+                ));
+            }
         }
     }
-    let (tmp, e) = last.expect("the loop ran at least once");
-    Err(io_err("create temp file", &tmp)(e))
-}
-
-/// Atomically points the symlink `link` at `target` (creating it if absent), so a reader sees either
-/// the old or the new target, never a missing link. Keeps the owner of a link being replaced.
-pub fn replace_symlink(link: &Path, target: &Path) -> Result<()> {
-    install_symlink(link, target, None)
+    let tmp = last.expect("the loop ran at least once");
+    Err(io_err("create temp file", &dest.dir_path.join(&tmp))(
+        Errno::EEXIST.into(),
+    ))
 }
 
 /// Swaps in a symlink; `owner` overrides the owner of the replaced link (restore uses it).
-fn install_symlink(link: &Path, target: &Path, owner: Option<(u32, u32)>) -> Result<()> {
+fn install_symlink(
+    dest: &Dest<'_>,
+    target: &Path,
+    owner: Option<(u32, u32)>,
+    expect: Expect,
+    replaces: Replaces,
+) -> Result<()> {
     const OP: &str = "replace symlink";
-    let (dir, name) = dir_and_name(OP, link)?;
-    let owner = match fs::symlink_metadata(link) {
-        Ok(m) if m.file_type().is_dir() => {
-            return Err(StoreError::Unsupported {
-                op: OP,
-                path: link.to_path_buf(),
-                found: "directory",
-            });
-        }
-        Ok(m) => owner.or(Some((m.uid(), m.gid()))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => owner,
-        Err(e) => return Err(io_err("inspect", link)(e)),
-    };
+    let seen = dest.seen()?;
+    dest.check(OP, seen, Kind::Symlink, replaces, expect)?;
+    let owner = owner.or(seen
+        .filter(|s| s.kind == Kind::Symlink)
+        .map(|s| (s.uid, s.gid)));
 
-    let tmp = create_temp_symlink(dir, name, target)?;
+    let tmp = create_temp_symlink(dest, target)?;
+    let tmp_path = dest.dir_path.join(&tmp);
     let result = (|| {
-        checkpoint("created", &tmp)?;
+        checkpoint("created", &tmp_path)?;
         if let Some((uid, gid)) = owner {
-            let current = fs::symlink_metadata(&tmp)?;
-            if (current.uid(), current.gid()) != (uid, gid) {
-                std::os::unix::fs::lchown(&tmp, Some(uid), Some(gid))?;
+            let current = fd::stat_at(&dest.dir, &tmp)?
+                .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+            if (current.uid, current.gid) != (uid, gid) {
+                fchownat(
+                    &dest.dir,
+                    tmp.as_os_str(),
+                    Some(uid.into()),
+                    Some(gid.into()),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(io::Error::from)?;
             }
         }
-        checkpoint("owned", &tmp)?;
-        fs::rename(&tmp, link)
+        checkpoint("owned", &tmp_path)?;
+        Ok(())
     })();
     if let Err(source) = result {
-        let _ = fs::remove_file(&tmp);
+        let _ = unlinkat(&dest.dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
         return Err(StoreError::Io {
             op: "swap in new symlink at",
-            path: link.to_path_buf(),
+            path: dest.path.to_path_buf(),
             source,
         });
     }
-    fsync_dir(dir)
+    dest.commit(OP, &tmp, seen)
 }
 
 /// Creates a temp symlink next to where the real one goes.
-fn create_temp_symlink(dir: &Path, name: &[u8], target: &Path) -> Result<PathBuf> {
+fn create_temp_symlink(dest: &Dest<'_>, target: &Path) -> Result<std::ffi::OsString> {
     let mut last = None;
     for _ in 0..8 {
-        let tmp = temp_path(dir, name);
-        match std::os::unix::fs::symlink(target, &tmp) {
+        let tmp = temp_name(dest.name.as_bytes());
+        match symlinkat(target, &dest.dir, tmp.as_os_str()) {
             Ok(()) => return Ok(tmp),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some((tmp, e)),
-            Err(e) => return Err(io_err("create temp symlink", &tmp)(e)),
+            Err(Errno::EEXIST) => last = Some(tmp),
+            Err(e) => {
+                return Err(io_err("create temp symlink", &dest.dir_path.join(&tmp))(
+                    e.into(),
+                ));
+            }
         }
     }
-    let (tmp, e) = last.expect("the loop ran at least once");
-    Err(io_err("create temp symlink", &tmp)(e))
+    let tmp = last.expect("the loop ran at least once");
+    Err(io_err("create temp symlink", &dest.dir_path.join(&tmp))(
+        Errno::EEXIST.into(),
+    ))
 }
 
-/// Removes `path` (a file or symlink) if present and makes the removal durable.
-/// Returns whether something was removed.
+/// Removes `path` (anything but a directory) if present and makes the removal durable. The
+/// directory is opened with no link on the way. Returns whether something was removed.
 fn remove_durably(path: &Path) -> Result<bool> {
     const OP: &str = "remove";
-    let (dir, _) = dir_and_name(OP, path)?;
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_dir() => {
+    let dest = Dest::open(OP, path, true)?;
+    match dest.seen()? {
+        Some(s) if s.kind == Kind::Dir => {
             return Err(StoreError::Unsupported {
                 op: OP,
                 path: path.to_path_buf(),
                 found: "directory",
             });
         }
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(io_err("inspect", path)(e)),
+        Some(_) => {}
+        None => return Ok(false),
     }
-    match fs::remove_file(path) {
+    match unlinkat(&dest.dir, dest.name, UnlinkatFlags::NoRemoveDir) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(io_err(OP, path)(e)),
+        Err(Errno::ENOENT) => return Ok(false),
+        Err(e) => return Err(io_err(OP, path)(e.into())),
     }
-    fsync_dir(dir)?;
+    fsync(&dest.dir).map_err(|e| io_err("fsync directory", dest.dir_path)(e.into()))?;
     Ok(true)
 }
 
@@ -472,6 +678,10 @@ pub fn remove_stale_temps(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
+/// Something another process does at a named step of a write (a test stands in for it).
+#[cfg(test)]
+type Meanwhile = Option<(&'static str, Box<dyn Fn()>)>;
+
 // Test-only fault injection: lets tests fail a write at a chosen step and observe the temp file,
 // which is the only way to exercise cleanup paths when tests run as root (no EACCES to provoke).
 #[cfg(test)]
@@ -479,6 +689,8 @@ thread_local! {
     static FAIL_AT: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
     static SEEN_TEMP_MODES: std::cell::RefCell<Vec<(&'static str, u32)>> =
         const { std::cell::RefCell::new(Vec::new()) };
+    /// Runs at a checkpoint: what another process could do in the middle of a write.
+    static MEANWHILE: std::cell::RefCell<Meanwhile> = std::cell::RefCell::new(None);
 }
 
 /// A named step of a write; under test it records the temp's mode and may inject a failure.
@@ -487,6 +699,13 @@ fn checkpoint(stage: &'static str, tmp: &Path) -> io::Result<()> {
     if let Ok(m) = fs::symlink_metadata(tmp) {
         SEEN_TEMP_MODES.with(|s| s.borrow_mut().push((stage, m.mode() & 0o7777)));
     }
+    MEANWHILE.with(|m| {
+        if let Some((at, action)) = &*m.borrow()
+            && *at == stage
+        {
+            action();
+        }
+    });
     if FAIL_AT.with(|f| f.get()) == Some(stage) {
         return Err(io::Error::other(format!("injected failure at {stage}")));
     }
@@ -552,6 +771,10 @@ pub enum SavedState {
         sha256: String,
         /// Name of the copy inside the backup directory.
         stored: String,
+        /// Which file it was, so the install replaces that very file or nothing (absent in
+        /// manifests written before it was recorded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inode: Option<Inode>,
     },
     /// A symlink; only its target text is recorded (the file it points to is a path of its own).
     Symlink {
@@ -561,9 +784,30 @@ pub enum SavedState {
         uid: u32,
         /// Owner group id of the link.
         gid: u32,
+        /// Which link it was.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inode: Option<Inode>,
     },
     /// Nothing was there: the rotation creates it, and restore removes it.
     Absent,
+}
+
+/// Device and inode of a saved file, as the manifest records them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inode {
+    /// Device number.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+}
+
+impl From<FileId> for Inode {
+    fn from(id: FileId) -> Self {
+        Inode {
+            dev: id.dev,
+            ino: id.ino,
+        }
+    }
 }
 
 /// One saved path of a backup.
@@ -703,8 +947,10 @@ impl Backup {
     /// Records what `path` holds now, before the rotation touches it; when this returns, the copy
     /// and the manifest are durable. Saving a path again keeps the first record.
     ///
-    /// `path` must be absolute. A symlink is saved as a link (its target text), not followed: when
-    /// the rotation will write *through* a link with [`write_atomic`], save the target's path too.
+    /// `path` must be absolute, and its directory is opened with no symlink on the way. A symlink
+    /// is saved as a link (its target text), never followed; a device, FIFO, socket or directory
+    /// is refused. The device and inode are recorded, so [`Backup::expect`] can tell an install
+    /// to replace that very file or nothing.
     pub fn save(&mut self, path: &Path) -> Result<()> {
         const OP: &str = "back up";
         if !path.is_absolute() {
@@ -718,22 +964,25 @@ impl Backup {
         if self.entry(path).is_some() {
             return Ok(());
         }
-        let state = match fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_file() => self.copy_in(path)?,
-            Ok(m) if m.file_type().is_symlink() => SavedState::Symlink {
-                target: fs::read_link(path).map_err(io_err("read symlink", path))?,
-                uid: m.uid(),
-                gid: m.gid(),
+        let dest = Dest::open(OP, path, true)?;
+        let state = match dest.seen()? {
+            Some(s) if s.kind == Kind::File => self.copy_in(&dest)?,
+            Some(s) if s.kind == Kind::Symlink => SavedState::Symlink {
+                target: readlinkat(&dest.dir, dest.name)
+                    .map(PathBuf::from)
+                    .map_err(|e| io_err("read symlink", path)(e.into()))?,
+                uid: s.uid,
+                gid: s.gid,
+                inode: Some(s.id.into()),
             },
-            Ok(m) => {
+            Some(s) => {
                 return Err(StoreError::Unsupported {
                     op: OP,
                     path: path.to_path_buf(),
-                    found: kind_name(m.file_type()),
+                    found: s.kind.name(),
                 });
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => SavedState::Absent,
-            Err(e) => return Err(io_err("inspect", path)(e)),
+            None => SavedState::Absent,
         };
         self.manifest.entries.push(BackupEntry {
             path: path.to_path_buf(),
@@ -747,41 +996,75 @@ impl Backup {
         Ok(())
     }
 
-    /// Copies the regular file at `path` into the backup and describes it.
-    fn copy_in(&self, path: &Path) -> Result<SavedState> {
-        // O_NOFOLLOW: the path was a regular file a moment ago; if it became a link, refuse
-        // rather than back up whatever the link points at.
-        let mut file = OpenOptions::new()
-            .read(true)
-            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
-            .open(path)
-            .map_err(io_err("open for backup", path))?;
-        let meta = file.metadata().map_err(io_err("inspect", path))?;
-        if !meta.file_type().is_file() {
-            return Err(StoreError::Unsupported {
-                op: "back up",
-                path: path.to_path_buf(),
-                found: kind_name(meta.file_type()),
-            });
-        }
-        let mut contents = Vec::with_capacity(meta.len() as usize);
+    /// Copies the regular file at `dest` into the backup and describes it.
+    fn copy_in(&self, dest: &Dest<'_>) -> Result<SavedState> {
+        let path = dest.path;
+        // No link followed, nothing but a regular file opened: if it became something else
+        // since it was inspected, refuse rather than back up whatever is there now.
+        let no_links = ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_BENEATH;
+        let (mut file, seen) =
+            match fd::open_regular(&dest.dir, Path::new(dest.name), false, no_links) {
+                Ok(opened) => opened,
+                Err(fd::OpenError::NotRegular(kind)) => {
+                    return Err(StoreError::Unsupported {
+                        op: "back up",
+                        path: path.to_path_buf(),
+                        found: kind.name(),
+                    });
+                }
+                Err(fd::OpenError::Symlink) => {
+                    return Err(StoreError::Changed {
+                        op: "back up",
+                        path: path.to_path_buf(),
+                    });
+                }
+                Err(fd::OpenError::Missing) => {
+                    return Err(io_err("open for backup", path)(
+                        io::ErrorKind::NotFound.into(),
+                    ));
+                }
+                Err(fd::OpenError::Io(e)) => return Err(io_err("open for backup", path)(e)),
+            };
+        let mut contents = Vec::with_capacity(usize::try_from(seen.size).unwrap_or(0));
         file.read_to_end(&mut contents)
             .map_err(io_err("read for backup", path))?;
         let stored = stored_name(self.manifest.entries.len(), path);
+        let copy = self.dir.join(&stored);
         install_file(
-            &self.dir.join(&stored),
+            &Dest::open("write", &copy, false)?,
             &contents,
-            Meta::Preserve {
-                new_mode: PRIVATE_FILE_MODE,
-            },
+            Meta::Preserve(FileMode::Keep {
+                new: PRIVATE_FILE_MODE,
+            }),
+            Expect::Seen,
+            Replaces::SameKind,
         )?;
         Ok(SavedState::File {
-            mode: meta.mode() & 0o7777,
-            uid: meta.uid(),
-            gid: meta.gid(),
+            mode: seen.mode,
+            uid: seen.uid,
+            gid: seen.gid,
             sha256: sha256_hex(&contents),
             stored,
+            inode: Some(seen.id.into()),
         })
+    }
+
+    /// What an install at `path` may replace: the file or link saved there (same device and
+    /// inode), or nothing if nothing was there. A path not saved, or saved by an older certrotd
+    /// that did not record inodes, expects whatever regular file the install finds.
+    pub fn expect(&self, path: &Path) -> Expect {
+        let inode = match self.entry(path).map(|e| &e.state) {
+            Some(SavedState::Absent) => return Expect::Absent,
+            Some(SavedState::File { inode, .. } | SavedState::Symlink { inode, .. }) => *inode,
+            None => None,
+        };
+        match inode {
+            Some(i) => Expect::Same(FileId {
+                dev: i.dev,
+                ino: i.ino,
+            }),
+            None => Expect::Seen,
+        }
     }
 
     /// Is what is at `path` now identical to what was saved (same kind; for a file the same
@@ -827,16 +1110,31 @@ impl Backup {
             if matches_on_disk(entry)? {
                 report.unchanged.push(entry.path.clone());
             } else {
-                install_file(&entry.path, data, Meta::Exact { mode, uid, gid })?;
+                install_file(
+                    &Dest::open("restore", &entry.path, true)?,
+                    data,
+                    Meta::Exact { mode, uid, gid },
+                    Expect::Seen,
+                    Replaces::AnyButDir,
+                )?;
                 report.restored.push(entry.path.clone());
             }
         }
         for entry in &self.manifest.entries {
-            if let SavedState::Symlink { target, uid, gid } = &entry.state {
+            if let SavedState::Symlink {
+                target, uid, gid, ..
+            } = &entry.state
+            {
                 if matches_on_disk(entry)? {
                     report.unchanged.push(entry.path.clone());
                 } else {
-                    install_symlink(&entry.path, target, Some((*uid, *gid)))?;
+                    install_symlink(
+                        &Dest::open("restore", &entry.path, true)?,
+                        target,
+                        Some((*uid, *gid)),
+                        Expect::Seen,
+                        Replaces::AnyButDir,
+                    )?;
                     report.restored.push(entry.path.clone());
                 }
             }
@@ -874,11 +1172,13 @@ impl Backup {
                 source,
             })?;
         install_file(
-            &path,
+            &Dest::open("write", &path, false)?,
             &json,
-            Meta::Preserve {
-                new_mode: PRIVATE_FILE_MODE,
-            },
+            Meta::Preserve(FileMode::Keep {
+                new: PRIVATE_FILE_MODE,
+            }),
+            Expect::Seen,
+            Replaces::SameKind,
         )
     }
 }
@@ -906,7 +1206,12 @@ fn matches_on_disk(entry: &BackupEntry) -> Result<bool> {
             (m.mode() & 0o7777, m.uid(), m.gid()) == (*mode, *uid, *gid)
                 && sha256_hex(&read_no_follow(path)?).eq_ignore_ascii_case(sha256)
         }
-        (SavedState::Symlink { target, uid, gid }, Some(m)) if m.file_type().is_symlink() => {
+        (
+            SavedState::Symlink {
+                target, uid, gid, ..
+            },
+            Some(m),
+        ) if m.file_type().is_symlink() => {
             (m.uid(), m.gid()) == (*uid, *gid)
                 && fs::read_link(path).map_err(io_err("read symlink", path))? == *target
         }
@@ -916,14 +1221,54 @@ fn matches_on_disk(entry: &BackupEntry) -> Result<bool> {
 
 /// Reads a regular file without following a link that may have replaced it.
 fn read_no_follow(path: &Path) -> Result<Vec<u8>> {
-    let mut data = Vec::new();
-    OpenOptions::new()
-        .read(true)
-        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
-        .open(path)
-        .and_then(|mut f| f.read_to_end(&mut data))
-        .map_err(io_err("read", path))?;
-    Ok(data)
+    match read_node_file(path)? {
+        NodeFile::File(data) => Ok(data),
+        NodeFile::Absent => Err(io_err("read", path)(io::ErrorKind::NotFound.into())),
+        NodeFile::Other(found) => Err(StoreError::Unsupported {
+            op: "read",
+            path: path.to_path_buf(),
+            found,
+        }),
+    }
+}
+
+/// What a node path holds, as [`read_node_file`] found it.
+#[derive(PartialEq, Eq)]
+pub enum NodeFile {
+    /// Nothing.
+    Absent,
+    /// A regular file, with its content.
+    File(Vec<u8>),
+    /// Something else, never opened: a symlink (there or on the way), a device, FIFO, socket
+    /// or directory.
+    Other(&'static str),
+}
+
+impl std::fmt::Debug for NodeFile {
+    // Node files hold private keys: never print the contents.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeFile::Absent => f.write_str("Absent"),
+            NodeFile::File(d) => write!(f, "File({} bytes)", d.len()),
+            NodeFile::Other(kind) => write!(f, "Other({kind})"),
+        }
+    }
+}
+
+/// Reads the node file at `path` following no link at all, neither on the way nor at the end,
+/// and opening nothing but a regular file (its type is checked on an `O_PATH` handle first).
+pub fn read_node_file(path: &Path) -> Result<NodeFile> {
+    let no_links = ResolveFlag::RESOLVE_NO_SYMLINKS;
+    let (mut file, seen) = match fd::open_regular(AT_FDCWD, path, false, no_links) {
+        Ok(opened) => opened,
+        Err(fd::OpenError::Missing) => return Ok(NodeFile::Absent),
+        Err(fd::OpenError::Symlink) => return Ok(NodeFile::Other(Kind::Symlink.name())),
+        Err(fd::OpenError::NotRegular(kind)) => return Ok(NodeFile::Other(kind.name())),
+        Err(fd::OpenError::Io(e)) => return Err(io_err("open", path)(e)),
+    };
+    let mut data = Vec::with_capacity(usize::try_from(seen.size).unwrap_or(0));
+    file.read_to_end(&mut data).map_err(io_err("read", path))?;
+    Ok(NodeFile::File(data))
 }
 
 /// Hex SHA-256 of `data` (the digest manifests and rotation journals record).
@@ -1219,47 +1564,145 @@ mod tests {
     }
 
     #[test]
-    fn writing_through_a_symlink_replaces_the_target() {
+    fn a_symlink_at_the_destination_is_refused_not_followed() {
         let t = TempDir::new().unwrap();
-        let target = t.path().join("kubelet-client-2025.pem");
-        let link = t.path().join("kubelet-client-current.pem");
+        let target = t.path().join("elsewhere.key");
+        let link = t.path().join("apiserver.key");
         fs::write(&target, b"old").unwrap();
-        set_mode(&target, 0o600).unwrap();
-        symlink("kubelet-client-2025.pem", &link).unwrap();
+        set_mode(&target, 0o644).unwrap();
+        symlink(&target, &link).unwrap();
+        let dangling = t.path().join("current.pem");
+        symlink(t.path().join("missing.pem"), &dangling).unwrap();
 
-        write_atomic(&link, b"new", 0o644).unwrap();
+        for write in [
+            &(|p: &Path| write_atomic(p, b"new", 0o600)) as &dyn Fn(&Path) -> Result<()>,
+            &|p: &Path| write_node_file(p, b"new", FileMode::Secret { new: 0o600 }, Expect::Seen),
+            &|p: &Path| write_node_file(p, b"new", FileMode::Keep { new: 0o600 }, Expect::Absent),
+        ] {
+            for p in [&link, &dangling] {
+                let err = write(p).unwrap_err();
+                assert!(
+                    matches!(
+                        err,
+                        StoreError::Unsupported {
+                            found: "symlink",
+                            ..
+                        }
+                    ),
+                    "{err}"
+                );
+            }
+        }
+        assert_eq!(fs::read(&target).unwrap(), b"old");
+        assert_eq!(mode_of(&target), 0o644);
+        assert!(!t.path().join("missing.pem").exists());
+        assert_eq!(
+            names_in(t.path()),
+            ["apiserver.key", "current.pem", "elsewhere.key"]
+        );
+    }
 
-        assert!(
-            fs::symlink_metadata(&link)
-                .unwrap()
-                .file_type()
-                .is_symlink()
+    #[test]
+    fn node_writes_refuse_a_symlink_on_the_way() {
+        let t = TempDir::new().unwrap();
+        fs::create_dir(t.path().join("real")).unwrap();
+        symlink("real", t.path().join("pki")).unwrap();
+        let err = write_node_file(
+            &t.path().join("pki/ca.key"),
+            b"x",
+            FileMode::Secret { new: 0o600 },
+            Expect::Seen,
+        )
+        .unwrap_err();
+        let source = std::error::Error::source(&err).unwrap().to_string();
+        assert!(source.contains("a symlink is on the way"), "{source}");
+        assert!(names_in(&t.path().join("real")).is_empty());
+    }
+
+    #[test]
+    fn keys_are_narrowed_to_0600_and_keep_their_owner() {
+        let t = TempDir::new().unwrap();
+        let key = t.path().join("apiserver.key");
+        fs::write(&key, b"old").unwrap();
+        set_mode(&key, 0o644).unwrap();
+        let (uid, gid) = foreign_owner();
+        std::os::unix::fs::chown(&key, Some(uid), Some(gid)).unwrap();
+        write_node_file(&key, b"new", FileMode::Secret { new: 0o600 }, Expect::Seen).unwrap();
+        assert_eq!((mode_of(&key), owner_of(&key)), (0o600, (uid, gid)));
+        // Stricter stays stricter.
+        set_mode(&key, 0o400).unwrap();
+        write_node_file(
+            &key,
+            b"newer",
+            FileMode::Secret { new: 0o600 },
+            Expect::Seen,
+        )
+        .unwrap();
+        assert_eq!(mode_of(&key), 0o400);
+        assert_eq!(fs::read(&key).unwrap(), b"newer");
+    }
+
+    #[test]
+    fn a_file_swapped_during_the_write_is_not_replaced() {
+        let t = TempDir::new().unwrap();
+        let key = t.path().join("apiserver.key");
+        let theirs = t.path().join("theirs.key");
+        fs::write(&key, b"old").unwrap();
+        fs::write(&theirs, b"attacker").unwrap();
+        let before = fd::stat_at(fd::open_dir(t.path()).unwrap(), OsStr::new("apiserver.key"))
+            .unwrap()
+            .unwrap();
+        let (k, th) = (key.clone(), theirs.clone());
+        MEANWHILE.with(|m| {
+            *m.borrow_mut() = Some((
+                "synced",
+                Box::new(move || {
+                    fs::remove_file(&k).unwrap();
+                    symlink(&th, &k).unwrap();
+                }),
+            ))
+        });
+        let err = write_node_file(
+            &key,
+            b"new",
+            FileMode::Secret { new: 0o600 },
+            Expect::Same(before.id),
+        )
+        .unwrap_err();
+        MEANWHILE.with(|m| *m.borrow_mut() = None);
+        assert!(matches!(err, StoreError::Changed { .. }), "{err}");
+        assert_eq!(fs::read(&theirs).unwrap(), b"attacker");
+        assert!(fs::symlink_metadata(&key).unwrap().file_type().is_symlink());
+        assert_eq!(names_in(t.path()), ["apiserver.key", "theirs.key"]);
+
+        // A file created where nothing was expected is not replaced either.
+        let new = t.path().join("new.pem");
+        fs::write(&new, b"someone's").unwrap();
+        let err =
+            write_node_file(&new, b"x", FileMode::Keep { new: 0o644 }, Expect::Absent).unwrap_err();
+        assert!(matches!(err, StoreError::Changed { .. }), "{err}");
+        assert_eq!(fs::read(&new).unwrap(), b"someone's");
+    }
+
+    #[test]
+    fn reading_node_files_opens_only_regular_files() {
+        let t = TempDir::new().unwrap();
+        let f = t.path().join("a.crt");
+        fs::write(&f, b"x").unwrap();
+        symlink("/dev/zero", t.path().join("zero")).unwrap();
+        assert_eq!(read_node_file(&f).unwrap(), NodeFile::File(b"x".to_vec()));
+        assert_eq!(
+            read_node_file(&t.path().join("zero")).unwrap(),
+            NodeFile::Other("symlink")
         );
         assert_eq!(
-            fs::read_link(&link).unwrap(),
-            Path::new("kubelet-client-2025.pem")
+            read_node_file(Path::new("/dev/zero")).unwrap(),
+            NodeFile::Other("character device")
         );
-        assert_eq!(fs::read(&target).unwrap(), b"new");
-        assert_eq!(mode_of(&target), 0o600);
-    }
-
-    #[test]
-    fn writing_through_a_dangling_symlink_creates_the_target() {
-        let t = TempDir::new().unwrap();
-        let link = t.path().join("current.pem");
-        symlink(t.path().join("missing.pem"), &link).unwrap();
-        write_atomic(&link, b"new", 0o640).unwrap();
-        assert_eq!(fs::read(t.path().join("missing.pem")).unwrap(), b"new");
-        assert_eq!(mode_of(&t.path().join("missing.pem")), 0o640);
-    }
-
-    #[test]
-    fn symlink_loop_is_an_error() {
-        let t = TempDir::new().unwrap();
-        symlink("b", t.path().join("a")).unwrap();
-        symlink("a", t.path().join("b")).unwrap();
-        let err = write_atomic(&t.path().join("a"), b"x", 0o600).unwrap_err();
-        assert!(err.to_string().contains("resolve symlinks"), "{err}");
+        assert_eq!(
+            read_node_file(&t.path().join("none")).unwrap(),
+            NodeFile::Absent
+        );
     }
 
     #[test]
@@ -1325,12 +1768,17 @@ mod tests {
     fn replace_symlink_swaps_and_creates() {
         let t = TempDir::new().unwrap();
         let link = t.path().join("kubelet-client-current.pem");
-        replace_symlink(&link, Path::new("/var/lib/kubelet/pki/a.pem")).unwrap();
+        replace_symlink(
+            &link,
+            Path::new("/var/lib/kubelet/pki/a.pem"),
+            Expect::Absent,
+        )
+        .unwrap();
         assert_eq!(
             fs::read_link(&link).unwrap(),
             Path::new("/var/lib/kubelet/pki/a.pem")
         );
-        replace_symlink(&link, Path::new("b.pem")).unwrap();
+        replace_symlink(&link, Path::new("b.pem"), Expect::Seen).unwrap();
         assert_eq!(fs::read_link(&link).unwrap(), Path::new("b.pem"));
         assert_eq!(names_in(t.path()), ["kubelet-client-current.pem"]);
     }
@@ -1341,7 +1789,7 @@ mod tests {
         let link = t.path().join("current.pem");
         symlink("old.pem", &link).unwrap();
         fail_at(Some("owned"));
-        assert!(replace_symlink(&link, Path::new("new.pem")).is_err());
+        assert!(replace_symlink(&link, Path::new("new.pem"), Expect::Seen).is_err());
         fail_at(None);
         assert_eq!(fs::read_link(&link).unwrap(), Path::new("old.pem"));
         assert_eq!(names_in(t.path()), ["current.pem"]);
@@ -1429,7 +1877,7 @@ mod tests {
         write_atomic(&n.key, b"new key", 0o600).unwrap();
         write_atomic(&n.crt, b"new cert", 0o644).unwrap();
         write_atomic(&n.new, b"new kubelet", 0o600).unwrap();
-        replace_symlink(&n.link, &n.new).unwrap();
+        replace_symlink(&n.link, &n.new, Expect::Seen).unwrap();
     }
 
     fn backup_all(n: &Node, id: &str) -> Backup {
@@ -1631,6 +2079,12 @@ mod tests {
         assert_eq!(key["path"], n.key.to_str().unwrap());
         assert_eq!(key["mode"], 0o600);
         assert_eq!(key["sha256"], sha256_hex(b"old key"));
+        // The inode, so an install replaces that very file or nothing.
+        let ino = fs::symlink_metadata(&n.key).unwrap().ino();
+        assert_eq!(key["inode"]["ino"], ino);
+        assert!(matches!(b.expect(&n.key), Expect::Same(FileId { ino: i, .. }) if i == ino));
+        assert_eq!(b.expect(&n.new), Expect::Absent);
+        assert!(matches!(b.expect(&n.link), Expect::Same(_)));
         assert_eq!(v["entries"][2]["kind"], "symlink");
         assert_eq!(v["entries"][2]["target"], "kubelet-client-2025.pem");
         assert_eq!(v["entries"][3]["kind"], "absent");

@@ -104,6 +104,16 @@ pub const KUBELET_PKI: &str = "/var/lib/kubelet/pki";
 /// kubeadm's certificate directory.
 pub const KUBEADM_PKI: &str = "/etc/kubernetes/pki";
 
+/// Whether the layout keeps a symlink at this node path: the kubelet's `*-current.pem`, which it
+/// points at its newest timestamped file. Links anywhere else are not certrotd's to follow.
+pub fn link_may_live_at(node: &Path) -> bool {
+    node.parent() == Some(Path::new(KUBELET_PKI))
+        && node
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with("-current.pem") && n.len() > "-current.pem".len())
+}
+
 /// Which layouts a node root has.
 pub fn detect(root: &Root) -> Vec<Layout> {
     let mut out = Vec::new();

@@ -64,6 +64,14 @@ pub enum ReadError {
         /// The cause.
         source: std::io::Error,
     },
+    /// Something stands at the path that certrotd refuses to follow or open (a planted symlink).
+    #[error("{path}: {reason}")]
+    Refused {
+        /// The path.
+        path: PathBuf,
+        /// What is there and why it is refused.
+        reason: String,
+    },
     /// The last component is a symlink (only from [`read_capped_nofollow`]).
     #[error("{path}: is a symbolic link")]
     Symlink {
@@ -94,9 +102,9 @@ pub enum ReadError {
     },
 }
 
-/// Reads a regular file, refusing directories, devices, FIFOs and oversized files. The file is
-/// opened non-blocking and checked with `fstat` before any read, so a FIFO cannot block the
-/// inventory, and a large tree costs as few system calls per file as possible.
+/// Reads a regular file, refusing directories, devices, FIFOs and oversized files. The type is
+/// checked with `fstat` on an `O_PATH` handle before the file is opened for reading, so a FIFO
+/// cannot block the inventory and a device node is never opened.
 pub fn read_capped(path: &Path) -> Result<Vec<u8>, ReadError> {
     read_file(path, true)
 }
@@ -108,57 +116,64 @@ pub fn read_capped_nofollow(path: &Path) -> Result<Vec<u8>, ReadError> {
 }
 
 fn read_file(path: &Path, follow: bool) -> Result<Vec<u8>, ReadError> {
-    use nix::fcntl::OFlag;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let flags = if follow {
-        OFlag::O_NONBLOCK
-    } else {
-        OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW
-    };
+    use nix::fcntl::{AT_FDCWD, ResolveFlag};
+    read_capped_at(AT_FDCWD, path, path, follow, ResolveFlag::empty())
+}
+
+/// Reads the regular file at `rel` relative to the directory `dir` (with `resolve` restricting
+/// the walk, e.g. `RESOLVE_NO_SYMLINKS`); `path` names it in errors. Nothing but a regular file is
+/// ever opened for reading: the type is checked on an `O_PATH` handle first (see
+/// [`crate::root::fd::open_regular`]), so a device node or FIFO is reported, never opened.
+pub fn read_capped_at(
+    dir: impl std::os::fd::AsFd,
+    rel: &Path,
+    path: &Path,
+    follow_final: bool,
+    resolve: nix::fcntl::ResolveFlag,
+) -> Result<Vec<u8>, ReadError> {
+    use crate::root::fd::{Kind, OpenError, open_regular};
     let io = |source| ReadError::Io {
         path: path.to_owned(),
         source,
     };
-    let mut file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags.bits())
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    let (mut file, seen) = match open_regular(dir, rel, follow_final, resolve) {
+        Ok(opened) => opened,
+        Err(OpenError::Missing) => {
             return Err(ReadError::Missing {
                 path: path.to_owned(),
             });
         }
-        Err(e) if !follow && e.raw_os_error() == Some(nix::libc::ELOOP) => {
+        Err(OpenError::Symlink) => {
             return Err(ReadError::Symlink {
                 path: path.to_owned(),
             });
         }
-        Err(e) => return Err(io(e)),
+        Err(OpenError::NotRegular(kind)) => {
+            let what = match kind {
+                Kind::Dir => "a directory",
+                Kind::CharDevice => "a character device",
+                Kind::BlockDevice => "a block device",
+                Kind::Fifo => "a fifo",
+                Kind::Socket => "a socket",
+                Kind::Symlink | Kind::File => "a symlink",
+            };
+            return Err(ReadError::NotAFile {
+                path: path.to_owned(),
+                what,
+            });
+        }
+        Err(OpenError::Io(e)) => return Err(io(e)),
     };
-    let meta = file.metadata().map_err(io)?;
-    let ft = meta.file_type();
-    if !ft.is_file() {
-        let what = if ft.is_dir() {
-            "a directory"
-        } else {
-            "a device, socket or FIFO"
-        };
-        return Err(ReadError::NotAFile {
-            path: path.to_owned(),
-            what,
-        });
-    }
-    if meta.len() > MAX_FILE_BYTES {
+    let meta_len = seen.size;
+    if meta_len > MAX_FILE_BYTES {
         return Err(ReadError::TooLarge {
             path: path.to_owned(),
-            size: meta.len(),
+            size: meta_len,
             max: MAX_FILE_BYTES,
         });
     }
     // The size is known: read exactly into place (read_to_end would stat the file again).
-    let mut buf = vec![0u8; meta.len() as usize];
+    let mut buf = vec![0u8; meta_len as usize];
     let mut filled = 0;
     while filled < buf.len() {
         match file.read(&mut buf[filled..]) {
@@ -274,6 +289,18 @@ mod tests {
         let fifo = tmp.path().join("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let e = read_capped(&fifo).unwrap_err();
-        assert!(matches!(e, ReadError::NotAFile { .. }));
+        assert!(matches!(e, ReadError::NotAFile { what: "a fifo", .. }));
+        // /dev/zero never ends: it must be refused before anything is read from it.
+        let e = read_capped(Path::new("/dev/zero")).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ReadError::NotAFile {
+                    what: "a character device",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }

@@ -18,7 +18,7 @@ use super::plan::Plan;
 use super::{Context, RotationError, check_guard, stage};
 use crate::failpoint::{self, Failpoint};
 use crate::pki::layout::Component;
-use crate::store::{self, Backup, RestoreReport};
+use crate::store::{self, Backup, Expect, FileMode, NodeFile, RestoreReport};
 
 /// What a committed rotation did.
 #[derive(Debug)]
@@ -104,7 +104,15 @@ pub fn run(ctx: &Context<'_>, plan: &Plan) -> Result<Report, RotationError> {
         .collect();
     let installed = failpoint::hit(Failpoint::JournalInstalling)
         .map_err(RotationError::from)
-        .and_then(|()| install_all(ctx, &journal.changes, &contents, Failpoint::Installed))
+        .and_then(|()| {
+            install_all(
+                ctx,
+                &journal.changes,
+                &contents,
+                Failpoint::Installed,
+                Some(&backup),
+            )
+        })
         .and_then(|()| verify_installed(&dir, &journal.changes))
         .and_then(|()| failpoint::hit(Failpoint::InstalledVerified).map_err(Into::into));
     match installed {
@@ -179,51 +187,74 @@ fn prepare(
 }
 
 /// Installs every change in order (files, then symlinks), asking the guard before each.
-/// `contents[i]` is the new content of `changes[i]` when it is a file.
+/// `contents[i]` is the new content of `changes[i]` when it is a file. With the rotation's
+/// `backup`, each install replaces only the very file or link that was backed up, or creates
+/// what was absent; without it (recovery, after [`super::recover`] set aside what it found),
+/// whatever stands there is replaced, never followed.
 pub(crate) fn install_all(
     ctx: &Context<'_>,
     changes: &[Change],
     contents: &[Option<&[u8]>],
     point: Failpoint,
+    backup: Option<&Backup>,
 ) -> Result<(), RotationError> {
     for (change, data) in changes.iter().zip(contents) {
         check_guard(
             ctx.guard,
             &format!("installing {}", change.path().display()),
         )?;
-        install(change, *data)?;
+        let expect = backup.map_or(Expect::Displaced, |b| b.expect(change.path()));
+        install(change, *data, expect)?;
         failpoint::hit(point)?;
     }
     Ok(())
 }
 
-/// Installs one change atomically.
-pub(crate) fn install(change: &Change, data: Option<&[u8]>) -> Result<(), RotationError> {
+/// Installs one change atomically, replacing only what `expect` allows. A file holding a
+/// private key is written 0600 or stricter, whatever the mode of the file it replaces.
+pub(crate) fn install(
+    change: &Change,
+    data: Option<&[u8]>,
+    expect: Expect,
+) -> Result<(), RotationError> {
     match change {
         Change::File { path, new_mode, .. } => {
             let data = data.ok_or_else(|| RotationError::StagedCorrupt {
                 path: path.clone(),
                 staged: PathBuf::new(),
             })?;
-            store::write_atomic(path, data, *new_mode)?;
+            let mode = if holds_private_key(path, data) {
+                FileMode::Secret {
+                    new: new_mode & 0o600,
+                }
+            } else {
+                FileMode::Keep { new: *new_mode }
+            };
+            store::write_node_file(path, data, mode, expect)?;
         }
-        Change::Symlink { path, target } => store::replace_symlink(path, target)?,
+        Change::Symlink { path, target } => store::replace_symlink(path, target, expect)?,
     }
     Ok(())
 }
 
+/// Whether new content carries a PEM private key (a key file, or certificate and key together).
+fn holds_private_key(path: &Path, data: &[u8]) -> bool {
+    crate::pki::pem::blocks(path, data).is_ok_and(|blocks| {
+        blocks
+            .iter()
+            .any(|b| crate::pki::key::is_key_label(&b.label))
+    })
+}
+
 /// Whether a change is in place: the file holds the staged digest, the link says the target.
+/// Nothing is followed: a link, device or FIFO where a file belongs is simply not the change,
+/// and is never opened.
 pub(crate) fn is_installed(change: &Change) -> Result<bool, RotationError> {
     match change {
-        Change::File { path, sha256, .. } => match std::fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_file() => {
-                let data = std::fs::read(path).map_err(RotationError::io("read back", path))?;
-                Ok(store::sha256_hex(&data).eq_ignore_ascii_case(sha256))
-            }
-            Ok(_) => Ok(false),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(RotationError::io("inspect", path)(e)),
-        },
+        Change::File { path, sha256, .. } => Ok(match store::read_node_file(path)? {
+            NodeFile::File(data) => store::sha256_hex(&data).eq_ignore_ascii_case(sha256),
+            NodeFile::Absent | NodeFile::Other(_) => false,
+        }),
         Change::Symlink { path, target } => match std::fs::read_link(path) {
             Ok(t) => Ok(t == *target),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),

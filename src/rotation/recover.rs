@@ -27,7 +27,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use time::OffsetDateTime;
@@ -425,7 +425,7 @@ fn roll_forward(
     }
     let changes: Vec<Change> = pending.iter().map(|(c, _)| c.clone()).collect();
     let data: Vec<Option<&[u8]>> = pending.iter().map(|(_, d)| *d).collect();
-    execute::install_all(ctx, &changes, &data, Failpoint::RecoverInstalled)?;
+    execute::install_all(ctx, &changes, &data, Failpoint::RecoverInstalled, None)?;
     execute::verify_installed(dir, &j.changes)?;
     j.outcome = Some(Outcome::RolledForward);
     j.advance(dir, Phase::Committed)?;
@@ -469,27 +469,39 @@ fn open_backup(ctx: &Context<'_>, id: &str) -> Result<Backup, RotationError> {
     Ok(backup)
 }
 
-/// Copies a regular file aside before it is overwritten (0600: it may hold a key).
+/// Sets aside what stands at `path` before recovery overwrites it, into
+/// `<rotation>/displaced/` (0600: it may hold a key). A regular file is copied. Anything else (a
+/// symlink someone planted, a device, FIFO or socket) is never followed nor opened: what it is
+/// gets written down instead, and the install then renames over it. A directory where a file
+/// belongs is refused by the install itself.
 fn displace(dir: &Path, index: usize, path: &Path) -> Result<Option<PathBuf>, RotationError> {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return Ok(None);
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let (name, data) = match store::read_node_file(path)? {
+        store::NodeFile::Absent | store::NodeFile::Other("directory") => return Ok(None),
+        store::NodeFile::File(data) => (format!("{index:04}-{name}"), data),
+        store::NodeFile::Other(kind) => {
+            let what = match std::fs::symlink_metadata(path) {
+                Ok(m) if m.file_type().is_symlink() => format!(
+                    "a symlink to {} owned by uid {}, not followed\n",
+                    std::fs::read_link(path).unwrap_or_default().display(),
+                    m.uid()
+                ),
+                Ok(m) => format!("a {kind} owned by uid {}, not opened\n", m.uid()),
+                Err(_) => format!("a {kind} (a symlink on its path), not followed\n"),
+            };
+            let file = format!("{index:04}-{name}.{}", kind.replace(' ', "-"));
+            (file, format!("{} held {what}", path.display()).into_bytes())
+        }
     };
-    if !meta.file_type().is_file() {
-        return Ok(None);
-    }
-    let data = std::fs::read(path).map_err(RotationError::io("read", path))?;
     let displaced = dir.join("displaced");
     execute::create_private_dir(&displaced)?;
-    let name = format!(
-        "{index:04}-{}",
-        path.file_name().unwrap_or_default().to_string_lossy()
-    );
     let to = displaced.join(name);
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(&to)
         .map_err(RotationError::io("create", &to))?;
     f.write_all(&data)

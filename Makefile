@@ -30,7 +30,8 @@ run: build
 ## package tests (lintian, rpm, install/upgrade/purge in a debootstrapped Debian root)
 test: deps package-tools
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets --all-features --locked -- -D warnings
+	$(CARGO) clippy --all-targets --all-features --locked -p certrotd -p alloc-trim -- -D warnings
+	$(CARGO) test --locked -p alloc-trim
 	$(CARGO) test --locked --features failpoints
 	./scripts/test-package.sh
 

@@ -305,6 +305,9 @@ impl Daemon {
             }
         }
         self.refresh();
+        // A rotation's key generation and probes ran on several threads; the idle daemon that
+        // follows should not keep their arenas' high-water mark resident.
+        alloc_trim::trim();
         finished
     }
 

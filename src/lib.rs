@@ -1,7 +1,10 @@
 //! certrotd keeps a Kubernetes node's certificates from ever expiring.
 //!
 //! The flow, which the module layout follows:
-//! discover (`inventory`) → assess (`policy`) → issue (`issuer`) → install (`store`, `rotation`).
+//! discover (`inventory`) → assess (`policy`, `decide`) → plan (`rotation::plan`) → lease
+//! (`lease`) → issue (`issuer`, `rotation::obtain`) → install (`store`, `rotation`) → restart
+//! (`restart`) → verify (`restart::probe`) → record (`history`, `events`), driven by the daemon's
+//! state machine (`daemon`).
 #![deny(missing_docs)]
 
 pub mod cli;

@@ -275,6 +275,9 @@ pub enum Turn {
     Held(Held),
     /// A stop was requested while waiting (nothing was started).
     Stopping(&'static str),
+    /// The lease's channel failed (a connection or TLS error, an expired client certificate):
+    /// the caller reconnects, with credentials read again, and waits anew.
+    Unreachable(crate::lease::LeaseError),
 }
 
 /// Waits for this node's turn: `acquire`, selected against `stop` so a stop while queued is
@@ -313,6 +316,11 @@ pub async fn wait_turn(
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
                     why = &mut *stop => return Turn::Stopping(why),
+                }
+                // Retrying on the same client would fail the same way for good once its
+                // certificate expired: the caller reconnects.
+                if e.is_transport() {
+                    return Turn::Unreachable(e);
                 }
                 pause = (pause * 2).min(RETRY_MAX);
             }

@@ -341,10 +341,39 @@ impl Daemon {
             detail,
         };
         self.go(waiting("waiting for the lease".to_owned()));
+        loop {
+            let Some(lease) = self.open_lease(shared, rotation_id, shutdown).await else {
+                return Ok(None);
+            };
+            match self
+                .wait_turn(shared, rotation_id, certs, lease, shutdown)
+                .await
+            {
+                Some(Ok(held)) => return Ok(Some(held)),
+                Some(Err(e)) => {
+                    // Reconnect (with the credentials read again) and wait anew.
+                    self.peers.invalidate(&e);
+                }
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Opens the lease, retrying while it cannot be reached; `None` when a stop was requested.
+    async fn open_lease(
+        &mut self,
+        shared: &Shared,
+        rotation_id: &str,
+        shutdown: &mut Shutdown,
+    ) -> Option<Arc<dyn Lease>> {
+        let waiting = |detail: String| Mode::Waiting {
+            id: rotation_id.to_owned(),
+            detail,
+        };
         let mut pause = Duration::from_millis(500);
-        let lease = loop {
+        loop {
             if let Some(l) = &self.fixed_lease {
-                break Arc::clone(l);
+                return Some(Arc::clone(l));
             }
             let now = self.clock.now();
             let opened = {
@@ -360,7 +389,7 @@ impl Daemon {
                     .await
             };
             match opened {
-                Ok(l) => break l,
+                Ok(l) => return Some(l),
                 Err(e) => {
                     tracing::warn!("{e}; trying again in {pause:?}");
                     let detail = format!("waiting for the lease: {e}");
@@ -384,12 +413,24 @@ impl Daemon {
                         .await
                     };
                     if slept.is_some() {
-                        return Ok(None);
+                        return None;
                     }
                     pause = (pause * 2).min(OPEN_RETRY_MAX);
                 }
             }
-        };
+        }
+    }
+
+    /// Waits in the queue of `lease`: the lease and its held slot, `Some(Err)` when the lease's
+    /// channel failed (reconnect and wait again), `None` when a stop was requested.
+    async fn wait_turn(
+        &mut self,
+        shared: &Shared,
+        rotation_id: &str,
+        certs: &[String],
+        lease: Arc<dyn Lease>,
+        shutdown: &mut Shutdown,
+    ) -> Option<Result<(Arc<dyn Lease>, Held), crate::lease::LeaseError>> {
         let now = self.clock.now();
         let want = peers::want(
             &self.settings.node_name,
@@ -441,9 +482,10 @@ impl Daemon {
                         detail: Some(format!("fencing token {}", held.fencing_token)),
                     },
                 );
-                Ok(Some((lease, held)))
+                Some(Ok((lease, held)))
             }
-            peers::Turn::Stopping(_) => Ok(None),
+            peers::Turn::Unreachable(e) => Some(Err(e)),
+            peers::Turn::Stopping(_) => None,
         }
     }
 

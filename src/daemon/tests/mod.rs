@@ -29,13 +29,16 @@ const LEFT: time::Duration = time::Duration::minutes(10);
 /// The most real time one wait of a test may take.
 const REAL_LIMIT: Duration = Duration::from_secs(60);
 
+/// What a test does to the node's files before the daemon starts.
+type BeforeStart = Box<dyn FnOnce(&Settings)>;
+
 /// How a test's node is set up.
 #[derive(Default)]
 pub struct Builder {
     lease_closed: bool,
     restart_delay: Duration,
     failing_proofs: Vec<(Component, usize)>,
-    before_start: Option<Box<dyn FnOnce(&Settings)>>,
+    before_start: Option<BeforeStart>,
 }
 
 impl Builder {

@@ -277,7 +277,7 @@ async fn a_restart_past_its_bound_starves_the_watchdog() {
     assert_eq!(log.restarts(), [Component::Etcd]);
     assert_eq!(during.unwrap_err().what, "restarting etcd");
     // Fed at every tick inside the bound, at none of the four after it.
-    let inside = (bound.as_secs() / every.as_secs()) as u64;
+    let inside = bound.as_secs() / every.as_secs();
     assert_eq!(live.fed(), inside);
     // The next step beats again, and feeding resumes.
     pulse.beat("proving", turn::bound(&settings, &Step::Verify));

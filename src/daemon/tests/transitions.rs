@@ -157,6 +157,13 @@ async fn a_lease_lost_between_restarts_leaves_the_rotation_open_until_the_next_t
     let done = &n.history()[0];
     assert_eq!((done.id.as_str(), n.history().len()), (r.id.as_str(), 1));
     assert_eq!(done.fencing_token, Some(2));
+    // Not before the backoff (drawn between half and all of retry_initial).
+    let left = at(r.disruptive_to.as_deref().unwrap());
+    let resumed = at(done.disruptive_from.as_deref().unwrap());
+    assert!(
+        resumed - left >= n.settings.issuer.retry_initial / 2,
+        "{left} {resumed}"
+    );
     assert_eq!(n.log.restarts()[1..], consumers[..]);
     assert_eq!(proved(&n), consumers);
     assert_eq!(n.log.count(&Event::Released(2)), 1);

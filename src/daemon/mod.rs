@@ -33,6 +33,9 @@ pub mod shutdown;
 pub mod status;
 pub mod turn;
 
+#[cfg(test)]
+mod tests;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};

@@ -150,6 +150,10 @@ pub async fn serve(settings: Settings, edges: Edges) -> anyhow::Result<()> {
         lease,
     } = edges;
     let mut d = Daemon::start(settings, clock, components)?;
+    if let Some(l) = &lease {
+        // `status --cluster` answers from the lease the daemon takes turns with.
+        d.peers.shared().set(Some(Arc::clone(l)));
+    }
     d.fixed_lease = lease;
     let (tx, mut commands) = mpsc::channel(16);
     let shared = Arc::new(Shared {

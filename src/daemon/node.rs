@@ -378,8 +378,15 @@ impl Daemon {
             self.last_rotation.as_ref(),
             now,
         );
+        if let Some(lease) = &self.fixed_lease {
+            self.peers.next_publish = Some(tokio::time::Instant::now() + peers::PUBLISH_EVERY);
+            if let Err(e) = lease.publish(&summary).await {
+                tracing::warn!("publishing the node summary: {e}");
+            }
+            return;
+        }
         self.peers
-            .publish(&self.settings, &self.root, &self.state.dir, &summary)
+            .publish(&self.settings, &self.root, &self.state.dir, &summary, now)
             .await;
     }
 

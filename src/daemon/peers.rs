@@ -248,9 +248,9 @@ impl Peers {
         root: &Root,
         state_dir: &Path,
         summary: &NodeSummary,
+        now: OffsetDateTime,
     ) {
         self.next_publish = Some(Instant::now() + PUBLISH_EVERY);
-        let now = OffsetDateTime::now_utc();
         let lease = match self.open(settings, root, state_dir, now).await {
             Ok(l) => l,
             Err(e) => {

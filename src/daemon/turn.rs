@@ -299,6 +299,9 @@ impl Daemon {
                 // The lease's client certificate may be among those just renewed (or was
                 // minted because it had expired): the next use reconnects with what is on disk.
                 self.peers.reset();
+                if let Some(l) = &self.fixed_lease {
+                    self.peers.shared().set(Some(Arc::clone(l)));
+                }
             }
             if record.finished_at.is_some() {
                 self.last_rotation = Some(record.clone());

@@ -293,7 +293,6 @@ async fn a_restart_past_its_bound_starves_the_watchdog() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "needs journal quarantine (rotation branch)"]
 async fn a_corrupt_journal_does_not_keep_due_certificates_from_being_renewed() {
     let n = Builder::default()
         .before_start(|s| {
@@ -308,4 +307,15 @@ async fn a_corrupt_journal_does_not_keep_due_certificates_from_being_renewed() {
     n.until("renewed", 5 * MINUTE, latest_is(HistoryState::Success))
         .await;
     assert!(!n.stopped());
+    // The bad journal was moved aside and its rotation recorded Failed, naming it.
+    let quarantine = n.settings.in_root(&n.settings.state_dir).join("quarantine");
+    assert_eq!(std::fs::read_dir(&quarantine).unwrap().count(), 1);
+    let records = n.history();
+    assert!(
+        records.iter().any(|r| r.state == HistoryState::Failed
+            && r.reason
+                .as_deref()
+                .is_some_and(|x| x.contains("quarantine"))),
+        "{records:#?}"
+    );
 }

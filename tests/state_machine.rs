@@ -296,7 +296,8 @@ async fn under_systemd_a_long_wait_for_the_lease_feeds_the_watchdog_and_the_rota
     node.reissue(ETCD_LEAVES, &c.ca_pki(), OffsetDateTime::now_utc(), DUE);
     c.start_etcd().await;
     c.wait_healthy(Duration::from_secs(60)).await;
-    // A one-member cluster: the lease outlives its member's restart.
+    // etcd stays kubeadm's static pod (never restarted: static pod restarts are off), so the
+    // one member keeps serving the lease throughout.
     c.configure("10s", "");
 
     // Another node holds the only slot before certrotd even starts.
@@ -373,7 +374,14 @@ async fn under_systemd_a_long_wait_for_the_lease_feeds_the_watchdog_and_the_rota
     );
     assert!(pings >= 5, "only {pings} keep-alives in {HOLD:?}");
 
-    // systemd never had to step in.
+    assert_never_killed(node, SERVICE, pid).await;
+    c.wait_healthy(Duration::from_secs(60)).await;
+    node.assert_all_valid(OffsetDateTime::now_utc());
+    node.manager.systemctl(&["stop", SERVICE]).await;
+}
+
+/// systemd never stepped in: no restart, no watchdog timeout, the same main process.
+async fn assert_never_killed(node: &PeerNode, service: &str, pid: u32) {
     for (property, expected) in [
         ("NRestarts", "0".to_owned()),
         ("Result", "success".to_owned()),
@@ -381,7 +389,7 @@ async fn under_systemd_a_long_wait_for_the_lease_feeds_the_watchdog_and_the_rota
         ("MainPID", pid.to_string()),
     ] {
         assert_eq!(
-            node.manager.show(SERVICE, property).await,
+            node.manager.show(service, property).await,
             expected,
             "{property}\n{}\n{}",
             node.log(),
@@ -393,8 +401,93 @@ async fn under_systemd_a_long_wait_for_the_lease_feeds_the_watchdog_and_the_rota
         "{}",
         node.manager.log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_a_slow_proof_feeds_the_watchdog_and_the_rotation_succeeds() {
+    const SERVICE: &str = "certrotd.service";
+    // The kubelet stand-in serves TLS only this long after each (re)start.
+    const SLOW: u64 = 20;
+    // Every leaf written 363 days ago for a year: due now; the rotation restarts the kubelet.
+    let then = OffsetDateTime::now_utc() - time::Duration::days(363);
+    let mut c = Cluster::new(1, then, YEAR).await;
+    c.start_kubelets().await;
+    c.start_etcd().await;
     c.wait_healthy(Duration::from_secs(60)).await;
-    node.assert_all_valid(OffsetDateTime::now_utc());
+    c.configure("10s", "");
+    let node = &c.nodes[0];
+    // From its next start on, the kubelet takes SLOW seconds to serve: the proof waits for it.
+    let (tls, _) = node.kubelet.unwrap();
+    let pki = node.sandbox.path("/var/lib/kubelet/pki");
+    let slow = format!(
+        "[Service]\nExecStart=/bin/sh -c 'sleep {SLOW}; exec {} s_server -quiet -www -accept 127.0.0.1:{tls} -cert {} -key {}'\n\
+         Restart=always\nRestartSec=200ms\nStandardOutput=null\n",
+        support::which("openssl").display(),
+        pki.join("kubelet.crt").display(),
+        pki.join("kubelet.key").display()
+    );
+    node.manager.write_unit(KUBELET_UNIT, &slow).await;
+    let kubelet_before = node.manager.main_pid(KUBELET_UNIT).await;
+
+    let unit = watchdog_unit(&node.sandbox.config_path, node.tmp.path(), &node.log_path());
+    node.manager.write_unit(SERVICE, &unit).await;
+    node.manager.start_unit(SERVICE).await;
+    let pid = node.manager.main_pid(SERVICE).await;
+    let status = wait_for("STATUS= saying it proves", TIMEOUT, || async {
+        let s = node.manager.show(SERVICE, "StatusText").await;
+        s.contains("proving").then_some(s)
+    })
+    .await;
+    let proving_since = Instant::now();
+    eprintln!("status while proving: {status:?}");
+    let id = first_rotation(node).await;
+    let mut last = node
+        .manager
+        .show(SERVICE, "WatchdogTimestampMonotonic")
+        .await;
+    let mut last_change = Instant::now();
+    let (mut max_gap, mut pings) = (Duration::ZERO, 0);
+    let done = loop {
+        if let Some(r) = record(node, &id).filter(|r| r.state != HistoryState::Initiated) {
+            break r;
+        }
+        assert!(
+            proving_since.elapsed() < TIMEOUT,
+            "not finished\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let ts = node
+            .manager
+            .show(SERVICE, "WatchdogTimestampMonotonic")
+            .await;
+        if ts != last {
+            max_gap = max_gap.max(last_change.elapsed());
+            last_change = Instant::now();
+            last = ts;
+            pings += 1;
+        }
+    };
+    let proving = proving_since.elapsed();
+    eprintln!(
+        "proof took {proving:?}; {pings} watchdog keep-alives seen meanwhile, longest gap {max_gap:?}"
+    );
+    assert_eq!(
+        done.state,
+        HistoryState::Success,
+        "{done:#?}\n{}",
+        node.log()
+    );
+    assert!(
+        proving > Duration::from_secs(15),
+        "the proof took only {proving:?}"
+    );
+    assert!(
+        max_gap < Duration::from_secs(5),
+        "no keep-alive for {max_gap:?} while proving (WatchdogSec=5s)"
+    );
+    assert_ne!(node.manager.main_pid(KUBELET_UNIT).await, kubelet_before);
+    assert_never_killed(node, SERVICE, pid).await;
     node.manager.systemctl(&["stop", SERVICE]).await;
 }
 

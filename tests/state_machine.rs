@@ -548,7 +548,12 @@ async fn the_slot_taken_over_between_two_restarts_stops_the_second_and_the_next_
     );
 
     other.release(held).await.unwrap();
+    let released = Instant::now();
     let done = wait_state(node, &id, HistoryState::Success, "after peer-2 released").await;
+    eprintln!(
+        "slot taken: left open, kubelet untouched; finished {:?} after peer-2 released",
+        released.elapsed()
+    );
     assert!(
         done.reason
             .as_deref()
@@ -624,8 +629,13 @@ async fn a_lease_lost_between_a_certificate_and_its_key_is_finished_by_the_next_
     assert_eq!(node.manager.main_pid(ETCD_UNIT).await, etcd_before);
 
     other.release(held).await.unwrap();
+    let released = Instant::now();
     let done = wait_state(node, &id, HistoryState::Success, "after peer-2 released").await;
-    eprintln!("finished: {:?}", done.reason);
+    eprintln!(
+        "lease lost between {half:?} and its key: finished {:?} after peer-2 released: {:?}",
+        released.elapsed(),
+        done.reason
+    );
     assert_eq!(mismatched(node), Vec::<String>::new(), "{}", node.log());
     assert_ne!(
         node.manager.main_pid(ETCD_UNIT).await,

@@ -338,6 +338,14 @@ fn settle(d: &mut Daemon, turned: Turned, back_off: bool) -> bool {
     }
     d.refresh();
     match failure {
+        // A rotation left open by a lost lease is finished at the next turn at once (the queue
+        // paces it, and a half-installed pair must not wait out a backoff); only when it is left
+        // open again does the backoff apply.
+        Some(f) if left_open && d.backoff.attempts == 0 => {
+            d.backoff
+                .failed(now, f.to_string(), Duration::ZERO, Duration::ZERO, 0.0);
+            d.go(Mode::Idle);
+        }
         // A failed rotation would be retried at once: back off (and say louder as the deadline
         // nears); a rotation left open is retried the same way, once the lease can be had.
         Some(f) if back_off || left_open => {

@@ -172,7 +172,11 @@ impl Lease for FakeLease {
         let refuse = self.fail_from.lock().unwrap().is_some_and(|f| n >= f);
         Box::pin(async move {
             if refuse || !held.is_held() {
-                // As the real leases do: a failed confirmation marks the lease lost.
+                // As the real leases do: a failed confirmation marks the lease lost. The slot
+                // is another node's now, so this one waits until the test opens it again.
+                if refuse {
+                    self.open.send_replace(false);
+                }
                 let why = "slot 0 now held by cp2 with token 99".to_owned();
                 held.mark_lost(&why);
                 self.log.push(Event::Refused(step.to_owned()));

@@ -491,7 +491,7 @@ enum KeyRef {
     /// Among the blocks of the certificate's own file (combined PEM, or none at all).
     SameFile,
     /// Embedded bytes (a kubeconfig's client-key-data).
-    Data(Vec<u8>, PathBuf),
+    Data(crate::pki::secret::SecretBytes, PathBuf),
 }
 
 /// Entries for the certificate blocks of one buffer: the first is the entry itself, further CA

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::pki::pem::{self, ReadError};
+use crate::pki::secret::SecretBytes;
 use crate::root::Root;
 
 /// Reads node paths under a root.
@@ -28,7 +29,7 @@ impl<'a> NodeReader<'a> {
     }
 
     /// Reads a node file: returns where it really is and its contents (or why not).
-    pub fn read(&self, node: &Path) -> (PathBuf, Result<Vec<u8>, ReadError>) {
+    pub fn read(&self, node: &Path) -> (PathBuf, Result<SecretBytes, ReadError>) {
         let candidate = match self.candidate(node) {
             Ok(c) => c,
             Err(e) => return (self.root.join(node), Err(io_error(node, e))),

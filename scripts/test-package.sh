@@ -57,6 +57,8 @@ common_files="/etc/certrotd/certrotd.toml 644
 /usr/lib/systemd/system/certrotd.service 644
 /usr/share/bash-completion/completions/certrotd 644
 /usr/share/doc/certrotd/README.md 644
+/usr/share/doc/certrotd/examples/extra-paths.conf 644
+/usr/share/doc/certrotd/examples/manifest-strategy.conf 644
 /usr/share/fish/vendor_completions.d/certrotd.fish 644"
 man_files=$(for p in target/assets/man/*.1.gz; do echo "/usr/share/man/man1/$(basename "$p") 644"; done)
 [ "$(wc -l <<<"$man_files")" -ge 11 ] || fail "expected a man page per subcommand, got: $man_files"

@@ -491,7 +491,7 @@ enum KeyRef {
     /// Among the blocks of the certificate's own file (combined PEM, or none at all).
     SameFile,
     /// Embedded bytes (a kubeconfig's client-key-data).
-    Data(Vec<u8>, PathBuf),
+    Data(crate::pki::secret::SecretBytes, PathBuf),
 }
 
 /// Entries for the certificate blocks of one buffer: the first is the entry itself, further CA
@@ -851,17 +851,33 @@ fn unique_names(entries: &mut [Entry]) {
 
 /// Finds each certificate's signer among the node's CAs by verifying the signature, then works out
 /// which certificates cannot be renewed here.
+///
+/// Candidates are looked up by the issuer Name's DER, as Go builds chains: a CA whose subject only
+/// prints the same is not the signer, and the certificate says why (see [`Cert::names_as_issuer`]).
 fn resolve_signers(entries: &mut [Entry]) {
-    let mut by_subject: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut by_subject: HashMap<&[u8], Vec<usize>> = HashMap::new();
+    // CAs by their subject's text, only to explain an issuer that matches one in text but not in DER.
+    let mut ca_by_text: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, e) in entries.iter().enumerate() {
         if let Some(c) = &e.cert {
-            by_subject.entry(&c.subject).or_default().push(i);
+            by_subject.entry(&c.subject_der).or_default().push(i);
+            if e.is_ca() {
+                ca_by_text.entry(&c.subject).or_default().push(i);
+            }
         }
     }
     // CAs first, so that a leaf that happens to share a subject is tried last.
     for v in by_subject.values_mut() {
         v.sort_by_key(|&i| !entries[i].is_ca());
     }
+    let names = |list: &[usize]| {
+        list.iter()
+            .map(|&j| entries[j].name.as_str())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let indices: Vec<usize> = (0..entries.len()).collect();
     let keys = KeyCache::default();
     let found: Vec<(Option<usize>, Option<String>)> = parallel::map(&indices, |&i| {
@@ -869,7 +885,7 @@ fn resolve_signers(entries: &mut [Entry]) {
             return (None, None);
         };
         let candidates = by_subject
-            .get(cert.issuer.as_str())
+            .get(cert.issuer_der.as_slice())
             .map(Vec::as_slice)
             .unwrap_or(&[]);
         let signer = candidates
@@ -885,14 +901,20 @@ fn resolve_signers(entries: &mut [Entry]) {
         let problem = match (signer, candidates.is_empty()) {
             (None, false) => Some(format!(
                 "signature does not verify against {} on this node (issued by another CA with the same name)",
-                candidates
-                    .iter()
-                    .map(|&j| entries[j].name.as_str())
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                names(candidates)
             )),
+            (None, true) => ca_by_text
+                .get(cert.issuer.as_str())
+                .filter(|l| l.iter().any(|&j| j != i))
+                .map(|l| {
+                    format!(
+                        "its issuer \"{}\" is encoded differently from the subject of {} (same text, \
+                         other DER): Kubernetes components match issuers byte for byte and will not \
+                         chain it to that CA",
+                        cert.issuer,
+                        names(l)
+                    )
+                }),
             _ => None,
         };
         (signer, problem)

@@ -10,6 +10,11 @@ use certrotd::commands;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any command reads or makes a private key.
+    if let Err(e) = commands::run::protect_memory() {
+        eprintln!("certrotd: {e:#}");
+        return ExitCode::FAILURE;
+    }
     // The daemon logs to journald under systemd; every other command talks to a terminal.
     let daemon = matches!(cli.command, Command::Run { .. });
     certrotd::logging::init(daemon && certrotd::logging::under_systemd());

@@ -21,6 +21,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::pki::encode::{self, EncodeError, KeyFormat, KeySpec};
+use crate::pki::secret::{SecretKeyPair, SecretString};
 
 /// kubeadm backdates every certificate by this much to tolerate small clock jumps.
 const BACKDATE: time::Duration = time::Duration::minutes(5);
@@ -318,7 +319,7 @@ impl Times {
 /// A CA: its parameters (rcgen signs with them), key and certificate.
 struct Ca {
     params: CertificateParams,
-    key: KeyPair,
+    key: SecretKeyPair,
     pem: String,
 }
 
@@ -490,7 +491,7 @@ impl Node<'_> {
         leaf: &Leaf<'_>,
         spec: KeySpec,
         for_path: &Path,
-    ) -> Result<(String, KeyPair), SandboxError> {
+    ) -> Result<(String, SecretKeyPair), SandboxError> {
         let key = self.new_key(spec, for_path)?;
         let mut params = base_params(self.times.not_before, self.times.leaf_not_after, for_path)?;
         params.distinguished_name = dn(leaf.cn, leaf.org);
@@ -510,7 +511,7 @@ impl Node<'_> {
         Ok((encode::cert_pem(cert.der()), key))
     }
 
-    fn new_key(&self, spec: KeySpec, for_path: &Path) -> Result<KeyPair, SandboxError> {
+    fn new_key(&self, spec: KeySpec, for_path: &Path) -> Result<SecretKeyPair, SandboxError> {
         encode::generate(spec).map_err(|source| SandboxError::Key {
             path: for_path.to_owned(),
             source,
@@ -918,7 +919,11 @@ fn sans(dns: &[String], ips: &[IpAddr], for_path: &Path) -> Result<Vec<SanType>,
     Ok(out)
 }
 
-fn key_pem(key: &KeyPair, format: KeyFormat, for_path: &Path) -> Result<String, SandboxError> {
+fn key_pem(
+    key: &KeyPair,
+    format: KeyFormat,
+    for_path: &Path,
+) -> Result<SecretString, SandboxError> {
     encode::private_key_pem(key, format).map_err(|source| SandboxError::Key {
         path: for_path.to_owned(),
         source,

@@ -23,6 +23,10 @@ use support::systemd::UserManager;
 const BIN: &str = env!("CARGO_BIN_EXE_certrotd");
 /// The unit the packages install.
 const UNIT: &str = include_str!("../packaging/systemd/certrotd.service");
+/// The drop-in for the manifest restart strategy the packages ship as an example.
+const MANIFEST_DROP_IN: &str = include_str!("../packaging/systemd/examples/manifest-strategy.conf");
+/// The drop-in for extra_paths the packages ship as an example.
+const EXTRA_PATHS_DROP_IN: &str = include_str!("../packaging/systemd/examples/extra-paths.conf");
 /// The subcommands the README documents; the man pages must cover them (and any added later).
 const DOCUMENTED: &[&str] = &[
     "check", "config", "renew", "restore", "recover", "run", "status", "rotate", "history",
@@ -261,9 +265,69 @@ fn unit_verifies_cleanly_and_its_exposure_is_ok() {
     eprintln!("{}", line.trim());
 }
 
+/// The paths of every `KEY=` line of a unit or drop-in, in order; an empty assignment (which
+/// resets the list) clears what came before, as systemd reads it.
+fn paths_of(text: &str, key: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if let Some(value) = line.strip_prefix(&format!("{key}=")) {
+            if value.trim().is_empty() {
+                out.clear();
+            }
+            out.extend(value.split_whitespace().map(str::to_owned));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_drop_ins_widen_only_what_they_say() {
+    // The manifest strategy's drop-in restates the unit's read-only paths but the manifests.
+    let unit = paths_of(UNIT, "ReadOnlyPaths");
+    assert!(
+        unit.contains(&"-/etc/kubernetes/manifests".to_owned()),
+        "{unit:?}"
+    );
+    let want: Vec<String> = unit
+        .into_iter()
+        .filter(|p| p != "-/etc/kubernetes/manifests")
+        .collect();
+    let with_drop_in = paths_of(&format!("{UNIT}\n{MANIFEST_DROP_IN}"), "ReadOnlyPaths");
+    assert_eq!(with_drop_in, want);
+    assert_eq!(
+        paths_of(&format!("{UNIT}\n{MANIFEST_DROP_IN}"), "ReadWritePaths"),
+        paths_of(UNIT, "ReadWritePaths"),
+        "it writes nothing else"
+    );
+    // The extra_paths example changes nothing until the operator says which directory.
+    assert!(paths_of(EXTRA_PATHS_DROP_IN, "ReadWritePaths").is_empty());
+    assert!(EXTRA_PATHS_DROP_IN.contains("#ReadWritePaths=-/"));
+    // The unit with either drop-in (a drop-in reads as if appended to the unit) verifies.
+    for drop_in in [MANIFEST_DROP_IN, EXTRA_PATHS_DROP_IN] {
+        let tmp = tempfile::tempdir().unwrap();
+        let unit = tmp.path().join("certrotd.service");
+        std::fs::write(&unit, format!("{}\n{drop_in}", unit_with_built_binary())).unwrap();
+        let man = tmp.path().join("man");
+        generate_man(&man);
+        let out = run(Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&unit)
+            .current_dir(tmp.path())
+            .env("MANPATH", &man)
+            .env("SYSTEMD_LOG_LEVEL", "notice"));
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(said.trim().is_empty(), "systemd-analyze verify: {said}");
+    }
+}
+
 /// Options of the packaged unit left out under the harness, each with the reason. Every other
-/// line is kept as it is, except ExecStart (the built binary on the sandbox's configuration) and
-/// ReadWritePaths (the sandbox node instead of the real PKI directories). The root user manager
+/// line is kept as it is, except ExecStart (the built binary on the sandbox's configuration),
+/// ReadWritePaths (the sandbox node instead of the real PKI directories) and ReadOnlyPaths (the
+/// same paths inside the sandbox node, so that they are checked). The root user manager
 /// honours all the rest: ProtectSystem/Home, the ProtectKernel*, PrivateDevices/Mounts,
 /// ProcSubset, the system call filter and the capability bounding set (checked on the process).
 const DROPPED: &[(&str, &str)] = &[(
@@ -284,10 +348,15 @@ fn under_home() -> bool {
 /// The packaged unit for the harness's user manager: the built binary on a sandbox node's
 /// configuration, the node's directory as the one writable path, and the [`DROPPED`] options
 /// left out.
-fn unit_for_user_manager(config: &Path, node: &Path, log: &Path) -> (String, Vec<String>) {
+fn unit_for_user_manager(
+    unit: &str,
+    config: &Path,
+    node: &Path,
+    log: &Path,
+) -> (String, Vec<String>) {
     let mut kept = Vec::new();
     let mut out = String::new();
-    for line in UNIT.lines() {
+    for line in unit.lines() {
         let key = line.split('=').next().unwrap_or_default().trim();
         if DROPPED.iter().any(|(k, _)| *k == key) || (key == "ProtectHome" && under_home()) {
             continue;
@@ -299,6 +368,13 @@ fn unit_for_user_manager(config: &Path, node: &Path, log: &Path) -> (String, Vec
             ));
         } else if key == "ReadWritePaths" {
             out.push_str(&format!("ReadWritePaths={}\n", node.display()));
+        } else if key == "ReadOnlyPaths" {
+            let inside: Vec<String> = paths_of(line, key)
+                .iter()
+                .map(|p| format!("-{}{}", node.display(), p.trim_start_matches('-')))
+                .collect();
+            out.push_str(&format!("ReadOnlyPaths={}\n", inside.join(" ")));
+            kept.push(key.to_owned());
         } else {
             if !line.starts_with('#') && line.contains('=') {
                 kept.push(key.to_owned());
@@ -331,7 +407,11 @@ async fn packaged_unit_reaches_ready_under_systemd_and_answers_status() {
     let log = tmp.path().join("certrotd.log");
 
     let manager = UserManager::start().await;
-    let (unit, kept) = unit_for_user_manager(&config, &node, &log);
+    // The paths the unit keeps read-only, inside the node, as kubeadm and RKE2 have them.
+    for dir in ["etc/kubernetes/manifests", "etc/kubernetes/tmp"] {
+        std::fs::create_dir_all(node.join(dir)).unwrap();
+    }
+    let (unit, kept) = unit_for_user_manager(UNIT, &config, &node, &log);
     assert!(under_home() || kept.iter().any(|k| k == "ProtectHome"));
     for hardening in [
         "ProtectSystem",
@@ -420,6 +500,26 @@ async fn packaged_unit_reaches_ready_under_systemd_and_answers_status() {
         .unwrap();
     // CAP_CHOWN 0, CAP_DAC_OVERRIDE 1, CAP_DAC_READ_SEARCH 2, CAP_FOWNER 3, CAP_KILL 5.
     assert_eq!(cap_bnd, "000000000000002f", "{proc_status}");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(core[4..6], ["0", "0"], "LimitCORE=0: {limits}");
+    assert_eq!(
+        manager.show("certrotd.service", "MemoryMax").await,
+        (256u64 << 20).to_string()
+    );
+    // What the service may write, seen from inside its own mount namespace: the PKI and the
+    // directory its kubeconfigs are renamed in, but not the static pod manifests.
+    assert_eq!(writable(pid, &node.join("etc/kubernetes/pki")), Ok(()));
+    assert_eq!(writable(pid, &node.join("etc/kubernetes")), Ok(()));
+    for ro in ["etc/kubernetes/manifests", "etc/kubernetes/tmp"] {
+        let e = writable(pid, &node.join(ro)).unwrap_err();
+        assert!(e.contains("Read-only file system"), "{ro}: {e}");
+    }
 
     // certrotd status, through the socket the daemon made inside the sandbox.
     let status = tokio::time::timeout(
@@ -447,4 +547,44 @@ async fn packaged_unit_reaches_ready_under_systemd_and_answers_status() {
         manager.show("certrotd.service", "ActiveState").await,
         "inactive"
     );
+
+    // With the manifest strategy's drop-in (read as if appended to the unit), the manifests are
+    // writable and the rest stays as it was.
+    let (unit, _) =
+        unit_for_user_manager(&format!("{UNIT}\n{MANIFEST_DROP_IN}"), &config, &node, &log);
+    manager.write_unit("certrotd.service", &unit).await;
+    manager.systemctl(&["start", "certrotd.service"]).await;
+    let pid = manager.main_pid("certrotd.service").await;
+    assert_eq!(
+        writable(pid, &node.join("etc/kubernetes/manifests")),
+        Ok(())
+    );
+    let e = writable(pid, &node.join("etc/kubernetes/tmp")).unwrap_err();
+    assert!(e.contains("Read-only file system"), "{e}");
+    manager.systemctl(&["stop", "certrotd.service"]).await;
+}
+
+/// Whether the process `pid` may create a file in `dir`, tried in its mount namespace (where
+/// systemd made its read-only and writable paths); the error is what the shell said.
+fn writable(pid: u32, dir: &Path) -> Result<(), String> {
+    let probe = dir.join(".certrotd-package-test");
+    let out = Command::new(support::which("nsenter"))
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-m",
+            "--",
+            "sh",
+            "-c",
+            "echo > \"$1\" && rm \"$1\"",
+        ])
+        .arg("sh")
+        .arg(&probe)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }

@@ -20,6 +20,7 @@ use nix::fcntl::{AT_FDCWD, ResolveFlag};
 
 use crate::pki::layout;
 use crate::pki::pem::{self, ReadError};
+use crate::pki::secret::SecretBytes;
 use crate::root::Root;
 use crate::root::fd::trusted_owner;
 
@@ -45,7 +46,7 @@ impl<'a> NodeReader<'a> {
     }
 
     /// Reads a node file: returns where it really is and its contents (or why not).
-    pub fn read(&self, node: &Path) -> (PathBuf, Result<Vec<u8>, ReadError>) {
+    pub fn read(&self, node: &Path) -> (PathBuf, Result<SecretBytes, ReadError>) {
         let (Some(parent), Some(name)) = (node.parent(), node.file_name()) else {
             let real = self.root.join(node);
             let data = self.read_real(&real);
@@ -63,7 +64,7 @@ impl<'a> NodeReader<'a> {
     }
 
     /// Opens a real path (whose links were resolved already) with no link on the way.
-    fn read_real(&self, real: &Path) -> Result<Vec<u8>, ReadError> {
+    fn read_real(&self, real: &Path) -> Result<SecretBytes, ReadError> {
         let no_links = ResolveFlag::RESOLVE_NO_SYMLINKS;
         match (&self.root_fd, real.strip_prefix(self.root.dir())) {
             (Some(fd), Ok(rel)) if !rel.as_os_str().is_empty() => pem::read_capped_at(
@@ -103,7 +104,7 @@ impl<'a> NodeReader<'a> {
         node: &Path,
         dir: &Path,
         name: &OsStr,
-    ) -> (PathBuf, Result<Vec<u8>, ReadError>) {
+    ) -> (PathBuf, Result<SecretBytes, ReadError>) {
         let link = dir.join(name);
         let refuse = |reason: String| {
             (

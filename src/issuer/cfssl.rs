@@ -32,6 +32,7 @@ use super::{IssueError, Issued, check, csr};
 use crate::config::RemoteCa;
 use crate::pki::cert::Cert;
 use crate::pki::pem;
+use crate::pki::secret::SecretBytes;
 
 /// cfssl's signing endpoint with HMAC authentication.
 const AUTHSIGN: &str = "/api/v1/cfssl/authsign";
@@ -48,7 +49,7 @@ pub struct CfsslClient {
     host: String,
     port: u16,
     path: String,
-    key: Vec<u8>,
+    key: SecretBytes,
     tls: Option<Arc<ClientConfig>>,
     timeout: Duration,
 }
@@ -309,21 +310,23 @@ fn parse_answer(status: u16, body: &[u8]) -> Result<Vec<u8>, String> {
     blocks
         .into_iter()
         .find(|b| b.label == "CERTIFICATE")
-        .map(|b| b.der)
+        .map(|b| b.der.clone())
         .ok_or_else(|| "the answer holds no CERTIFICATE block".to_owned())
 }
 
-/// Reads a hex auth key as cfssl's `auth_keys` hold it. Errors name the path only.
-pub fn read_auth_key(path: &Path) -> Result<Vec<u8>, String> {
+/// Reads a hex auth key as cfssl's `auth_keys` hold it, zeroed when dropped. Errors name the
+/// path only.
+pub fn read_auth_key(path: &Path) -> Result<SecretBytes, String> {
     let shown = path.display();
-    let data =
-        std::fs::read(path).map_err(|e| format!("auth_key_file {shown}: cannot read it: {e}"))?;
+    let data = SecretBytes::new(
+        std::fs::read(path).map_err(|e| format!("auth_key_file {shown}: cannot read it: {e}"))?,
+    );
     let text = std::str::from_utf8(&data)
         .map_err(|_| format!("auth_key_file {shown}: not hex text"))?
         .trim();
-    let key = hex::decode(text).map_err(|_| {
+    let key = SecretBytes::new(hex::decode(text).map_err(|_| {
         format!("auth_key_file {shown}: not a hex key as cfssl's auth_keys hold it")
-    })?;
+    })?);
     if key.len() < MIN_KEY_BYTES {
         return Err(format!(
             "auth_key_file {shown}: the key is {} bytes; at least {MIN_KEY_BYTES} (32 hex digits) are needed",

@@ -3,15 +3,32 @@
 //! A remote CA is another party: its profile may add or drop usages, rewrite the subject or the
 //! SANs, sign with another CA, or answer with somebody else's certificate. certrotd installs only
 //! a certificate that is the old one renewed: the same subject (DER), the same SANs, the key it
-//! asked for, at least the old usages, signed by the CA the old one chained to, valid now.
+//! asked for, at least the old usages, signed by the CA the old one chained to (its issuer Name
+//! that CA's subject byte for byte, as Go chains), valid now, and with no critical extension
+//! certrotd does not understand (its consumers would refuse it, or obey a constraint unchecked).
 
 use std::collections::BTreeSet;
 
 use time::OffsetDateTime;
+use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 use crate::pki::cert::{Cert, San};
 
 use super::CLOCK_SKEW as SKEW;
+
+/// The extensions certrotd understands, and so accepts as critical in an answer: those it checks
+/// above (basic constraints, key usage, extended key usage, subject alternative names) and the
+/// key identifiers, which only name keys. Anything else marked critical is a constraint whose
+/// meaning certrotd cannot check, and which Go's verifier refuses as an unhandled critical
+/// extension when it does not know it either.
+const KNOWN_CRITICAL: &[(&str, &str)] = &[
+    ("2.5.29.19", "basicConstraints"),
+    ("2.5.29.15", "keyUsage"),
+    ("2.5.29.37", "extKeyUsage"),
+    ("2.5.29.17", "subjectAltName"),
+    ("2.5.29.14", "subjectKeyIdentifier"),
+    ("2.5.29.35", "authorityKeyIdentifier"),
+];
 
 /// What is wrong with an answer: every difference, in words.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,12 +96,19 @@ pub fn answer(
     if new.is_ca {
         diffs.push("it is a CA certificate (CA:TRUE)".into());
     }
-    if !new.is_signed_by(ca) {
+    if !new.names_as_issuer(ca) && new.issuer == ca.subject {
+        diffs.push(format!(
+            "its issuer \"{}\" is the CA's subject in text but not in DER (another encoding): \
+             Kubernetes components would not chain it to the CA",
+            new.issuer
+        ));
+    } else if !new.is_signed_by(ca) {
         diffs.push(format!(
             "it is not signed by the CA \"{}\" the old certificate chained to (issuer \"{}\")",
             ca.subject, new.issuer
         ));
     }
+    diffs.extend(unknown_critical(der));
     if new.not_before > now + SKEW {
         diffs.push(format!(
             "it is valid only from {}",
@@ -109,6 +133,27 @@ pub fn answer(
     } else {
         Err(Altered(diffs))
     }
+}
+
+/// Every critical extension of `der` that certrotd does not understand, named by its OID.
+fn unknown_critical(der: &[u8]) -> Vec<String> {
+    // `der` parsed as a Cert above, so x509-parser reads it again; if it somehow does not, the
+    // answer is refused rather than waved through.
+    let Ok((_, x)) = X509Certificate::from_der(der) else {
+        return vec!["its extensions cannot be read".into()];
+    };
+    x.extensions()
+        .iter()
+        .filter(|e| e.critical)
+        .map(|e| e.oid.to_id_string())
+        .filter(|oid| !KNOWN_CRITICAL.iter().any(|(known, _)| known == oid))
+        .map(|oid| {
+            format!(
+                "it carries a critical extension certrotd does not know (OID {oid}); its \
+                 consumers could refuse it, and certrotd cannot check what it constrains"
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -254,5 +299,122 @@ mod tests {
         // Not a certificate at all.
         let e = answer(b"garbage", &api, &spki, &p.cert("ca"), p.now).unwrap_err();
         assert!(e.to_string().contains("it is not a certificate"), "{e}");
+    }
+
+    /// A small PKI made with rcgen alone, so that names' encodings and extensions are chosen.
+    mod crafted {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
+            DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        };
+        use time::OffsetDateTime;
+
+        /// A CA certificate for `key` named CN=kubernetes, the CN encoded as `cn`.
+        pub fn ca(key: &KeyPair, cn: DnValue, now: OffsetDateTime) -> (CertificateParams, Vec<u8>) {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name = DistinguishedName::new();
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            p.not_before = now - time::Duration::days(1);
+            p.not_after = now + time::Duration::days(3650);
+            let der = p.self_signed(key).unwrap().der().to_vec();
+            (p, der)
+        }
+
+        /// A kube-apiserver serving leaf for `key` signed by (`ca`, `ca_key`), with `extra`
+        /// extensions.
+        pub fn leaf(
+            key: &KeyPair,
+            ca: &CertificateParams,
+            ca_key: &KeyPair,
+            extra: Vec<CustomExtension>,
+            now: OffsetDateTime,
+        ) -> Vec<u8> {
+            let mut p = CertificateParams::new(vec!["kubernetes".to_owned()]).unwrap();
+            p.distinguished_name = DistinguishedName::new();
+            p.distinguished_name
+                .push(DnType::CommonName, "kube-apiserver");
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            p.not_before = now - time::Duration::hours(1);
+            p.not_after = now + time::Duration::days(365);
+            p.custom_extensions = extra;
+            let issuer = Issuer::from_params(ca, ca_key);
+            p.signed_by(key, &issuer).unwrap().der().to_vec()
+        }
+
+        /// A critical extension under a private OID no one knows.
+        pub fn unknown_critical() -> CustomExtension {
+            let mut e =
+                CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 55555, 1], vec![0x05, 0x00]);
+            e.set_criticality(true);
+            e
+        }
+
+        pub fn printable(s: &str) -> DnValue {
+            DnValue::PrintableString(s.try_into().unwrap())
+        }
+
+        pub fn utf8(s: &str) -> DnValue {
+            DnValue::Utf8String(s.to_owned())
+        }
+    }
+
+    #[test]
+    fn an_issuer_that_prints_like_the_ca_but_differs_in_der_is_refused() {
+        use crafted::*;
+        let now = OffsetDateTime::now_utc();
+        let ca_key = encode::generate(KeySpec::EcdsaP256).unwrap();
+        // One key, two encodings of its CA's name: text comparison cannot tell them apart.
+        let (utf8_params, utf8_der) = ca(&ca_key, utf8("kubernetes"), now);
+        let (printable_params, printable_der) = ca(&ca_key, printable("kubernetes"), now);
+        let ca_cert = Cert::from_der(&utf8_der).unwrap();
+        let other = Cert::from_der(&printable_der).unwrap();
+        assert_eq!(ca_cert.subject, other.subject, "they print the same");
+        assert_ne!(ca_cert.subject_der, other.subject_der);
+
+        let old_key = encode::generate(KeySpec::EcdsaP256).unwrap();
+        let template = Cert::from_der(&leaf(&old_key, &utf8_params, &ca_key, vec![], now)).unwrap();
+        let key = encode::generate(KeySpec::EcdsaP256).unwrap();
+        let spki = key.subject_public_key_info();
+
+        let faithful = leaf(&key, &utf8_params, &ca_key, vec![], now);
+        answer(&faithful, &template, &spki, &ca_cert, now).unwrap();
+
+        let reencoded = leaf(&key, &printable_params, &ca_key, vec![], now);
+        let e = answer(&reencoded, &template, &spki, &ca_cert, now).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert!(
+            e.0[0].contains("the CA's subject in text but not in DER"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_critical_extension_is_refused_naming_its_oid() {
+        use crafted::*;
+        let now = OffsetDateTime::now_utc();
+        let ca_key = encode::generate(KeySpec::EcdsaP256).unwrap();
+        let (ca_params, ca_der) = ca(&ca_key, utf8("kubernetes"), now);
+        let ca_cert = Cert::from_der(&ca_der).unwrap();
+        let old_key = encode::generate(KeySpec::EcdsaP256).unwrap();
+        let template = Cert::from_der(&leaf(&old_key, &ca_params, &ca_key, vec![], now)).unwrap();
+        let key = encode::generate(KeySpec::EcdsaP256).unwrap();
+        let spki = key.subject_public_key_info();
+
+        // The same extension, not critical, is no reason to refuse.
+        let mut benign = unknown_critical();
+        benign.set_criticality(false);
+        let der = leaf(&key, &ca_params, &ca_key, vec![benign], now);
+        answer(&der, &template, &spki, &ca_cert, now).unwrap();
+
+        let der = leaf(&key, &ca_params, &ca_key, vec![unknown_critical()], now);
+        let e = answer(&der, &template, &spki, &ca_cert, now).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert!(
+            e.0[0].contains("critical extension certrotd does not know (OID 1.3.6.1.4.1.55555.1)"),
+            "{e}"
+        );
     }
 }

@@ -16,6 +16,9 @@ use rcgen::{KeyPair, PublicKeyData, RsaKeySize, SignatureAlgorithm};
 use x509_parser::der_parser::ber::BerObjectContent;
 use x509_parser::der_parser::der::parse_der_sequence;
 use x509_parser::oid_registry::OID_PKCS1_RSAENCRYPTION;
+use zeroize::Zeroizing;
+
+use super::secret::{SecretBytes, SecretKeyPair, SecretString};
 
 /// The algorithm and size of a key, named as kubeadm's `encryptionAlgorithm` names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -186,8 +189,8 @@ pub enum EncodeError {
     },
 }
 
-/// Generates a new key pair of the given spec.
-pub fn generate(spec: KeySpec) -> Result<KeyPair, EncodeError> {
+/// Generates a new key pair of the given spec, zeroed when dropped.
+pub fn generate(spec: KeySpec) -> Result<SecretKeyPair, EncodeError> {
     let generated = match spec {
         KeySpec::Rsa(bits) => {
             let size = match bits {
@@ -202,17 +205,24 @@ pub fn generate(spec: KeySpec) -> Result<KeyPair, EncodeError> {
             KeyPair::generate_for(spec.signature_algorithm())
         }
     };
-    generated.map_err(|source| EncodeError::Generate { spec, source })
+    generated
+        .map(SecretKeyPair::from)
+        .map_err(|source| EncodeError::Generate { spec, source })
 }
 
-/// The private key as PEM in the given format.
-pub fn private_key_pem(key: &KeyPair, format: KeyFormat) -> Result<String, EncodeError> {
+/// The private key as PEM in the given format, zeroed when dropped.
+pub fn private_key_pem(key: &KeyPair, format: KeyFormat) -> Result<SecretString, EncodeError> {
     let der = private_key_der(key, format)?;
-    Ok(pem_encode(format.pem_label(), &der))
+    Ok(SecretString::new(pem_encode(format.pem_label(), &der)))
 }
 
-/// The private key as DER in the given format.
-pub fn private_key_der(key: &KeyPair, format: KeyFormat) -> Result<Vec<u8>, EncodeError> {
+/// The private key as DER in the given format, zeroed when dropped. The crypto library's own
+/// copies (aws-lc's encoders) wipe themselves when dropped too.
+pub fn private_key_der(key: &KeyPair, format: KeyFormat) -> Result<SecretBytes, EncodeError> {
+    private_key_der_inner(key, format).map(SecretBytes::new)
+}
+
+fn private_key_der_inner(key: &KeyPair, format: KeyFormat) -> Result<Vec<u8>, EncodeError> {
     let der = key.serialized_der();
     let family = Family::of(key.algorithm());
     let malformed = |problem| EncodeError::Malformed { format, problem };
@@ -277,8 +287,10 @@ pub fn cert_pem(der: &[u8]) -> String {
 }
 
 /// One PEM block, 64 base64 characters a line and `\n` endings, as Go's encoding/pem writes it.
+/// The base64 text is wiped when done, and `out` is made large enough up front that it never
+/// reallocates (a reallocation would leave a copy of a private key in freed memory).
 fn pem_encode(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let b64 = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(der));
     let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 2 * label.len() + 40);
     out.push_str("-----BEGIN ");
     out.push_str(label);
@@ -551,7 +563,7 @@ mod tests {
         let key = KeyPair::from_pem(&pem).expect("a PKCS#1 key");
         assert_eq!(KeySpec::of(&key), Some(KeySpec::Rsa(2048)));
         assert_eq!(
-            private_key_pem(&key, KeyFormat::Pkcs1).expect("PKCS#1"),
+            &*private_key_pem(&key, KeyFormat::Pkcs1).expect("PKCS#1"),
             pem
         );
         let sa_pub = std::fs::read_to_string(dir.join("sa.pub")).expect("fixture sa.pub");

@@ -1,5 +1,6 @@
 //! Private keys: reading PKCS#1, PKCS#8 and SEC1 PEM blocks, and checking that a key belongs to a
-//! certificate. Key material never leaves this module in an error or a `Debug` string.
+//! certificate. Key material never leaves this module in an error or a `Debug` string, and is
+//! zeroed when dropped ([`SecretKeyPair`]).
 
 use std::fmt;
 
@@ -8,11 +9,12 @@ use rustls_pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, Pr
 use super::cert::Cert;
 use super::encode::KeyFormat;
 use super::pem::Block;
+use super::secret::SecretKeyPair;
 
 /// A private key read from disk.
 pub struct PrivateKey {
-    /// The key, usable for signing.
-    pub pair: rcgen::KeyPair,
+    /// The key, usable for signing; zeroed when dropped.
+    pub pair: SecretKeyPair,
     /// The format it was stored in, so that a renewed key is written the same way.
     pub format: KeyFormat,
 }
@@ -79,7 +81,10 @@ impl PrivateKey {
                 other => return Err(KeyError::NotAKey(other.to_owned())),
             };
         let pair = rcgen::KeyPair::try_from(&der).map_err(|_| KeyError::Unparseable(what))?;
-        Ok(PrivateKey { pair, format })
+        Ok(PrivateKey {
+            pair: pair.into(),
+            format,
+        })
     }
 
     /// Whether this key is the private half of the certificate's public key.

@@ -7,11 +7,14 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use serde_yaml_ng::{Mapping, Value};
 
+use super::secret::{SecretBytes, SecretString};
+
 /// Where a credential of a kubeconfig lives.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Source {
-    /// Embedded as base64 (`*-data`); holds the decoded bytes (PEM text).
-    Embedded(Vec<u8>),
+    /// Embedded as base64 (`*-data`); holds the decoded bytes (PEM text), zeroed when dropped
+    /// (`client-key-data` is a private key).
+    Embedded(SecretBytes),
     /// Referenced by path, resolved against the kubeconfig's directory when relative (as kubectl does).
     File(PathBuf),
 }
@@ -141,7 +144,7 @@ fn source(
             .map_err(|_| KubeconfigError::Base64 {
                 field: field(&data_key),
             })?;
-        return Ok(Some(Source::Embedded(bytes)));
+        return Ok(Some(Source::Embedded(bytes.into())));
     }
     if let Some(p) = v.get(key).and_then(Value::as_str) {
         return Ok(Some(Source::File(base.join(p))));
@@ -150,13 +153,14 @@ fn source(
 }
 
 /// Replaces one user's embedded client certificate and key, keeping every other field. Fails when the
-/// user does not embed them (a referenced certificate is renewed in its own file instead).
+/// user does not embed them (a referenced certificate is renewed in its own file instead). The new
+/// text holds the key, and is zeroed when dropped; the YAML library's own working copies are not.
 pub fn replace_embedded_client(
     data: &[u8],
     user: &str,
     cert_pem: &str,
     key_pem: Option<&str>,
-) -> Result<String, KubeconfigError> {
+) -> Result<SecretString, KubeconfigError> {
     let mut doc: Value =
         serde_yaml_ng::from_slice(data).map_err(|e| KubeconfigError::Syntax(e.to_string()))?;
     let entry = doc
@@ -173,7 +177,9 @@ pub fn replace_embedded_client(
     if let Some(key) = key_pem {
         set_data(entry, "client-key-data", key, user)?;
     }
-    serde_yaml_ng::to_string(&doc).map_err(|e| KubeconfigError::Syntax(e.to_string()))
+    serde_yaml_ng::to_string(&doc)
+        .map(SecretString::new)
+        .map_err(|e| KubeconfigError::Syntax(e.to_string()))
 }
 
 fn set_data(
@@ -217,12 +223,12 @@ current-context: kubernetes-admin@kubernetes
     fn embedded_and_referenced_credentials() {
         let kc = parse(Path::new("/etc/kubernetes/admin.conf"), KC.as_bytes()).unwrap();
         assert_eq!(kc.users.len(), 2);
-        assert_eq!(kc.users[0].cert, Source::Embedded(b"CERT".to_vec()));
+        assert_eq!(kc.users[0].cert, Source::Embedded(b"CERT".to_vec().into()));
         assert_eq!(
             kc.users[1].cert,
             Source::File(PathBuf::from("/etc/kubernetes/../pki/kubelet.pem"))
         );
-        assert_eq!(kc.clusters[0].ca, Source::Embedded(b"ABC".to_vec()));
+        assert_eq!(kc.clusters[0].ca, Source::Embedded(b"ABC".to_vec().into()));
     }
 
     #[test]
@@ -240,8 +246,11 @@ current-context: kubernetes-admin@kubernetes
         let out =
             replace_embedded_client(KC.as_bytes(), "kubernetes-admin", "NEW", Some("K2")).unwrap();
         let kc = parse(Path::new("/x.conf"), out.as_bytes()).unwrap();
-        assert_eq!(kc.users[0].cert, Source::Embedded(b"NEW".to_vec()));
-        assert_eq!(kc.users[0].key, Some(Source::Embedded(b"K2".to_vec())));
+        assert_eq!(kc.users[0].cert, Source::Embedded(b"NEW".to_vec().into()));
+        assert_eq!(
+            kc.users[0].key,
+            Some(Source::Embedded(b"K2".to_vec().into()))
+        );
         assert!(out.contains("server: https://10.0.0.1:6443"));
         assert!(out.contains("current-context: kubernetes-admin@kubernetes"));
         assert!(replace_embedded_client(KC.as_bytes(), "kubelet", "X", None).is_err());

@@ -7,4 +7,5 @@ pub mod key;
 pub mod kubeconfig;
 pub mod layout;
 pub mod pem;
+pub mod secret;
 pub mod verify;

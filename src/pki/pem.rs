@@ -7,17 +7,27 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use zeroize::Zeroize as _;
+
+use super::secret::SecretBytes;
+
 /// Certificate files are a few kilobytes; anything past this is not a certificate file and is not read
 /// whole (a 50 MB log dropped into the PKI directory must not cost 50 MB).
 pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
-/// One PEM block.
+/// One PEM block. Its contents are zeroed when it is dropped: any block may be a private key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Block {
     /// The label between `BEGIN ` and the dashes, e.g. `CERTIFICATE` or `RSA PRIVATE KEY`.
     pub label: String,
     /// The decoded contents.
     pub der: Vec<u8>,
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        self.der.zeroize();
+    }
 }
 
 impl std::fmt::Debug for Block {
@@ -105,17 +115,18 @@ pub enum ReadError {
 /// Reads a regular file, refusing directories, devices, FIFOs and oversized files. The type is
 /// checked with `fstat` on an `O_PATH` handle before the file is opened for reading, so a FIFO
 /// cannot block the inventory and a device node is never opened.
-pub fn read_capped(path: &Path) -> Result<Vec<u8>, ReadError> {
+/// The contents are zeroed when dropped: the file may hold a private key.
+pub fn read_capped(path: &Path) -> Result<SecretBytes, ReadError> {
     read_file(path, true)
 }
 
 /// [`read_capped`], but refusing to follow a symlink in the last component
 /// ([`ReadError::Symlink`]), for callers that resolve links themselves.
-pub fn read_capped_nofollow(path: &Path) -> Result<Vec<u8>, ReadError> {
+pub fn read_capped_nofollow(path: &Path) -> Result<SecretBytes, ReadError> {
     read_file(path, false)
 }
 
-fn read_file(path: &Path, follow: bool) -> Result<Vec<u8>, ReadError> {
+fn read_file(path: &Path, follow: bool) -> Result<SecretBytes, ReadError> {
     use nix::fcntl::{AT_FDCWD, ResolveFlag};
     read_capped_at(AT_FDCWD, path, path, follow, ResolveFlag::empty())
 }
@@ -130,7 +141,7 @@ pub fn read_capped_at(
     path: &Path,
     follow_final: bool,
     resolve: nix::fcntl::ResolveFlag,
-) -> Result<Vec<u8>, ReadError> {
+) -> Result<SecretBytes, ReadError> {
     use crate::root::fd::{Kind, OpenError, open_regular};
     let io = |source| ReadError::Io {
         path: path.to_owned(),
@@ -172,11 +183,12 @@ pub fn read_capped_at(
             max: MAX_FILE_BYTES,
         });
     }
-    // The size is known: read exactly into place (read_to_end would stat the file again).
-    let mut buf = vec![0u8; meta_len as usize];
+    // The size is known: read exactly into place (read_to_end would stat the file again, and
+    // growing the buffer would leave copies of a key behind).
+    let mut buf = SecretBytes::new(vec![0u8; meta_len as usize]);
     let mut filled = 0;
     while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
+        match file.read(&mut buf.as_mut()[filled..]) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -234,11 +246,14 @@ fn pem_reason(e: &x509_parser::error::PEMError) -> String {
     }
 }
 
-/// Encodes DER as one PEM block with 64-character lines.
+/// Encodes DER as one PEM block with 64-character lines. The block may be a private key: the
+/// base64 text is wiped when done, and the result is sized up front so that it never reallocates
+/// (which would leave a copy in freed memory); wrap it in a `SecretString` to wipe it too.
 pub fn encode(label: &str, der: &[u8]) -> String {
     use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut s = String::with_capacity(b64.len() + b64.len() / 64 + 64);
+    let b64 = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(der));
+    // BEGIN and END lines, and one newline per line of at most 64 characters.
+    let mut s = String::with_capacity(b64.len() + b64.len() / 64 + 1 + 2 * label.len() + 32);
     s.push_str("-----BEGIN ");
     s.push_str(label);
     s.push_str("-----\n");

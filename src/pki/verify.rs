@@ -29,7 +29,7 @@ impl std::fmt::Debug for KeyCache {
 impl KeyCache {
     /// Whether `issuer` (known to the cache as `issuer_id`) signed `cert`.
     pub fn verify(&self, cert: &Cert, issuer_id: usize, issuer: &Cert) -> bool {
-        if cert.issuer != issuer.subject {
+        if !cert.names_as_issuer(issuer) {
             return false;
         }
         let Some(alg) = algorithm(cert.signature_alg, issuer.key_algorithm) else {
@@ -69,11 +69,21 @@ fn algorithm(sig: SignatureAlg, key: KeyAlgorithm) -> Option<&'static dyn Verifi
 }
 
 impl Cert {
-    /// Whether `issuer` signed this certificate: names match (as text, so that a PrintableString and
-    /// a UTF8String of the same name compare equal) and the signature verifies with the issuer's
-    /// key. Names alone are not enough: kubeadm v1.8 gave front-proxy-ca and ca one subject.
+    /// Whether this certificate's issuer Name is, byte for byte, `issuer`'s subject Name.
+    ///
+    /// DER, not text: Go (every Kubernetes component) builds chains by the raw issuer bytes, so a
+    /// CA whose subject prints the same but is encoded otherwise (a PrintableString CN where the
+    /// certificate has a UTF8String) is not its issuer to the apiserver or the kubelet, and must
+    /// not be to certrotd either.
+    pub fn names_as_issuer(&self, issuer: &Cert) -> bool {
+        self.issuer_der == issuer.subject_der
+    }
+
+    /// Whether `issuer` signed this certificate: the issuer Name is the issuer's subject in DER
+    /// ([`Cert::names_as_issuer`]) and the signature verifies with the issuer's key. Names alone
+    /// are not enough: kubeadm v1.8 gave front-proxy-ca and ca one subject.
     pub fn is_signed_by(&self, issuer: &Cert) -> bool {
-        if self.issuer != issuer.subject {
+        if !self.names_as_issuer(issuer) {
             return false;
         }
         let Ok((_, me)) = X509Certificate::from_der(&self.der) else {

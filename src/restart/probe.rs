@@ -92,18 +92,24 @@ impl ClientIdentity {
         let chain: Vec<CertificateDer<'static>> = read(cert)?
             .into_iter()
             .filter(|b| b.label == "CERTIFICATE")
-            .map(|b| CertificateDer::from(b.der))
+            .map(|mut b| CertificateDer::from(std::mem::take(&mut b.der)))
             .collect();
         if chain.is_empty() {
             return Err(identity_error(cert, "no CERTIFICATE block".to_owned()));
         }
         // Errors below name the file and the label only: never the key's bytes.
         let mut key_der = None;
-        for block in read(key)? {
+        for mut block in read(key)? {
             key_der = match block.label.as_str() {
-                "RSA PRIVATE KEY" => Some(PrivatePkcs1KeyDer::from(block.der).into()),
-                "EC PRIVATE KEY" => Some(PrivateSec1KeyDer::from(block.der).into()),
-                "PRIVATE KEY" => Some(PrivatePkcs8KeyDer::from(block.der).into()),
+                "RSA PRIVATE KEY" => {
+                    Some(PrivatePkcs1KeyDer::from(std::mem::take(&mut block.der)).into())
+                }
+                "EC PRIVATE KEY" => {
+                    Some(PrivateSec1KeyDer::from(std::mem::take(&mut block.der)).into())
+                }
+                "PRIVATE KEY" => {
+                    Some(PrivatePkcs8KeyDer::from(std::mem::take(&mut block.der)).into())
+                }
                 "ENCRYPTED PRIVATE KEY" => {
                     return Err(identity_error(
                         key,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use rcgen::{KeyPair, PublicKeyData as _};
+use rcgen::PublicKeyData as _;
 use time::OffsetDateTime;
 
 use super::RotationError;
@@ -23,6 +23,7 @@ use crate::pki::encode::{self, KeySpec};
 use crate::pki::key::{PrivateKey, is_key_label};
 use crate::pki::kubeconfig::{self, Source};
 use crate::pki::pem;
+use crate::pki::secret::{SecretBytes, SecretKeyPair, SecretString};
 
 /// Mode of a new certificate file (client-go's `WriteCert`).
 const CERT_MODE: u32 = 0o644;
@@ -33,8 +34,8 @@ const KEY_MODE: u32 = 0o600;
 pub struct NewFile {
     /// Real path.
     pub path: PathBuf,
-    /// Everything the file will hold.
-    pub contents: Vec<u8>,
+    /// Everything the file will hold (zeroed when dropped: it may hold a private key).
+    pub contents: SecretBytes,
     /// Mode if the file does not exist yet.
     pub new_mode: u32,
 }
@@ -79,7 +80,8 @@ impl Built {
         self.files.iter_mut().find(|f| f.path == path)
     }
 
-    fn put(&mut self, path: &Path, contents: Vec<u8>, new_mode: u32) {
+    fn put(&mut self, path: &Path, contents: impl Into<SecretBytes>, new_mode: u32) {
+        let contents = contents.into();
         match self.file_mut(path) {
             Some(f) => f.contents = contents,
             None => self.files.push(NewFile {
@@ -91,7 +93,7 @@ impl Built {
     }
 
     /// The content a file will have (or has now, if this rotation does not change it).
-    fn current(&self, path: &Path) -> Result<Vec<u8>, RotationError> {
+    fn current(&self, path: &Path) -> Result<SecretBytes, RotationError> {
         match self.files.iter().find(|f| f.path == path) {
             Some(f) => Ok(f.contents.clone()),
             None => pem::read_capped(path).map_err(|e| RotationError::Renew {
@@ -210,9 +212,9 @@ pub fn build(plan: &Plan) -> Result<Built, RotationError> {
             .filter(|_| got.is_some())
             .map_or(plan.now, |o| o.issued_at);
         let new = check_cert(item, &leaf_der, &issuer_cert, &spki, issued_at)?;
-        let key_pem = match (&item.key, leaf_key) {
+        let key_pem = match (item.key, leaf_key) {
             (KeyPlan::New { format, .. }, Some(k)) => {
-                Some(encode::private_key_pem(k, *format).map_err(|e| renew_err(e.to_string()))?)
+                Some(encode::private_key_pem(k, format).map_err(|e| renew_err(e.to_string()))?)
             }
             _ => None,
         };
@@ -249,7 +251,7 @@ fn sabotage_key(built: &mut Built, item: &Item) -> Result<(), RotationError> {
         "sabotage: installing a key that does not match the new certificate of {}",
         item.name()
     );
-    built.put(key, pem.into_bytes(), KEY_MODE);
+    built.put(key, pem, KEY_MODE);
     Ok(())
 }
 
@@ -275,7 +277,7 @@ fn load_cas(plan: &Plan) -> Result<BTreeMap<String, LocalCa>, RotationError> {
 }
 
 /// An item's new keys: its own (if new) and its new self-signed CA's (if any).
-type ItemKeys = (Option<KeyPair>, Option<KeyPair>);
+type ItemKeys = (Option<SecretKeyPair>, Option<SecretKeyPair>);
 
 /// Generates every new key of the plan on all cores.
 fn generate_keys(plan: &Plan) -> Result<Vec<ItemKeys>, RotationError> {
@@ -360,7 +362,7 @@ fn certs_pem(leaf: &[u8], chain: &[Vec<u8>]) -> String {
 }
 
 /// The old key block of a file holding certificate and key, re-encoded as it was (key reused).
-fn old_key_block(path: &Path) -> Result<String, RotationError> {
+fn old_key_block(path: &Path) -> Result<SecretString, RotationError> {
     let data = pem::read_capped(path).map_err(|e| RotationError::Renew {
         name: path.display().to_string(),
         reason: e.to_string(),
@@ -372,7 +374,7 @@ fn old_key_block(path: &Path) -> Result<String, RotationError> {
     blocks
         .iter()
         .find(|b| is_key_label(&b.label))
-        .map(|b| pem::encode(&b.label, &b.der))
+        .map(|b| SecretString::new(pem::encode(&b.label, &b.der)))
         .ok_or_else(|| RotationError::Renew {
             name: path.display().to_string(),
             reason: "no private key block to keep".into(),
@@ -396,22 +398,30 @@ fn compose(
             }
         }
         Install::Combined { path } => {
+            let old;
             let key = match key_pem {
-                Some(k) => k.to_owned(),
-                None => old_key_block(path)?,
+                Some(k) => k,
+                None => {
+                    old = old_key_block(path)?;
+                    &*old
+                }
             };
-            built.put(path, format!("{certs}{key}").into_bytes(), KEY_MODE);
+            built.put(path, joined(&certs, key), KEY_MODE);
         }
         Install::KubeletClient {
             link,
             new_file,
             link_target,
         } => {
+            let old;
             let key = match key_pem {
-                Some(k) => k.to_owned(),
-                None => old_key_block(&item.cert_path)?,
+                Some(k) => k,
+                None => {
+                    old = old_key_block(&item.cert_path)?;
+                    &*old
+                }
             };
-            built.put(new_file, format!("{certs}{key}").into_bytes(), KEY_MODE);
+            built.put(new_file, joined(&certs, key), KEY_MODE);
             built.links.push((link.clone(), link_target.clone()));
         }
         Install::Kubeconfig {
@@ -426,13 +436,21 @@ fn compose(
                     name: item.name().to_owned(),
                     reason: format!("editing {}: {e}", path.display()),
                 })?;
-            built.put(path, edited.into_bytes(), KEY_MODE);
+            built.put(path, edited, KEY_MODE);
             if let (Some(kf), Some(k)) = (key_file, key_pem) {
                 built.put(kf, k.as_bytes().to_vec(), KEY_MODE);
             }
         }
     }
     Ok(())
+}
+
+/// Certificates then key in one buffer, allocated once so that no copy of the key is left behind.
+fn joined(certs: &str, key: &str) -> SecretBytes {
+    let mut out = Vec::with_capacity(certs.len() + key.len());
+    out.extend_from_slice(certs.as_bytes());
+    out.extend_from_slice(key.as_bytes());
+    SecretBytes::new(out)
 }
 
 /// Reads the item's certificate and key back out of the composed files, as its consumer would,

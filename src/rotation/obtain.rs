@@ -11,13 +11,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use rcgen::KeyPair;
 use time::OffsetDateTime;
 
 use super::RotationError;
 use super::plan::{IssuerPlan, KeyPlan, Plan, read_key};
 use crate::issuer::cfssl::{CfsslClient, SignRequest};
 use crate::pki::encode;
+use crate::pki::secret::SecretKeyPair;
 
 /// One certificate a remote CA signed, with the new key it certifies (none when the old key is
 /// reused).
@@ -25,7 +25,7 @@ pub struct ObtainedCert {
     /// The certificate's DER.
     pub der: Vec<u8>,
     /// Its new key.
-    pub key: Option<KeyPair>,
+    pub key: Option<SecretKeyPair>,
     /// What the CA had to say.
     pub notes: Vec<String>,
 }

@@ -128,16 +128,17 @@ fn leaf_of(blocks: &[Block], now: OffsetDateTime) -> Result<Option<Cert>, String
 mod tests {
     use super::*;
     use crate::pki::encode::{self, KeyFormat, KeySpec};
-    use rcgen::{CertificateParams, KeyPair};
+    use crate::pki::secret::SecretKeyPair;
+    use rcgen::CertificateParams;
 
-    fn pair(not_after: OffsetDateTime) -> (String, String, KeyPair) {
+    fn pair(not_after: OffsetDateTime) -> (String, String, SecretKeyPair) {
         let key = encode::generate(KeySpec::EcdsaP256).unwrap();
         let mut p = CertificateParams::new(vec!["node".into()]).unwrap();
         p.not_before = not_after - time::Duration::days(365);
         p.not_after = not_after;
         let cert = p.self_signed(&key).unwrap();
         let key_pem = encode::private_key_pem(&key, KeyFormat::Pkcs8).unwrap();
-        (cert.pem(), key_pem, key)
+        (cert.pem(), key_pem.to_string(), key)
     }
 
     fn file(path: &str) -> Change {

@@ -129,7 +129,7 @@ mod tests {
         let built = Built {
             files: vec![NewFile {
                 path: "/etc/kubernetes/pki/api server..key".into(),
-                contents: b"new".to_vec(),
+                contents: b"new".to_vec().into(),
                 new_mode: 0o600,
             }],
             links: vec![("/l".into(), "/t".into())],

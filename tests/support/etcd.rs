@@ -400,7 +400,12 @@ impl EtcdCluster {
 }
 
 /// The etcd CA in a kubeadm `pki/etcd` directory.
-pub fn etcd_ca(ca_pki: &Path) -> (rcgen::Issuer<'static, rcgen::KeyPair>, Vec<u8>) {
+pub fn etcd_ca(
+    ca_pki: &Path,
+) -> (
+    rcgen::Issuer<'static, certrotd::pki::secret::SecretKeyPair>,
+    Vec<u8>,
+) {
     let ca_pem = std::fs::read_to_string(ca_pki.join("ca.crt")).unwrap();
     let key_pem = std::fs::read_to_string(ca_pki.join("ca.key")).unwrap();
     let blocks = certrotd::pki::pem::blocks(&ca_pki.join("ca.key"), key_pem.as_bytes()).unwrap();

@@ -20,6 +20,8 @@
 pub mod backoff;
 pub mod clock;
 pub mod components;
+pub mod consumers;
+pub mod engine;
 pub mod failure;
 pub mod handler;
 pub mod liveness;
@@ -28,6 +30,7 @@ pub mod node;
 pub mod notify;
 pub mod peers;
 pub mod recovery;
+pub mod resume;
 pub mod rotate;
 pub mod shutdown;
 pub mod status;

@@ -10,33 +10,27 @@
 //! lease finishes it ([`resume`]): rolls its files forward or back, restarts and proves its
 //! consumers. Restoring a backup never waits for the lease.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use tokio::task::spawn_blocking;
 
 use super::clock::Clock;
-use super::components::{Components, Expect};
+use super::components::Components;
+use super::consumers::{Installed, Serving, health_gate, prove_all, restart_all};
+use super::engine::{consumers, install, make_plan, roll_back};
 use super::failure::RotationFailure;
 use super::mode::Step;
+pub use super::resume::{interrupted, record_quarantined, recover_locked, resume};
 use crate::config::Settings;
 use crate::control::proto::{HistoryRecord, HistoryState, RotationProgress};
 use crate::events;
 use crate::history::History;
-use crate::inventory::Inventory;
 use crate::lease::{Held, Lease};
-use crate::pki::cert::Cert;
-use crate::pki::layout::Component;
 use crate::report::rfc3339;
 use crate::root::Root;
-use crate::rotation::execute::{self, Report};
-use crate::rotation::journal::{Journal, Phase};
-use crate::rotation::plan::{self, Plan, PlanOptions};
-use crate::rotation::{
-    Context, Guard, RotationError, Selection, StateDirs, Unguarded, lock, recover, select,
-};
+use crate::rotation::plan::Plan;
+use crate::rotation::{Selection, StateDirs};
 
 /// What to rotate and why.
 #[derive(Debug, Clone)]
@@ -154,7 +148,7 @@ pub fn record_failed_attempt(env: &Env<'_>, req: &Request, failure: &RotationFai
 /// An automatic rotation that could not even be planned (a remote CA's auth key unreadable, a
 /// certificate refused) leaves a Failed record, so history shows every attempt the backoff
 /// makes, not only those that got as far as building. (A requested one answers its caller.)
-fn record_not_started(env: &Env<'_>, req: &Request, why: &str, now: OffsetDateTime) {
+pub(super) fn record_not_started(env: &Env<'_>, req: &Request, why: &str, now: OffsetDateTime) {
     let id = crate::rotation::plan::new_id(now);
     let recorded = env
         .history
@@ -269,49 +263,10 @@ fn closed_without_record(
     }
 }
 
-/// What an installed rotation changed: the components that must be restarted, and the new
-/// certificates (name, path, certificate) they must be seen serving.
-struct Installed {
-    consumers: Vec<Component>,
-    renewed: Vec<(String, PathBuf, Cert)>,
-}
-
-impl Installed {
-    fn from_report(report: &Report, plan: &Plan) -> Installed {
-        Installed {
-            consumers: report.consumers.clone(),
-            renewed: report
-                .renewed
-                .iter()
-                .filter_map(|r| {
-                    let name = r.names.first()?;
-                    let item = plan.items.iter().find(|i| i.names.contains(name))?;
-                    Some((name.clone(), item.cert_path.clone(), r.cert.clone()))
-                })
-                .collect(),
-        }
-    }
-
-    /// From a journal, with the certificates as the inventory reads them now.
-    fn from_journal(j: &Journal, inv: &Inventory) -> Installed {
-        Installed {
-            consumers: j.consumers.clone(),
-            renewed: j
-                .certificates
-                .iter()
-                .filter_map(|n| {
-                    let e = inv.get(n)?;
-                    Some((n.clone(), e.path.clone(), e.cert.clone()?))
-                })
-                .collect(),
-        }
-    }
-}
-
 /// Everything after the install: restart the consumers and prove they serve the new
 /// certificates; otherwise roll back, restart again and prove they serve the old ones. Finishes
 /// the record, or leaves it open when the lease is lost before a restart.
-async fn restart_and_prove(
+pub(super) async fn restart_and_prove(
     env: &Env<'_>,
     id: &str,
     installed: &Installed,
@@ -382,7 +337,7 @@ async fn restart_and_prove(
 }
 
 /// Restarts the consumers onto the certificates on disk now, and proves they serve them.
-async fn restart_onto_disk(
+pub(super) async fn restart_onto_disk(
     env: &Env<'_>,
     id: &str,
     names: &[String],
@@ -393,107 +348,9 @@ async fn restart_onto_disk(
     prove_all(env, installed, Serving::OnDisk).await
 }
 
-/// Finishes the rotations a crash, SIGKILL or a lost lease left open: those history still shows
-/// as Initiated. First their files are made all-old or all-new (recovery, now with the lease as
-/// its guard); then a committed rotation is restarted and proved (and rolled back if that fails),
-/// as it would have been; one rolled back after installing has its components restarted onto
-/// the old certificates; one that installed nothing is only recorded.
-pub async fn resume(env: &Env<'_>, lease: &Held) -> Vec<Finished> {
-    let mut finished = Vec::new();
-    let open = interrupted(env.history);
-    if open.is_empty() {
-        return finished;
-    }
-    if let Err(e) = recover_guarded(env, lease).await {
-        tracing::error!("finishing interrupted rotations: {e}");
-    }
-    let inv = match inventory(env).await {
-        Ok(inv) => inv,
-        Err(e) => {
-            tracing::error!("finishing interrupted rotations: {e}");
-            return finished;
-        }
-    };
-    for mut record in open {
-        let id = record.id.clone();
-        let names = record.certificates.clone();
-        if !record.recovery {
-            record.fencing_token = Some(lease.fencing_token);
-        }
-        tracing::warn!(rotation_id = %id, "finishing rotation {id}, which was interrupted");
-        let journal = Journal::load(&env.state.rotation(&id));
-        let done = match journal {
-            Ok(Some(j)) if j.phase == Phase::Committed => {
-                record.reason = Some(format!(
-                    "{}; interrupted after installing, finished by the next start",
-                    record.reason.as_deref().unwrap_or("rotation")
-                ));
-                // The disruption this start causes: the restarts and proof, under its own lease.
-                record.disruptive_from = Some(rfc3339(env.clock.now()));
-                record.disruptive_to = None;
-                let installed = Installed::from_journal(&j, &inv);
-                restart_and_prove(env, &id, &installed, lease, record).await
-            }
-            Ok(Some(j)) if j.phase == Phase::RolledBack && j.installed_anything() => {
-                record.disruptive_from = Some(rfc3339(env.clock.now()));
-                let installed = Installed::from_journal(&j, &inv);
-                let after = restart_onto_disk(env, &id, &names, &installed, lease).await;
-                record.disruptive_to = Some(rfc3339(env.clock.now()));
-                match after {
-                    Ok(()) => finish(env, record, Some(RotationFailure::InterruptedRolledBack)),
-                    Err(f) if f.leaves_open() => leave_open(env, record, f),
-                    Err(f) => finish(
-                        env,
-                        record,
-                        Some(RotationFailure::InterruptedUnproved(Box::new(f))),
-                    ),
-                }
-            }
-            // Still unfinished after recovery: recovery could not run (the lease was lost
-            // again, or it failed); the next turn tries again.
-            Ok(Some(j)) if !j.phase.is_final() => leave_open(
-                env,
-                record,
-                RotationFailure::NotStarted(format!(
-                    "its journal still says {} after recovery",
-                    j.phase.as_str()
-                )),
-            ),
-            Ok(_) => finish(env, record, Some(RotationFailure::InterruptedBeforeInstall)),
-            Err(e) => finish(
-                env,
-                record,
-                Some(RotationFailure::JournalUnreadable(e.to_string())),
-            ),
-        };
-        let left_open = matches!(done, Finished::LeftOpen { .. });
-        finished.push(done);
-        if left_open {
-            // The lease is gone: the rest waits for the next turn too.
-            break;
-        }
-    }
-    finished
-}
-
-/// The rotations history shows as Initiated: started, never finished.
-pub fn interrupted(history: &History) -> Vec<HistoryRecord> {
-    match history.read(None) {
-        Ok(h) => h
-            .records
-            .into_iter()
-            .filter(|r| r.state == HistoryState::Initiated)
-            .collect(),
-        Err(e) => {
-            tracing::warn!("reading history for interrupted rotations: {e:#}");
-            Vec::new()
-        }
-    }
-}
-
 /// Marks the step: the daemon's hook first (state machine, pulse, lease mirror), then the
 /// progress status shows.
-fn step(env: &Env<'_>, id: &str, names: &[String], step: Step) {
+pub(super) fn step(env: &Env<'_>, id: &str, names: &[String], step: Step) {
     (env.on_step)(&step);
     let now = env.clock.now();
     let mut p = env.progress.lock().unwrap_or_else(|e| e.into_inner());
@@ -512,7 +369,11 @@ fn step(env: &Env<'_>, id: &str, names: &[String], step: Step) {
 
 /// Confirms the lease in etcd before a disruptive step: this node still holds its slot with its
 /// token, with enough TTL left. A recovery has no lease to confirm.
-async fn confirm(env: &Env<'_>, held: &Held, step: &Step) -> Result<(), RotationFailure> {
+pub(super) async fn confirm(
+    env: &Env<'_>,
+    held: &Held,
+    step: &Step,
+) -> Result<(), RotationFailure> {
     let Some(lease) = env.fence.lease else {
         return Ok(());
     };
@@ -523,7 +384,11 @@ async fn confirm(env: &Env<'_>, held: &Held, step: &Step) -> Result<(), Rotation
 }
 
 /// Records the end of a rotation and clears the progress.
-fn finish(env: &Env<'_>, mut record: HistoryRecord, failure: Option<RotationFailure>) -> Finished {
+pub(super) fn finish(
+    env: &Env<'_>,
+    mut record: HistoryRecord,
+    failure: Option<RotationFailure>,
+) -> Finished {
     *env.progress.lock().unwrap_or_else(|e| e.into_inner()) = None;
     record.finished_at = Some(rfc3339(env.clock.now()));
     match &failure {
@@ -542,7 +407,11 @@ fn finish(env: &Env<'_>, mut record: HistoryRecord, failure: Option<RotationFail
 }
 
 /// Keeps a rotation open: history says Initiated, with why it stopped; the next turn finishes it.
-fn leave_open(env: &Env<'_>, mut record: HistoryRecord, failure: RotationFailure) -> Finished {
+pub(super) fn leave_open(
+    env: &Env<'_>,
+    mut record: HistoryRecord,
+    failure: RotationFailure,
+) -> Finished {
     *env.progress.lock().unwrap_or_else(|e| e.into_inner()) = None;
     let reason = format!("{failure}; the next turn with the lease finishes it");
     tracing::warn!(rotation_id = %record.id, "rotation {} left open: {reason}", record.id);
@@ -552,322 +421,4 @@ fn leave_open(env: &Env<'_>, mut record: HistoryRecord, failure: RotationFailure
         tracing::error!("recording rotation {} in history: {e:#}", record.id);
     }
     Finished::LeftOpen { record, failure }
-}
-
-/// Plans under the rotation lock, after finishing or rolling back anything a crash left.
-async fn make_plan(env: &Env<'_>, sel: &Selection, now: OffsetDateTime) -> Result<Plan, String> {
-    let (settings, root, state, sel) = (
-        env.settings.clone(),
-        env.root.clone(),
-        env.state.clone(),
-        sel.clone(),
-    );
-    let history = History::for_settings(&settings);
-    spawn_blocking(move || {
-        let _lock = lock::acquire(&state).map_err(|e| format!("{e:#}"))?;
-        let recovered = recover_locked(&root, &state, &settings, &Unguarded, now)?;
-        record_quarantined(&history, &settings.node_name, &recovered, now);
-        still_open(&recovered)?;
-        let inv = crate::commands::check::inventory(&settings);
-        let selected = select::select(&inv, &sel).map_err(|e| e.to_string())?;
-        let opts = PlanOptions {
-            key_policy: settings.renew.key_policy,
-            validity: settings.renew.validity,
-            force: false,
-            issuer: settings.issuer.clone(),
-        };
-        let plan = plan::make(&inv, &selected, &root, &opts, now);
-        if let Some(r) = plan.refused.first() {
-            return Err(format!("refused to renew {}: {}", r.name, r.reason));
-        }
-        if plan.items.is_empty() {
-            return Err("nothing to renew".to_owned());
-        }
-        Ok(plan)
-    })
-    .await
-    .map_err(|e| format!("planning task failed: {e}"))?
-}
-
-/// Finishes or rolls back rotations a crash interrupted (the caller holds the lock), asking
-/// `guard` before every install of a roll-forward. Returns what it did to each; a rotation it
-/// could not recover stays open (`Action::Failed`), one whose journal cannot be trusted is
-/// quarantined (`Action::Quarantined`), and the others go on either way.
-pub fn recover_locked(
-    root: &Root,
-    state: &StateDirs,
-    settings: &Settings,
-    guard: &dyn Guard,
-    now: OffsetDateTime,
-) -> Result<Vec<recover::Recovered>, String> {
-    let ctx = Context {
-        root,
-        state,
-        backups_keep: settings.renew.backups_keep,
-        guard,
-    };
-    let recovered = recover::recover_at(&ctx, now).map_err(|e| format!("{e:#}"))?;
-    for r in &recovered {
-        tracing::warn!(rotation_id = %r.id, "recovered interrupted rotation {}: {:?}", r.id, r.action);
-    }
-    Ok(recovered)
-}
-
-/// Closes in history what recovery quarantined: a Failed record (started if history had none)
-/// naming the journal and where it went, and an error event. The daemon goes on with the rest.
-pub fn record_quarantined(
-    history: &History,
-    node: &str,
-    recovered: &[recover::Recovered],
-    now: OffsetDateTime,
-) {
-    for r in recovered {
-        let recover::Action::Quarantined { reason, moved_to } = &r.action else {
-            continue;
-        };
-        let why = format!(
-            "{}; it was moved to {} and none of its files was touched",
-            RotationFailure::JournalUnreadable(reason.clone()),
-            moved_to.display()
-        );
-        events::rotation_failed(node, &r.id, &[], &why);
-        let known = history
-            .read(None)
-            .map(|h| h.records.iter().any(|x| x.id == r.id))
-            .unwrap_or(false);
-        let recorded = if known {
-            history.update(&r.id, HistoryState::Failed, Some(why), now)
-        } else {
-            history
-                .start(
-                    &r.id,
-                    node,
-                    Vec::new(),
-                    Some("quarantined by recovery".into()),
-                    now,
-                )
-                .and_then(|_| history.update(&r.id, HistoryState::Failed, Some(why), now))
-        };
-        if let Err(e) = recorded {
-            tracing::error!("recording quarantined rotation {} in history: {e:#}", r.id);
-        }
-    }
-}
-
-/// Refuses to plan while recovery left a rotation open: it is finished first, under the lease.
-fn still_open(recovered: &[recover::Recovered]) -> Result<(), String> {
-    match recovered.iter().find_map(|r| match &r.action {
-        recover::Action::Failed { error } => Some((r.id.as_str(), error.as_str())),
-        _ => None,
-    }) {
-        Some((id, error)) => Err(format!(
-            "rotation {id} is still open (recovering it failed: {error}); it is finished first"
-        )),
-        None => Ok(()),
-    }
-}
-
-/// Recovery under the lock with the lease as its guard (a roll-forward installs files).
-async fn recover_guarded(env: &Env<'_>, lease: &Held) -> Result<(), String> {
-    let (settings, root, state, lease) = (
-        env.settings.clone(),
-        env.root.clone(),
-        env.state.clone(),
-        lease.clone(),
-    );
-    let now = env.clock.now();
-    let history = History::for_settings(&settings);
-    spawn_blocking(move || {
-        let _lock = lock::acquire(&state).map_err(|e| format!("{e:#}"))?;
-        let recovered = recover_locked(&root, &state, &settings, &lease, now)?;
-        record_quarantined(&history, &settings.node_name, &recovered, now);
-        still_open(&recovered)
-    })
-    .await
-    .map_err(|e| format!("recovery task failed: {e}"))?
-}
-
-async fn install(env: &Env<'_>, plan: Plan, lease: Held) -> Result<Report, RotationError> {
-    under_lock(env, Box::new(lease), move |ctx| execute::run(ctx, &plan)).await
-}
-
-/// Puts a rotation's backup back. Never guarded by the lease: a rollback makes the node whole
-/// again, and waiting for a lease that may be gone would leave it broken.
-async fn roll_back(env: &Env<'_>, id: &str) -> Result<(), RotationError> {
-    let id = id.to_owned();
-    under_lock(env, Box::new(Unguarded), move |ctx| {
-        recover::restore(ctx, &id).map(|_| ())
-    })
-    .await
-}
-
-/// Runs a blocking rotation step on the blocking pool, under the rotation lock, with `guard`.
-async fn under_lock<T: Send + 'static>(
-    env: &Env<'_>,
-    guard: Box<dyn Guard + Send>,
-    step: impl FnOnce(&Context<'_>) -> Result<T, RotationError> + Send + 'static,
-) -> Result<T, RotationError> {
-    let (settings, root, state) = (env.settings.clone(), env.root.clone(), env.state.clone());
-    spawn_blocking(move || {
-        let _lock = lock::acquire(&state)?;
-        let ctx = Context {
-            root: &root,
-            state: &state,
-            backups_keep: settings.renew.backups_keep,
-            guard: guard.as_ref(),
-        };
-        step(&ctx)
-    })
-    .await
-    .map_err(|e| RotationError::Io {
-        op: "run the rotation task for",
-        path: env.state.dir.clone(),
-        source: std::io::Error::other(e.to_string()),
-    })?
-}
-
-fn consumers(plan: &Plan) -> Vec<Component> {
-    let mut c: Vec<Component> = plan
-        .items
-        .iter()
-        .flat_map(|i| i.consumers.iter().copied())
-        .collect();
-    c.sort();
-    c.dedup();
-    c
-}
-
-/// Restarts each consumer in turn, confirming the lease before each: a restart is the
-/// disruption itself, and with the lease lost another node may be disrupting its own now.
-async fn restart_all(
-    env: &Env<'_>,
-    id: &str,
-    names: &[String],
-    components: &[Component],
-    lease: &Held,
-) -> Result<(), RotationFailure> {
-    for &c in components {
-        if !env.components.restarts(c) {
-            tracing::info!(rotation_id = %id, "not restarting {c}: restarts of its kind are off in [restart]");
-            continue;
-        }
-        let s = Step::Restart(c);
-        step(env, id, names, s.clone());
-        confirm(env, lease, &s).await?;
-        let outcome = env
-            .components
-            .restart(c, env.clock.now())
-            .await
-            .map_err(|source| RotationFailure::Restart {
-                component: c,
-                source,
-            })?;
-        events::restarted(&env.settings.node_name, id, &c.to_string(), &outcome);
-    }
-    Ok(())
-}
-
-/// Before a planned rotation, the components it will restart must be healthy: rotating a sick
-/// control plane only adds a second problem.
-async fn health_gate(env: &Env<'_>, components: &[Component]) -> Result<(), RotationFailure> {
-    for &c in components {
-        if !env.components.restarts(c) {
-            continue;
-        }
-        env.components
-            .healthy(c)
-            .await
-            .map_err(|source| RotationFailure::Unhealthy {
-                component: c,
-                source,
-            })?;
-    }
-    Ok(())
-}
-
-/// Which certificates a restarted component must be seen serving.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Serving {
-    /// The rotation's new ones.
-    Renewed,
-    /// Those on disk now (the old ones again, after a rollback).
-    OnDisk,
-}
-
-async fn inventory(env: &Env<'_>) -> Result<Inventory, String> {
-    let settings = env.settings.clone();
-    spawn_blocking(move || crate::commands::check::inventory(&settings))
-        .await
-        .map_err(|e| format!("inventory after install: {e}"))
-}
-
-/// Proves every restarted component serves its new certificates (or, after a rollback, those
-/// on disk) and is healthy.
-async fn prove_all(
-    env: &Env<'_>,
-    installed: &Installed,
-    serving: Serving,
-) -> Result<(), RotationFailure> {
-    let inv = inventory(env)
-        .await
-        .map_err(|e| RotationFailure::NotStarted(e.to_string()))?;
-    let deadline = tokio::time::Instant::now() + env.settings.probe.timeout;
-    for &c in &installed.consumers {
-        if !env.components.restarts(c) {
-            continue;
-        }
-        let expected = expected_for(&inv, installed, c, serving);
-        let proof = env
-            .components
-            .prove(c, &expected, env.clock.now(), deadline)
-            .await
-            .map_err(|source| match serving {
-                Serving::Renewed => RotationFailure::Proof {
-                    component: c,
-                    source,
-                },
-                Serving::OnDisk => RotationFailure::NotBack {
-                    component: c,
-                    source,
-                },
-            })?;
-        tracing::info!(component = %c, "{proof}");
-    }
-    Ok(())
-}
-
-/// The certificates of the rotation that `component` serves (renewed, or as on disk now), with
-/// the CA each must chain to.
-fn expected_for(
-    inv: &Inventory,
-    installed: &Installed,
-    component: Component,
-    serving: Serving,
-) -> Vec<Expect> {
-    let mut out = Vec::new();
-    for (name, _, renewed) in &installed.renewed {
-        let Some(entry) = inv.get(name) else { continue };
-        if !entry.consumers.contains(&component) {
-            continue;
-        }
-        let cert = match serving {
-            Serving::Renewed => renewed.clone(),
-            Serving::OnDisk => match &entry.cert {
-                Some(c) => c.clone(),
-                None => continue,
-            },
-        };
-        let ca = entry
-            .signer
-            .as_deref()
-            .and_then(|s| inv.get(s))
-            .and_then(|s| s.cert.clone())
-            .unwrap_or_else(|| cert.clone());
-        out.push(Expect {
-            name: name.clone(),
-            cert,
-            ca,
-        });
-    }
-    out
 }

@@ -183,6 +183,9 @@ pub async fn serve(settings: Settings, edges: Edges) -> anyhow::Result<()> {
         &d.summary(&decision, now),
     );
     d.publish_summary().await;
+    // Start-up read every configuration table and certificate once; idle needs little of it.
+    alloc_trim::trim();
+    alloc_trim::page_out_code();
     // Rotations a crash or a lost lease left open: their components still have to be restarted
     // and proved under the lease, and their records closed, before anything new starts.
     let mut open = !rotate::interrupted(&d.history).is_empty();

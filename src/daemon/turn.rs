@@ -308,9 +308,11 @@ impl Daemon {
             }
         }
         self.refresh();
-        // A rotation's key generation and probes ran on several threads; the idle daemon that
-        // follows should not keep their arenas' high-water mark resident.
+        // A rotation's key generation and probes ran on several threads and through code the
+        // idle daemon will not run again for months: give back the arenas' free memory and the
+        // clean code pages (read back from the binary if ever touched again).
         alloc_trim::trim();
+        alloc_trim::page_out_code();
         finished
     }
 

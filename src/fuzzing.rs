@@ -16,9 +16,12 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
+/// An entry point: runs the parser on the input and checks its answer; true if it accepted it.
+pub type Entry = fn(&[u8]) -> bool;
+
 /// Every target: the name of its `fuzz/fuzz_targets/<name>.rs` and corpus `fuzz/corpus/<name>/`,
 /// and its entry point.
-pub const TARGETS: &[(&str, fn(&[u8]) -> bool)] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("pem", pem),
     ("x509", x509),
     ("private_key", private_key),

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use certrotd::fuzzing::TARGETS;
+use certrotd::fuzzing::{Entry, TARGETS};
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
@@ -19,7 +19,7 @@ fn names_in(dir: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-fn replay(target: &str, entry: fn(&[u8]) -> bool) {
+fn replay(target: &str, entry: Entry) {
     let dir = fuzz_dir().join("corpus").join(target);
     let files = names_in(&dir);
     assert!(!files.is_empty(), "{}: empty corpus", dir.display());

@@ -349,7 +349,7 @@ pub fn window(data: &[u8]) -> bool {
     if w.is_always() {
         assert!(open);
     }
-    let next = w.next_open(now).expect("a window opens within eight days");
+    let next = w.next_open(now).expect("a window opens within two weeks");
     assert!(next >= now, "next opening {next} before now {now}");
     assert!(
         w.is_open(next),

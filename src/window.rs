@@ -83,14 +83,15 @@ impl Windows {
         })
     }
 
-    /// `now` when a window is open, else the start of the next one (within the coming 8 days).
+    /// `now` when a window is open, else the start of the next one (within the coming two
+    /// weeks: a weekly window whose hours a clock change skips opens a week later).
     pub fn next_open(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
         if self.is_open(now) {
             return Some(now);
         }
         let today = self.local(now).date();
         let mut best: Option<OffsetDateTime> = None;
-        for offset in 0..8 {
+        for offset in 0..15 {
             let Ok(date) = today.checked_add(jiff::Span::new().days(offset)) else {
                 continue;
             };

@@ -8,7 +8,7 @@ BIN := target/debug/certrotd
 CARGO_DEB_VERSION ?= 3.8.0
 CARGO_GENERATE_RPM_VERSION ?= 0.21.1
 
-.PHONY: run test deps build-deps package-tools package build fmt clippy check-fmt bench clean-sandbox
+.PHONY: run test deps build-deps package-tools package build fmt clippy check-fmt bench clean-sandbox fuzz
 
 ## run: the daemon on this node, or on a throwaway sandbox node whose leaves expire in minutes
 run: build
@@ -47,6 +47,27 @@ package-tools:
 bench: deps
 	$(CARGO) build --release --locked
 	$(CARGO) bench --locked
+
+## fuzz: every fuzz target (fuzz/fuzz_targets) for FUZZ_SECONDS each, one after the other on one
+## core (nightly toolchain; cargo-fuzz is installed if missing). Not part of `make test`, which
+## replays the corpora (tests/fuzz_corpus.rs). New inputs go to fuzz/target/corpus/<target>,
+## failures to fuzz/artifacts/<target>; a summary per target ends the run.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= $(basename $(notdir $(wildcard fuzz/fuzz_targets/*.rs)))
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz
+	@mkdir -p fuzz/target/logs
+	@cd fuzz && failed=""; for t in $(FUZZ_TARGETS); do \
+		mkdir -p target/corpus/$$t; \
+		echo "== fuzz $$t for $(FUZZ_SECONDS)s (log: fuzz/target/logs/$$t.log)"; \
+		cargo +nightly fuzz run --target-dir target $$t target/corpus/$$t corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 \
+			>target/logs/$$t.log 2>&1 || { tail -n 40 target/logs/$$t.log; failed="$$failed $$t"; }; \
+	done; \
+	for t in $(FUZZ_TARGETS); do \
+		printf '%-14s %s\n' $$t "$$(grep -h '^Done ' target/logs/$$t.log || echo FAILED)"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz targets failed:$$failed (inputs in fuzz/artifacts/)"; exit 1; fi
 
 deps:
 	./scripts/install-deps.sh

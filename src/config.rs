@@ -546,19 +546,16 @@ pub fn load(opts: &LoadOptions) -> Result<Settings, ConfigError> {
         })?;
         sources.add(path, bytes)?;
     }
+    sources.settle(opts)
+}
 
-    let mut merged = FileLayer::default();
-    for (index, (path, text)) in sources.files.iter().enumerate() {
-        let layer: FileLayer = toml::from_str(text).map_err(|e| ConfigError::Invalid {
-            at: Some(Location {
-                file: path.clone(),
-                line_column: e.span().map(|span| line_column(text, span.start)),
-            }),
-            message: e.message().trim_end().to_owned(),
-        })?;
-        merged.merge(layer, index);
-    }
-    sources.resolve(&merged, opts)
+/// Validates `bytes` as the only configuration file, written at `path` (which places a relative
+/// `root` and names the file in errors; it is not read), with no drop-ins: what [`load`] does
+/// with each file, for callers (the fuzz targets, [`crate::fuzzing`]) that hold the text.
+pub fn from_bytes(path: &Path, bytes: &[u8], opts: &LoadOptions) -> Result<Settings, ConfigError> {
+    let mut sources = Sources::default();
+    sources.add(path.to_path_buf(), bytes.to_vec())?;
+    sources.settle(opts)
 }
 
 /// Makes a path absolute without resolving symlinks, so that `sources` and a relative `root`
@@ -1406,6 +1403,22 @@ impl Sources {
         })?;
         self.files.push((path, text));
         Ok(())
+    }
+
+    /// Parses every file, merges them in order (later files win) and validates the result.
+    fn settle(&self, opts: &LoadOptions) -> Result<Settings, ConfigError> {
+        let mut merged = FileLayer::default();
+        for (index, (path, text)) in self.files.iter().enumerate() {
+            let layer: FileLayer = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+                at: Some(Location {
+                    file: path.clone(),
+                    line_column: e.span().map(|span| line_column(text, span.start)),
+                }),
+                message: e.message().trim_end().to_owned(),
+            })?;
+            merged.merge(layer, index);
+        }
+        self.resolve(&merged, opts)
     }
 
     fn location(&self, at: &Origin) -> Location {

@@ -303,3 +303,91 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::{DAY, format, format_residual, parse};
+
+    /// Durations up to ten thousand years, to the nanosecond.
+    fn any_duration() -> impl Strategy<Value = Duration> {
+        (0..10_000 * 366 * DAY, 0..1_000_000_000u32).prop_map(|(s, n)| Duration::new(s, n))
+    }
+
+    const UNITS: [(&str, u64); 6] = [
+        ("s", 1),
+        ("m", 60),
+        ("h", 3600),
+        ("d", DAY),
+        ("w", 7 * DAY),
+        ("y", 365 * DAY),
+    ];
+
+    proptest! {
+        #[test]
+        fn format_then_parse_is_identity(d in any_duration()) {
+            prop_assert_eq!(parse(&format(d)), Ok(d));
+        }
+
+        #[test]
+        fn parse_then_format_then_parse_is_stable(
+            parts in prop::collection::vec((0..100_000u64, 0..UNITS.len()), 1..5),
+            spaced in any::<bool>(),
+        ) {
+            let text = parts
+                .iter()
+                .map(|(n, u)| format!("{n}{}", UNITS[*u].0))
+                .collect::<Vec<_>>()
+                .join(if spaced { " " } else { "" });
+            let expected: u64 = parts.iter().map(|(n, u)| n * UNITS[*u].1).sum();
+            let d = parse(&text);
+            prop_assert_eq!(d.clone(), Ok(Duration::from_secs(expected)), "{}", text);
+            let d = d.unwrap_or_default();
+            prop_assert_eq!(parse(&format(d)), Ok(d));
+            prop_assert_eq!(parse(&format!("  {text}\t")), Ok(d), "surrounding blanks");
+        }
+
+        #[test]
+        fn parsing_keeps_the_order_of_numbers(
+            a in 0..1_000_000u64,
+            b in 0..1_000_000u64,
+            unit in 0..UNITS.len(),
+        ) {
+            let (name, _) = UNITS[unit];
+            let (da, db) = (parse(&format!("{a}{name}")), parse(&format!("{b}{name}")));
+            prop_assert!(da.is_ok() && db.is_ok());
+            prop_assert_eq!(a.cmp(&b), da.cmp(&db));
+        }
+
+        #[test]
+        fn formatting_keeps_the_order_of_durations(a in any_duration(), b in any_duration()) {
+            // What sorts the same after a trip through text: config values are compared
+            // (renew_before < validity) after being read back.
+            let (pa, pb) = (parse(&format(a)), parse(&format(b)));
+            prop_assert_eq!(a.cmp(&b), pa.cmp(&pb));
+        }
+
+        #[test]
+        fn a_year_is_365_days(n in 0..10_000u64) {
+            prop_assert_eq!(parse(&format!("{n}y")), parse(&format!("{}d", n * 365)));
+        }
+
+        #[test]
+        fn residual_text_rounds_down_and_keeps_the_order(a in 0..i64::MAX / 2, b in 0..i64::MAX / 2) {
+            // kubeadm's RESIDUAL TIME reads back (as our parser reads it) to at most the time left,
+            // and a longer time left never shows as less.
+            let back = |s: i64| {
+                let text = format_residual(s);
+                parse(&text).map(|d| d.as_secs()).map_err(|e| format!("{text}: {e}"))
+            };
+            let (ra, rb) = (back(a), back(b));
+            prop_assert!(ra.clone().is_ok_and(|r| r <= a.unsigned_abs()), "{} -> {:?}", a, ra);
+            if a <= b {
+                prop_assert!(ra <= rb, "{} -> {:?}, {} -> {:?}", a, ra, b, rb);
+            }
+        }
+    }
+}

@@ -16,6 +16,7 @@ pub mod decide;
 pub mod duration;
 pub mod events;
 pub mod failpoint;
+pub mod fuzzing;
 pub mod history;
 pub mod inventory;
 pub mod issuer;

@@ -3,7 +3,7 @@
 //! `"daily 22:00-02:00"` (a window may cross midnight; it belongs to the day it starts on).
 
 use jiff::civil::{Date, Time, Weekday};
-use jiff::tz::TimeZone;
+use jiff::tz::{AmbiguousOffset, TimeZone};
 use jiff::{Timestamp, ZonedDateTime as Zoned};
 use time::OffsetDateTime;
 
@@ -83,14 +83,15 @@ impl Windows {
         })
     }
 
-    /// `now` when a window is open, else the start of the next one (within the coming 8 days).
+    /// `now` when a window is open, else the start of the next one (within the coming two
+    /// weeks: a weekly window whose hours a clock change skips opens a week later).
     pub fn next_open(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
         if self.is_open(now) {
             return Some(now);
         }
         let today = self.local(now).date();
         let mut best: Option<OffsetDateTime> = None;
-        for offset in 0..8 {
+        for offset in 0..15 {
             let Ok(date) = today.checked_add(jiff::Span::new().days(offset)) else {
                 continue;
             };
@@ -98,11 +99,11 @@ impl Windows {
                 if !w.days[weekday_index(date.weekday())] {
                     continue;
                 }
-                let Some(start) = self.at(date, w.start) else {
-                    continue;
-                };
-                if start > now && best.is_none_or(|b| start < b) {
-                    best = Some(start);
+                for start in self.starts(date, w.start) {
+                    // A window whose hours all fall in a gap does not open that day.
+                    if start > now && best.is_none_or(|b| start < b) && self.is_open(start) {
+                        best = Some(start);
+                    }
                 }
             }
         }
@@ -114,15 +115,37 @@ impl Windows {
         ts.to_zoned_datetime(self.tz.clone())
     }
 
-    /// The instant a local date and minute-of-day stands for (a time skipped by a DST change
-    /// resolves to the instant after the gap).
-    fn at(&self, date: Date, minute: u16) -> Option<OffsetDateTime> {
-        let time = Time::new((minute / 60) as i8, (minute % 60) as i8, 0, 0).ok()?;
-        let zoned = date
-            .to_datetime(time)
-            .to_zoned_datetime(self.tz.clone())
-            .ok()?;
-        OffsetDateTime::from_unix_timestamp(zoned.timestamp().as_second()).ok()
+    /// The instants at which the local clock reaches a date and minute-of-day: one; two when
+    /// the clocks fall back over it; or, when they spring forward over it, the instant of the
+    /// jump, the first one past it.
+    fn starts(&self, date: Date, minute: u16) -> Vec<OffsetDateTime> {
+        let Ok(time) = Time::new((minute / 60) as i8, (minute % 60) as i8, 0, 0) else {
+            return Vec::new();
+        };
+        let local = self.tz.to_ambiguous_zoned_datetime(date.to_datetime(time));
+        let instants = match local.offset() {
+            AmbiguousOffset::Unambiguous { .. } => vec![local.compatible()],
+            AmbiguousOffset::Fold { .. } => vec![local.clone().earlier(), local.later()],
+            // `earlier` reads the skipped time with the offset after the jump: an instant just
+            // before it, so the next transition is the jump itself.
+            AmbiguousOffset::Gap { .. } => vec![
+                local
+                    .earlier()
+                    .map(|before| {
+                        self.tz
+                            .following(before.timestamp())
+                            .next()
+                            .map_or(before.timestamp(), |jump| jump.timestamp())
+                    })
+                    .map(|t| t.to_zoned_datetime(self.tz.clone())),
+            ],
+        };
+        instants
+            .into_iter()
+            .filter_map(|z| {
+                OffsetDateTime::from_unix_timestamp(z.ok()?.timestamp().as_second()).ok()
+            })
+            .collect()
     }
 }
 
@@ -249,6 +272,23 @@ mod tests {
     }
 
     #[test]
+    fn clock_changes_open_windows_when_the_clock_shows_them() {
+        // 2026-03-08: New York's clocks jump from 02:00 EST (07:00 UTC) to 03:00 EDT.
+        let w = w(&["Sun 02:15-24:00"], "America/New_York");
+        let before = datetime!(2026-03-08 06:59:59 UTC);
+        assert_eq!(w.next_open(before), Some(datetime!(2026-03-08 07:00 UTC)));
+        // 2026-03-29: Berlin's 02:30-03:00 does not exist; the window opens the next Sunday.
+        let w = super::Windows::parse(&["Sun 02:30-03:00".into()], "Europe/Berlin").unwrap();
+        let next = w.next_open(datetime!(2026-03-29 00:10 UTC)).unwrap();
+        assert_eq!(next, datetime!(2026-04-05 00:30 UTC));
+        // 2026-11-01: New York's 01:30 comes twice; between the two, the second one is next.
+        let w = super::Windows::parse(&["Sun 01:30-01:45".into()], "America/New_York").unwrap();
+        let between = datetime!(2026-11-01 05:50 UTC);
+        assert!(!w.is_open(between));
+        assert_eq!(w.next_open(between), Some(datetime!(2026-11-01 06:30 UTC)));
+    }
+
+    #[test]
     fn bad_specs_are_named() {
         let e = Windows::parse(&["Funday 01:00-02:00".into()], "UTC").unwrap_err();
         assert!(e.contains("Funday"), "{e}");
@@ -256,5 +296,165 @@ mod tests {
         assert!(Windows::parse(&["Mon 01:00-01:00".into()], "UTC").is_err());
         assert!(Windows::parse(&[], "Mars/Olympus").is_err());
         assert!(Windows::always().is_open(datetime!(2026-11-23 12:00 UTC)));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use jiff::civil::DateTime;
+    use proptest::prelude::*;
+    use time::OffsetDateTime;
+
+    use super::*;
+
+    /// Zones with DST gaps and folds (Berlin, New York, Santiago, Lord Howe's half hour), a
+    /// fixed half-hour offset (Kolkata) and UTC.
+    const ZONES: [&str; 6] = [
+        "UTC",
+        "Europe/Berlin",
+        "America/New_York",
+        "America/Santiago",
+        "Australia/Lord_Howe",
+        "Asia/Kolkata",
+    ];
+
+    /// One window as the test writes it: weekdays, start and end minute (end 1440 is 24:00).
+    #[derive(Debug, Clone)]
+    struct Spec {
+        days: [bool; 7],
+        start: u16,
+        end: u16,
+    }
+
+    impl Spec {
+        fn text(&self) -> String {
+            let days: Vec<&str> = (0..7)
+                .filter(|d| self.days[*d])
+                .map(|d| ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"][d])
+                .collect();
+            let hm = |m: u16| format!("{:02}:{:02}", m / 60, m % 60);
+            format!("{} {}-{}", days.join(","), hm(self.start), hm(self.end))
+        }
+
+        /// Whether the local wall-clock time `t` lies in an occurrence of this window: one
+        /// that starts on `t`'s day or, crossing midnight, on the day before.
+        fn contains(&self, t: DateTime) -> bool {
+            let minutes = |m: u16| jiff::Span::new().minutes(i64::from(m));
+            [t.date(), t.date().yesterday().unwrap_or(t.date())]
+                .iter()
+                .filter(|d| self.days[d.weekday().to_monday_zero_offset() as usize])
+                .any(|d| {
+                    let midnight = d.to_datetime(Time::midnight());
+                    let (Ok(from), Ok(mut to)) = (
+                        midnight.checked_add(minutes(self.start)),
+                        midnight.checked_add(minutes(self.end)),
+                    ) else {
+                        return false;
+                    };
+                    if self.end <= self.start {
+                        to = to.checked_add(jiff::Span::new().days(1)).unwrap_or(to);
+                    }
+                    from <= t && t < to
+                })
+        }
+    }
+
+    /// Windows anywhere in the day, or (half of them) starting and ending on a quarter hour
+    /// from 01:30 to 03:15, where clocks change.
+    fn any_spec() -> impl Strategy<Value = Spec> {
+        let minute = || prop_oneof![0..1440u16, (6..14u16).prop_map(|q| q * 15)];
+        (
+            prop::array::uniform7(any::<bool>()),
+            0..7usize,
+            minute(),
+            minute().prop_map(|m| if m == 0 { 1440 } else { m }),
+        )
+            .prop_filter("start equals end", |(_, _, s, e)| s != e)
+            .prop_map(|(mut days, one, start, end)| {
+                days[one] = true;
+                Spec { days, start, end }
+            })
+    }
+
+    /// A zone and an instant: any of the zones above at any second from 2020 to 2035, or (half
+    /// of them) a zone in the eight days before one of its 2026 clock changes, where a window
+    /// can fall into a gap or a fold.
+    fn any_zone_and_instant() -> impl Strategy<Value = (&'static str, OffsetDateTime)> {
+        const CHANGES: [(&str, i64); 8] = [
+            ("Europe/Berlin", 1_774_746_000), // 2026-03-29 01:00 UTC, springs forward
+            ("Europe/Berlin", 1_792_890_000), // 2026-10-25 01:00 UTC, falls back
+            ("America/New_York", 1_772_953_200), // 2026-03-08 07:00 UTC, springs forward
+            ("America/New_York", 1_793_512_800), // 2026-11-01 06:00 UTC, falls back
+            ("America/Santiago", 1_775_358_000), // 2026-04-05 03:00 UTC, falls back
+            ("America/Santiago", 1_788_667_200), // 2026-09-06 04:00 UTC, springs forward
+            ("Australia/Lord_Howe", 1_775_314_800), // 2026-04-04 15:00 UTC, back half an hour
+            ("Australia/Lord_Howe", 1_791_462_600), // 2026-10-03 15:30 UTC, on half an hour
+        ];
+        let at =
+            |s: i64| OffsetDateTime::from_unix_timestamp(s).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        prop_oneof![
+            (
+                prop::sample::select(ZONES.to_vec()),
+                1_577_836_800i64..2_082_758_400
+            )
+                .prop_map(move |(zone, s)| (zone, at(s))),
+            (prop::sample::select(CHANGES.to_vec()), 0..8 * 86_400i64)
+                .prop_map(move |((zone, change), before)| (zone, at(change - before))),
+        ]
+    }
+
+    fn parsed(specs: &[Spec], zone: &str) -> Windows {
+        let texts: Vec<String> = specs.iter().map(Spec::text).collect();
+        Windows::parse(&texts, zone).unwrap_or_else(|e| panic!("{texts:?} in {zone}: {e}"))
+    }
+
+    fn wall_clock(t: OffsetDateTime, zone: &str) -> DateTime {
+        let tz = TimeZone::get(zone).unwrap_or(TimeZone::UTC);
+        Timestamp::from_second(t.unix_timestamp())
+            .unwrap_or(Timestamp::UNIX_EPOCH)
+            .to_zoned_datetime(tz)
+            .datetime()
+    }
+
+    proptest! {
+        // Clock changes are rare instants: enough cases that windows meet them.
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn open_iff_inside_an_occurrence(
+            specs in prop::collection::vec(any_spec(), 1..3),
+            (zone, now) in any_zone_and_instant(),
+        ) {
+            let w = parsed(&specs, zone);
+            let local = wall_clock(now, zone);
+            let inside = specs.iter().any(|s| s.contains(local));
+            prop_assert_eq!(w.is_open(now), inside, "{:?} in {} at {} ({})", specs, zone, now, local);
+        }
+
+        #[test]
+        fn next_open_is_the_first_open_instant_from_now(
+            specs in prop::collection::vec(any_spec(), 1..3),
+            (zone, now) in any_zone_and_instant(),
+        ) {
+            let w = parsed(&specs, zone);
+            let next = w.next_open(now);
+            prop_assert!(next.is_some(), "{:?} in {} never opens after {}", specs, zone, now);
+            let next = next.unwrap_or(now);
+            prop_assert!(next >= now, "{} before now {}", next, now);
+            prop_assert!(w.is_open(next), "{:?} in {}: next_open({}) = {} is closed", specs, zone, now, next);
+            // Windows begin and end on whole minutes of every zone here, so checking each
+            // whole minute between now and the answer finds any earlier opening.
+            let mut t = now + time::Duration::seconds(60 - now.unix_timestamp().rem_euclid(60));
+            while t < next {
+                prop_assert!(!w.is_open(t), "{:?} in {}: open at {} before next_open({}) = {}", specs, zone, t, now, next);
+                t += time::Duration::minutes(1);
+            }
+        }
+
+        #[test]
+        fn no_window_is_always_open((_, now) in any_zone_and_instant()) {
+            prop_assert!(Windows::always().is_open(now));
+            prop_assert_eq!(Windows::always().next_open(now), Some(now));
+        }
     }
 }

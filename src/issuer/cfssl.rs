@@ -274,8 +274,10 @@ struct ApiMessage {
     message: String,
 }
 
-/// The certificate in cfssl's answer, or why there is none.
-fn parse_answer(status: u16, body: &[u8]) -> Result<Vec<u8>, String> {
+/// The certificate (DER) in cfssl's answer to `/api/v1/cfssl/authsign`, or why there is none.
+/// `status` is the HTTP status the answer came with. Public so that the fuzz targets
+/// ([`crate::fuzzing`]) read answers exactly as the issuer does.
+pub fn parse_answer(status: u16, body: &[u8]) -> Result<Vec<u8>, String> {
     let quote = || {
         let text = String::from_utf8_lossy(&body[..body.len().min(QUOTE)]).into_owned();
         format!("{:?}{}", text, if body.len() > QUOTE { "…" } else { "" })

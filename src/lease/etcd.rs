@@ -24,7 +24,7 @@ use futures_util::FutureExt as _;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use super::credentials::Credentials;
-use super::record::{ClusterView, HolderRecord, NodeSummary, QueueEntry, rfc3339};
+use super::record::{ClusterView, HolderRecord, NodeSummary, QueueEntry, Record as _, rfc3339};
 use super::{BoxFuture, Held, Lease, LeaseError, Want, queue};
 use crate::config::LeaseSettings;
 
@@ -633,7 +633,7 @@ impl Snapshot {
                     if let Ok(n) = name.parse::<u32>() {
                         snap.taken.push(n);
                     }
-                    match serde_json::from_slice::<HolderRecord>(kv.value()) {
+                    match HolderRecord::from_json(kv.value()) {
                         Ok(mut r) => {
                             r.fencing_token = u64::try_from(kv.create_revision()).unwrap_or(0);
                             snap.holders.push((kv.lease(), r));
@@ -643,12 +643,12 @@ impl Snapshot {
                         }
                     }
                 }
-                "queue" => match serde_json::from_slice::<QueueEntry>(kv.value()) {
+                "queue" => match QueueEntry::from_json(kv.value()) {
                     Ok(e) => snap.queue.push(e),
                     // Ignored rather than obeyed: an entry nobody can parse would block the queue.
                     Err(e) => tracing::warn!("lease: {prefix}{rest}: unreadable queue entry: {e}"),
                 },
-                "nodes" => match serde_json::from_slice::<NodeSummary>(kv.value()) {
+                "nodes" => match NodeSummary::from_json(kv.value()) {
                     Ok(s) => snap.nodes.push(s),
                     Err(e) => tracing::warn!("lease: {prefix}{rest}: unreadable summary: {e}"),
                 },

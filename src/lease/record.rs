@@ -112,6 +112,20 @@ pub struct ClusterView {
     pub nodes: Vec<NodeSummary>,
 }
 
+/// A record as the lease store holds it: one JSON value per key. Reading goes through
+/// [`Record::from_json`] alone, so the fuzz targets ([`crate::fuzzing`]) read what peers wrote
+/// exactly as the lease does.
+pub trait Record: Serialize + serde::de::DeserializeOwned {
+    /// Reads a record from a key's value.
+    fn from_json(value: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(value)
+    }
+}
+
+impl Record for HolderRecord {}
+impl Record for QueueEntry {}
+impl Record for NodeSummary {}
+
 /// RFC 3339, as every record writes time.
 pub fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)

@@ -80,6 +80,13 @@ impl PrivateKey {
                 "ENCRYPTED PRIVATE KEY" => return Err(KeyError::Encrypted),
                 other => return Err(KeyError::NotAKey(other.to_owned())),
             };
+        // aws-lc ignores bytes after the key's SEQUENCE, but the key keeps them and could not be
+        // written back (key_policy = "reuse"): refuse them here, where the file is named.
+        let whole = x509_parser::der_parser::der::parse_der_sequence(&block.der)
+            .is_ok_and(|(rest, _)| rest.is_empty());
+        if !whole {
+            return Err(KeyError::Unparseable(what));
+        }
         let pair = rcgen::KeyPair::try_from(&der).map_err(|_| KeyError::Unparseable(what))?;
         Ok(PrivateKey {
             pair: pair.into(),

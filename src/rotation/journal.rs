@@ -271,7 +271,7 @@ impl Journal {
     pub fn load(dir: &Path) -> Result<Option<Journal>, RotationError> {
         let path = dir.join(FILE);
         let bad = |reason: String| RotationError::Journal {
-            path: path.clone(),
+            path: path.to_owned(),
             reason,
         };
         // Never through a link someone planted, never a device, never more than MAX_BYTES.
@@ -300,11 +300,25 @@ impl Journal {
         file.take(MAX_BYTES + 1)
             .read_to_end(&mut data)
             .map_err(RotationError::io("read rotation journal", &path))?;
-        let j: Journal = serde_json::from_slice(&data).map_err(|e| bad(e.to_string()))?;
+        Self::parse(&path, &data).map(Some)
+    }
+
+    /// Reads and validates the journal text `data` of the file `path`
+    /// (`<state>/rotations/<id>/journal.json`: the id it must name is the directory's).
+    pub fn parse(path: &Path, data: &[u8]) -> Result<Journal, RotationError> {
+        let bad = |reason: String| RotationError::Journal {
+            path: path.to_owned(),
+            reason,
+        };
+        let j: Journal = serde_json::from_slice(data).map_err(|e| bad(e.to_string()))?;
         if j.version != VERSION {
             return Err(bad(format!("unknown journal version {}", j.version)));
         }
-        let dir_name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let dir_name = path
+            .parent()
+            .and_then(Path::file_name)
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if j.id != dir_name {
             return Err(bad(format!(
                 "it belongs to rotation {:?}, not {dir_name:?}",
@@ -330,7 +344,7 @@ impl Journal {
                 )));
             }
         }
-        Ok(Some(j))
+        Ok(j)
     }
 
     /// Writes the journal atomically into the rotation directory `dir` (mode 0600).
@@ -605,5 +619,134 @@ mod tests {
         );
         assert_eq!(open[0].certificates, ["apiserver"]);
         assert_eq!(open[0].paths, [PathBuf::from("/pki/apiserver.crt")]);
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn any_component() -> impl Strategy<Value = Component> {
+            prop::sample::select(vec![
+                Component::KubeApiserver,
+                Component::KubeControllerManager,
+                Component::KubeScheduler,
+                Component::Etcd,
+                Component::Kubelet,
+                Component::Rke2,
+                Component::K3s,
+            ])
+        }
+
+        fn any_phase() -> impl Strategy<Value = Phase> {
+            prop::sample::select(vec![
+                Phase::Planned,
+                Phase::BackedUp,
+                Phase::Staged,
+                Phase::Installing,
+                Phase::Committed,
+                Phase::RollingBack,
+                Phase::RolledBack,
+            ])
+        }
+
+        /// Absolute paths, with any characters a file name may hold.
+        fn any_path() -> impl Strategy<Value = PathBuf> {
+            prop::collection::vec("[^/\\x00]{1,12}", 1..5)
+                .prop_map(|parts| PathBuf::from(format!("/{}", parts.join("/"))))
+        }
+
+        fn any_change() -> impl Strategy<Value = Change> {
+            prop_oneof![
+                (
+                    any_path(),
+                    "[0-9][0-9A-Za-z._-]{0,20}",
+                    "[0-9a-f]{64}",
+                    0..0o7777u32
+                )
+                    .prop_map(|(path, staged, sha256, new_mode)| Change::File {
+                        path,
+                        staged: staged.replace("..", "._"),
+                        sha256,
+                        new_mode,
+                    }),
+                (any_path(), any_path())
+                    .prop_map(|(path, target)| Change::Symlink { path, target }),
+            ]
+        }
+
+        /// Times from year 1 to 9999 (what RFC 3339 can write), to the nanosecond, at any
+        /// whole-minute offset.
+        fn any_time() -> impl Strategy<Value = OffsetDateTime> {
+            (
+                -62_135_596_800i64..253_402_214_400,
+                0..1_000_000_000u32,
+                -(23 * 60 + 59)..=(23 * 60 + 59i32),
+            )
+                .prop_filter_map("out of range", |(s, n, off)| {
+                    let offset = time::UtcOffset::from_whole_seconds(off * 60).ok()?;
+                    let t = OffsetDateTime::from_unix_timestamp(s).ok()?
+                        + time::Duration::nanoseconds(i64::from(n));
+                    let local = t.to_offset(offset);
+                    (1..=9999).contains(&local.year()).then_some(local)
+                })
+        }
+
+        fn any_journal() -> impl Strategy<Value = Journal> {
+            (
+                "[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}",
+                any_time(),
+                any_phase(),
+                prop::collection::vec("\\PC{0,16}", 0..4),
+                prop::collection::vec(any_component(), 0..4),
+                prop::collection::vec(any_path(), 0..4),
+                prop::collection::vec(any_change(), 0..4),
+                prop::option::of("\\PC{0,40}").prop_map(|o| o.map(|o| Outcome::parse(&o))),
+            )
+                .prop_map(
+                    |(id, created_at, phase, certificates, consumers, paths, changes, outcome)| {
+                        Journal {
+                            version: VERSION,
+                            id,
+                            created_at,
+                            phase,
+                            certificates,
+                            consumers,
+                            paths,
+                            changes,
+                            outcome,
+                        }
+                    },
+                )
+        }
+
+        proptest! {
+            #[test]
+            fn written_then_read_is_identity(j in any_journal()) {
+                // What save writes, read back as load reads it.
+                let json = serde_json::to_vec_pretty(&j).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let path = Path::new("/state/rotations").join(&j.id).join(FILE);
+                let back = Journal::parse(&path, &json);
+                prop_assert!(back.is_ok(), "{:?}", back);
+                let back = back.unwrap_or_else(|_| j.clone());
+                prop_assert_eq!(&back, &j);
+                prop_assert_eq!(back.created_at.offset(), j.created_at.offset());
+            }
+        }
+
+        proptest! {
+            // Each case writes and syncs a file: fewer of them.
+            #![proptest_config(ProptestConfig::with_cases(32))]
+
+            #[test]
+            fn saved_then_loaded_is_identity(j in any_journal()) {
+                let tmp = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let dir = tmp.path().join(&j.id);
+                std::fs::create_dir(&dir).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                j.save(&dir).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let back = Journal::load(&dir).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(back, Some(j));
+            }
+        }
     }
 }

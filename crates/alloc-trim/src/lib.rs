@@ -99,7 +99,10 @@ mod tests {
             Some((0x55d0a000, 0x1000))
         );
         // Writable, anonymous, shared, or no path: never.
-        assert_eq!(m("55d0a000-55d0b000 rw-p 00001000 fd:00 1234 /usr/bin/certrotd"), None);
+        assert_eq!(
+            m("55d0a000-55d0b000 rw-p 00001000 fd:00 1234 /usr/bin/certrotd"),
+            None
+        );
         assert_eq!(m("7f00-8f00 r--p 00000000 00:00 0"), None);
         assert_eq!(m("7f00-8f00 r--s 00000000 fd:00 99 /dev/shm/x"), None);
         assert_eq!(m("7f00-8f00 r-xp 00000000 00:00 0 [vdso]"), None);
@@ -111,7 +114,10 @@ mod tests {
         let advised = super::page_out_code();
         let after = rss_file_kib();
         assert!(advised > 0, "nothing was paged out");
-        assert!(after < before, "file-backed RSS {before} KiB -> {after} KiB");
+        assert!(
+            after < before,
+            "file-backed RSS {before} KiB -> {after} KiB"
+        );
         // Still runs: the pages fault back in.
         assert!(super::page_out_code() > 0);
     }

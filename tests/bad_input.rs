@@ -169,7 +169,15 @@ fn forged_leaf() -> String {
         "ec_paramgen_curve:P-256",
         "-nodes",
     ];
-    let mut ca = vec!["req", "-x509"];
+    // The same name in the same encoding as kubeadm's CA (PrintableString, as Go writes it), so
+    // the issuer matches byte for byte and only the signature tells the two CAs apart.
+    let config = p("req.cnf");
+    std::fs::write(
+        &config,
+        "[ req ]\ndistinguished_name = dn\nstring_mask = default\n[ dn ]\n",
+    )
+    .unwrap();
+    let mut ca = vec!["req", "-x509", "-config", &config];
     ca.extend(ec);
     let (ca_key, ca_crt, leaf_key, csr) = (p("ca.key"), p("ca.crt"), p("leaf.key"), p("leaf.csr"));
     ca.extend([

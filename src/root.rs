@@ -9,6 +9,7 @@
 //! link on the way, so a link planted after resolution is refused rather than followed.
 
 pub mod fd;
+pub mod walk;
 
 use std::io;
 use std::os::unix::fs::MetadataExt as _;

@@ -2,7 +2,8 @@
 //!
 //! certrotd runs as root next to directories others can write. A path resolved once and opened
 //! again later can lead somewhere else by then, so here a directory is opened in one `openat2`
-//! step with no symlink on the way, a name in it is inspected with `fstatat(AT_SYMLINK_NOFOLLOW)`,
+//! step (or, where a seccomp filter refuses that call, the same walk one component at a time: see
+//! [`super::walk`]) with no symlink on the way, a name in it is inspected with `fstatat(AT_SYMLINK_NOFOLLOW)`,
 //! and a file is opened `O_PATH` (which never runs a device's `open`) and `fstat`ed before it is
 //! reopened for reading: a device node, FIFO or socket is never opened at all.
 
@@ -14,7 +15,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use nix::errno::Errno;
-use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
+use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, ResolveFlag};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 
 /// Whether files or links owned by `uid` may be trusted: root's, or certrotd's own when it runs
@@ -112,16 +113,24 @@ impl Seen {
 /// Opens a directory (readable, so it can be fsync'd) with no symlink anywhere on `path`: node
 /// paths reach certrotd with their links already resolved, so a link found now was planted since.
 pub fn open_dir_no_links(path: &Path) -> io::Result<OwnedFd> {
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
-    openat2(AT_FDCWD, dir_or_dot(path), how).map_err(io::Error::from)
+    super::walk::open(
+        AT_FDCWD,
+        dir_or_dot(path),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        ResolveFlag::RESOLVE_NO_SYMLINKS,
+    )
+    .map_err(io::Error::from)
 }
 
 /// Opens one of certrotd's own directories (the state directory), resolved by the kernel.
 pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
-    let how = OpenHow::new().flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC);
-    openat2(AT_FDCWD, dir_or_dot(path), how).map_err(io::Error::from)
+    super::walk::open(
+        AT_FDCWD,
+        dir_or_dot(path),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        ResolveFlag::empty(),
+    )
+    .map_err(io::Error::from)
 }
 
 /// `Path::parent` gives "" for a bare name, which means the current directory.
@@ -186,8 +195,7 @@ pub fn open_regular(
     if !follow_final {
         flags |= OFlag::O_NOFOLLOW;
     }
-    let how = OpenHow::new().flags(flags).resolve(resolve);
-    let handle = match openat2(dir, dir_or_dot(path), how) {
+    let handle = match super::walk::open(dir, dir_or_dot(path), flags, resolve) {
         Ok(fd) => fd,
         // RESOLVE_NO_SYMLINKS reports a link anywhere on the way as ELOOP.
         Err(Errno::ELOOP) => return Err(OpenError::Symlink),

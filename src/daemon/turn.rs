@@ -124,39 +124,12 @@ impl Daemon {
                 .await;
             return Turned::Ran(finished);
         }
-        let (lease, held) = match self
-            .take_turn(shared, &id, &req.selection.certs, shutdown)
-            .await
-        {
-            Ok(Some(h)) => h,
-            Ok(None) => {
-                let why = shutdown.is_requested().unwrap_or("shutdown requested");
-                tracing::info!(
-                    "{why}: stopping while waiting for the lease; rotation {id} not started"
-                );
-                self.give_back(shared, None, None).await;
-                return Turned::Stopping(why);
-            }
-            Err(why) => return Turned::NotStarted(RotationFailure::NotStarted(why)),
+        let certs = req.selection.certs.clone();
+        let job = Job::Planned {
+            req,
+            plan: Box::new(plan),
         };
-        self.go(Mode::Rotating {
-            id,
-            step: Step::HealthGate,
-        });
-        self.publish_summary().await;
-        let finished = self
-            .run_leased(
-                shared,
-                Some(lease),
-                held,
-                shutdown,
-                Job::Planned {
-                    req,
-                    plan: Box::new(plan),
-                },
-            )
-            .await;
-        Turned::Ran(finished)
+        self.leased_turn(shared, id, &certs, shutdown, job).await
     }
 
     /// Obtains the remote CA's certificates of `plan` before the lease is taken (see
@@ -192,25 +165,42 @@ impl Daemon {
             return Turned::Ran(Vec::new());
         };
         let (id, certs) = (first.id.clone(), first.certificates.clone());
-        let (lease, held) = match self.take_turn(shared, &id, &certs, shutdown).await {
-            Ok(Some(h)) => h,
-            Ok(None) => {
-                let why = shutdown.is_requested().unwrap_or("shutdown requested");
-                tracing::info!("{why}: stopping while waiting for the lease to finish {id}");
-                self.give_back(shared, None, None).await;
-                return Turned::Stopping(why);
-            }
-            Err(why) => return Turned::NotStarted(RotationFailure::NotStarted(why)),
+        self.leased_turn(shared, id, &certs, shutdown, Job::Resume)
+            .await
+    }
+
+    /// Waits for this node's turn, then runs `job` of rotation `id` under the lease.
+    async fn leased_turn(
+        &mut self,
+        shared: &Shared,
+        id: String,
+        certs: &[String],
+        shutdown: &mut Shutdown,
+        job: Job,
+    ) -> Turned {
+        let Some((lease, held)) = self.take_turn(shared, &id, certs, shutdown).await else {
+            let why = shutdown.is_requested().unwrap_or("shutdown requested");
+            tracing::info!(
+                "{why}: stopping while waiting for the lease; rotation {id} left as it was"
+            );
+            self.give_back(shared, None, None).await;
+            return Turned::Stopping(why);
         };
-        self.go(Mode::Resuming {
-            id,
-            step: Step::Install,
+        self.go(match job {
+            Job::Planned { .. } => Mode::Rotating {
+                id,
+                step: Step::HealthGate,
+            },
+            Job::Resume => Mode::Resuming {
+                id,
+                step: Step::Install,
+            },
         });
         self.publish_summary().await;
-        let finished = self
-            .run_leased(shared, Some(lease), held, shutdown, Job::Resume)
-            .await;
-        Turned::Ran(finished)
+        Turned::Ran(
+            self.run_leased(shared, Some(lease), held, shutdown, job)
+                .await,
+        )
     }
 
     /// Runs `rotation` with the lease `held` (none for a recovery), the state machine and the
@@ -340,26 +330,24 @@ impl Daemon {
         rotation_id: &str,
         certs: &[String],
         shutdown: &mut Shutdown,
-    ) -> Result<Option<(Arc<dyn Lease>, Held)>, String> {
+    ) -> Option<(Arc<dyn Lease>, Held)> {
         let waiting = |detail: String| Mode::Waiting {
             id: rotation_id.to_owned(),
             detail,
         };
         self.go(waiting("waiting for the lease".to_owned()));
         loop {
-            let Some(lease) = self.open_lease(shared, rotation_id, shutdown).await else {
-                return Ok(None);
-            };
+            let lease = self.open_lease(shared, rotation_id, shutdown).await?;
             match self
                 .wait_turn(shared, rotation_id, certs, lease, shutdown)
                 .await
             {
-                Some(Ok(held)) => return Ok(Some(held)),
+                Some(Ok(held)) => return Some(held),
                 Some(Err(e)) => {
                     // Reconnect (with the credentials read again) and wait anew.
                     self.peers.invalidate(&e);
                 }
-                None => return Ok(None),
+                None => return None,
             }
         }
     }

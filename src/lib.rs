@@ -7,6 +7,7 @@
 //! state machine (`daemon`).
 #![deny(missing_docs)]
 
+pub mod ca;
 pub mod cli;
 pub mod commands;
 pub mod config;

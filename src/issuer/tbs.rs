@@ -52,10 +52,36 @@ pub fn renew_with_subject(
     changes: &Changes<'_>,
     signer: &rcgen::KeyPair,
 ) -> Result<Vec<u8>, IssueError> {
+    build(old_der, subject, changes, signer, false)
+}
+
+/// [`renew`] for a CA's successor (CA rotation): like the old one in every attribute, and with
+/// an authority key identifier naming `changes.issuer_key_id` even where the old one had none
+/// (Go leaves it out of self-signed certificates), so that chains through either CA name their key.
+pub fn successor_ca(
+    old_der: &[u8],
+    changes: &Changes<'_>,
+    signer: &rcgen::KeyPair,
+) -> Result<Vec<u8>, IssueError> {
+    build(old_der, None, changes, signer, true)
+}
+
+fn build(
+    old_der: &[u8],
+    subject: Option<&[u8]>,
+    changes: &Changes<'_>,
+    signer: &rcgen::KeyPair,
+    add_akid: bool,
+) -> Result<Vec<u8>, IssueError> {
     let (_, old) = X509Certificate::from_der(old_der)
         .map_err(|e| IssueError::Template(format!("cannot re-read the old certificate: {e}")))?;
     let sig_alg = signature_algorithm(signer)?;
-    let extensions = extensions(&old, changes)?;
+    let mut extensions = extensions(&old, changes)?;
+    if add_akid && akid_key_id(&old).is_none() {
+        if let Some(id) = changes.issuer_key_id {
+            extensions.push(akid_extension(id));
+        }
+    }
     let tbs = yasna::construct_der(|w| {
         w.write_sequence(|w| {
             // v1 certificates (no extensions, as some hand-made ones are) stay v1.
@@ -177,6 +203,22 @@ fn extensions(old: &X509Certificate<'_>, c: &Changes<'_>) -> Result<Vec<Vec<u8>>
         }));
     }
     Ok(out)
+}
+
+/// A non-critical AuthorityKeyIdentifier holding only `id`.
+fn akid_extension(id: &[u8]) -> Vec<u8> {
+    let value = yasna::construct_der(|w| {
+        w.write_sequence(|w| {
+            w.next()
+                .write_tagged_implicit(Tag::context(0), |w| w.write_bytes(id))
+        })
+    });
+    yasna::construct_der(|w| {
+        w.write_sequence(|w| {
+            w.next().write_oid(&ObjectIdentifier::from_slice(OID_AKID));
+            w.next().write_bytes(&value);
+        })
+    })
 }
 
 fn akid_key_id(old: &X509Certificate<'_>) -> Option<Vec<u8>> {

@@ -1,0 +1,147 @@
+//! The `[ca]` table: how long each phase dwells at least, when a CA is rotated on its own, and
+//! how long a new CA lives.
+//!
+//! ```toml
+//! [ca]
+//! dwell_trust_both = "10m"     # every node trusts both CAs for at least this long
+//! dwell_issue_new = "24h"      # external clients get this long to pick up the new CA
+//! dwell_distrust_old = "0s"
+//! rotate_before = "395d"       # default: min(13 months before expiry, half the lifetime)
+//! validity = "3650d"           # a new CA's lifetime (kubeadm's 10 years)
+//! ```
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use super::phase::Phase;
+
+/// Thirteen months, as OpenShift's service CA keeps trust at least (ca-rotation.md C.7).
+pub const THIRTEEN_MONTHS: Duration = Duration::from_secs(395 * 86_400);
+/// kubeadm's CA lifetime.
+pub const TEN_YEARS: Duration = Duration::from_secs(3650 * 86_400);
+
+/// The `[ca]` settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaSettings {
+    /// The least time `TrustBoth` lasts once started.
+    #[serde(with = "humantime_serde")]
+    pub dwell_trust_both: Duration,
+    /// The least time `IssueNew` lasts.
+    #[serde(with = "humantime_serde")]
+    pub dwell_issue_new: Duration,
+    /// The least time `DistrustOld` lasts before `Completed`.
+    #[serde(with = "humantime_serde")]
+    pub dwell_distrust_old: Duration,
+    /// Start a rotation when the CA expires within this; `None`: the earlier of 13 months
+    /// before expiry and half its lifetime.
+    #[serde(with = "humantime_serde")]
+    pub rotate_before: Option<Duration>,
+    /// The new CA's lifetime.
+    #[serde(with = "humantime_serde")]
+    pub validity: Duration,
+}
+
+impl Default for CaSettings {
+    fn default() -> Self {
+        CaSettings {
+            dwell_trust_both: Duration::from_secs(600),
+            dwell_issue_new: Duration::from_secs(86_400),
+            dwell_distrust_old: Duration::ZERO,
+            rotate_before: None,
+            validity: TEN_YEARS,
+        }
+    }
+}
+
+impl CaSettings {
+    /// No dwell at all: the sandbox's configuration, so `make run` shows a whole rotation.
+    pub fn sandbox() -> CaSettings {
+        CaSettings {
+            dwell_trust_both: Duration::ZERO,
+            dwell_issue_new: Duration::ZERO,
+            dwell_distrust_old: Duration::ZERO,
+            ..CaSettings::default()
+        }
+    }
+
+    /// Reads the `[ca]` table of a configuration (absent: the defaults).
+    pub fn from_table(table: Option<&toml::Value>) -> Result<CaSettings, String> {
+        match table {
+            None => Ok(CaSettings::default()),
+            Some(v) => v
+                .clone()
+                .try_into()
+                .map_err(|e: toml::de::Error| format!("[ca]: {}", e.message())),
+        }
+    }
+
+    /// The least time `phase` lasts before the next one may start (rolling back never waits).
+    pub fn dwell(&self, phase: Phase) -> Duration {
+        match phase {
+            Phase::TrustBoth => self.dwell_trust_both,
+            Phase::IssueNew => self.dwell_issue_new,
+            Phase::DistrustOld => self.dwell_distrust_old,
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// From when on a CA valid `not_before .. not_after` is due for rotation.
+    pub fn due_from(
+        &self,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> OffsetDateTime {
+        let before = match self.rotate_before {
+            Some(d) => time::Duration::try_from(d).unwrap_or(time::Duration::MAX),
+            None => {
+                let half = (not_after - not_before) / 2_i32;
+                let months = time::Duration::try_from(THIRTEEN_MONTHS).unwrap_or(half);
+                half.max(months)
+            }
+        };
+        not_after.checked_sub(before).unwrap_or(not_before)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn the_default_rotation_point_is_the_earlier_of_half_life_and_thirteen_months() {
+        let s = CaSettings::default();
+        let from = datetime!(2016-01-01 0:00 UTC);
+        // 10 years: half life (5 y before expiry) comes before 13 months before.
+        let ten = datetime!(2026-01-01 0:00 UTC);
+        assert_eq!(s.due_from(from, ten), from + (ten - from) / 2_i32);
+        // 2 years: 13 months before expiry comes first.
+        let two = datetime!(2018-01-01 0:00 UTC);
+        assert_eq!(s.due_from(from, two), two - time::Duration::days(395));
+        let fixed = CaSettings {
+            rotate_before: Some(Duration::from_secs(86_400)),
+            ..s
+        };
+        assert_eq!(fixed.due_from(from, two), two - time::Duration::days(1));
+    }
+
+    #[test]
+    fn the_table_reads_durations_and_refuses_unknown_keys() {
+        let v: toml::Value =
+            toml::from_str("dwell_issue_new = \"0s\"\nvalidity = \"365d\"").unwrap();
+        let s = CaSettings::from_table(Some(&v)).unwrap();
+        assert_eq!(s.dwell(Phase::IssueNew), Duration::ZERO);
+        assert_eq!(s.dwell(Phase::TrustBoth), Duration::from_secs(600));
+        assert_eq!(s.validity, Duration::from_secs(365 * 86_400));
+        let bad: toml::Value = toml::from_str("dwel_issue_new = \"0s\"").unwrap();
+        assert!(
+            CaSettings::from_table(Some(&bad))
+                .unwrap_err()
+                .contains("dwel_issue_new")
+        );
+        assert_eq!(CaSettings::from_table(None).unwrap(), CaSettings::default());
+    }
+}

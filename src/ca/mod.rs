@@ -12,6 +12,8 @@
 //! - [`settings`]: the `[ca]` table.
 
 pub mod coordinate;
+pub mod drive;
+pub mod etcd;
 pub mod material;
 pub mod node;
 pub mod phase;

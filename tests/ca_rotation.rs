@@ -235,9 +235,7 @@ fn files_holding(root: &Path, ca_pem: &str) -> Vec<PathBuf> {
             let ft = e.file_type().unwrap();
             if ft.is_dir() {
                 stack.push(p);
-            } else if ft.is_file()
-                && std::fs::read_to_string(&p).is_ok_and(|t| t.contains(&body))
-            {
+            } else if ft.is_file() && std::fs::read_to_string(&p).is_ok_and(|t| t.contains(&body)) {
                 found.push(p);
             }
         }
@@ -259,9 +257,11 @@ async fn etcd_ca_is_rotated_to_completed_by_the_nodes_alone_with_no_write_lost()
     let old_ca_pem = std::fs::read_to_string(old.join("ca.crt")).unwrap();
     let starts_before: Vec<usize> = c.nodes.iter().map(etcd_starts).collect();
     // The stand-ins are writing.
-    support::wait_for("every stand-in writing", Duration::from_secs(30), || async {
-        c.nodes.iter().all(|n| !acked(n).is_empty()).then_some(())
-    })
+    support::wait_for(
+        "every stand-in writing",
+        Duration::from_secs(30),
+        || async { c.nodes.iter().all(|n| !acked(n).is_empty()).then_some(()) },
+    )
     .await;
 
     let members: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
@@ -283,7 +283,11 @@ async fn etcd_ca_is_rotated_to_completed_by_the_nodes_alone_with_no_write_lost()
         let p = node::prove(Track::EtcdCa, &pki(n), &record.old_fp, &record.new_fp).unwrap();
         assert_eq!(p.level, Level::DistrustOld, "{}: {}", n.name, p.detail);
         let holding = files_holding(&n.sandbox.dir, &old_ca_pem);
-        assert!(holding.is_empty(), "{}: old CA still in {holding:?}", n.name);
+        assert!(
+            holding.is_empty(),
+            "{}: old CA still in {holding:?}",
+            n.name
+        );
         n.assert_all_valid(OffsetDateTime::now_utc());
     }
     c.wait_healthy(Duration::from_secs(60)).await;
@@ -293,8 +297,16 @@ async fn etcd_ca_is_rotated_to_completed_by_the_nodes_alone_with_no_write_lost()
         let ep = format!("https://127.0.0.1:{}", n.spec.client_port);
         let (ok, text) = etcdctl(&ep, &old, &old.join("ca.crt"), &["endpoint", "health"]);
         assert!(!ok, "{}: an old-CA client was served: {text}", n.name);
-        assert!(!s_client(n.spec.client_port, &old, &old.join("ca.crt")), "{}", n.name);
-        assert!(!s_client(n.spec.peer_port, &old, &old.join("ca.crt")), "{}", n.name);
+        assert!(
+            !s_client(n.spec.client_port, &old, &old.join("ca.crt")),
+            "{}",
+            n.name
+        );
+        assert!(
+            !s_client(n.spec.peer_port, &old, &old.join("ca.crt")),
+            "{}",
+            n.name
+        );
         let (ok, text) = n.health().await;
         assert!(ok, "{}: {text}", n.name);
     }
@@ -308,7 +320,10 @@ async fn etcd_ca_is_rotated_to_completed_by_the_nodes_alone_with_no_write_lost()
     assert!(ok, "{value}");
     let new_key = std::fs::read_to_string(pki(n0).join("etcd/ca.key")).unwrap();
     let key_line = new_key.lines().nth(1).unwrap();
-    assert!(!value.contains("PRIVATE KEY") && !value.contains(key_line), "{value}");
+    assert!(
+        !value.contains("PRIVATE KEY") && !value.contains(key_line),
+        "{value}"
+    );
     assert!(value.contains("\"wrapped_key\":\"v1:"), "{value}");
 
     // No acknowledged write lost; the write gaps.
@@ -324,7 +339,11 @@ async fn etcd_ca_is_rotated_to_completed_by_the_nodes_alone_with_no_write_lost()
     for n in &c.nodes {
         let writes = acked(n);
         for (_, k) in &writes {
-            assert!(stored.contains(k.as_str()), "{}: acknowledged write {k} lost", n.name);
+            assert!(
+                stored.contains(k.as_str()),
+                "{}: acknowledged write {k} lost",
+                n.name
+            );
         }
         let times: Vec<i64> = writes.iter().map(|(t, _)| *t).collect();
         report.push(format!(
@@ -347,6 +366,9 @@ async fn etcd_ca_is_rotated_to_completed_by_the_nodes_alone_with_no_write_lost()
          longest gap with no stand-in write {any_gap} ms; {}",
         report.join("; ")
     );
-    assert!(restarts.iter().all(|r| *r == 3), "each member restarts once per phase: {restarts:?}");
+    assert!(
+        restarts.iter().all(|r| *r == 3),
+        "each member restarts once per phase: {restarts:?}"
+    );
     assert!(any_gap <= 2000, "no stand-in wrote for {any_gap} ms");
 }

@@ -211,7 +211,7 @@ impl Hooks for EtcdHooks {
                 }
             }
             let quorum = ms.len() / 2 + 1;
-            if healthy >= quorum + 1 {
+            if healthy > quorum {
                 Ok(())
             } else {
                 Err(format!(

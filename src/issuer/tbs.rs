@@ -77,10 +77,11 @@ fn build(
         .map_err(|e| IssueError::Template(format!("cannot re-read the old certificate: {e}")))?;
     let sig_alg = signature_algorithm(signer)?;
     let mut extensions = extensions(&old, changes)?;
-    if add_akid && akid_key_id(&old).is_none() {
-        if let Some(id) = changes.issuer_key_id {
-            extensions.push(akid_extension(id));
-        }
+    if add_akid
+        && akid_key_id(&old).is_none()
+        && let Some(id) = changes.issuer_key_id
+    {
+        extensions.push(akid_extension(id));
     }
     let tbs = yasna::construct_der(|w| {
         w.write_sequence(|w| {

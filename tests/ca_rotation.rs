@@ -379,3 +379,200 @@ async fn etcd_ca_is_rotated_to_completed_by_the_nodes_alone_with_no_write_lost()
     );
     assert!(any_gap <= 2000, "no stand-in wrote for {any_gap} ms");
 }
+
+/// The bytes of every file of the track on a node.
+fn track_files(n: &PeerNode, t: Track) -> Vec<(String, Vec<u8>)> {
+    let mut rels = vec![t.ca_cert(), t.ca_key()];
+    rels.extend(t.leaves().iter().map(|l| l.cert));
+    rels.into_iter()
+        .map(|r| (r.to_owned(), std::fs::read(pki(n).join(r)).unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_in_issue_new_brings_every_node_back_to_the_old_ca_alone() {
+    let c = Cluster::new(3, OffsetDateTime::now_utc(), YEAR).await;
+    c.start_etcd().await;
+    c.wait_healthy(Duration::from_secs(60)).await;
+    let before: Vec<_> = c
+        .nodes
+        .iter()
+        .map(|n| track_files(n, Track::EtcdCa))
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let old = tmp.path().join("old");
+    old_client(&c, &old);
+    let members: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
+    let (d0, connect0) = driver(&c, &c.nodes[0]);
+    let conn = connect0.connect().await.unwrap();
+    let record = d0
+        .start(&conn, None, &members, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    drop(conn);
+    let all = drive_all_until_abort(&c, Phase::IssueNew).await;
+    assert_eq!(all, Phase::RolledBack);
+    for (n, files) in c.nodes.iter().zip(&before) {
+        let p = node::prove(Track::EtcdCa, &pki(n), &record.old_fp, &record.new_fp).unwrap();
+        assert_eq!(p.level, Level::Original, "{}: {}", n.name, p.detail);
+        assert_eq!(&track_files(n, Track::EtcdCa), files, "{}", n.name);
+        let holding = files_holding(&n.sandbox.dir, &record.new_ca_pem);
+        assert!(
+            holding.is_empty(),
+            "{}: new CA still in {holding:?}",
+            n.name
+        );
+    }
+    c.wait_healthy(Duration::from_secs(60)).await;
+    for n in &c.nodes {
+        let ep = format!("https://127.0.0.1:{}", n.spec.client_port);
+        let (ok, text) = etcdctl(&ep, &old, &old.join("ca.crt"), &["endpoint", "health"]);
+        assert!(
+            ok,
+            "{}: the old CA's client is refused after the rollback: {text}",
+            n.name
+        );
+    }
+}
+
+/// Runs every node's driver; once the record reaches `abort_in` with one node's step taken,
+/// aborts it (retrying on a concurrent write); returns the final phase.
+async fn drive_all_until_abort(c: &Cluster, abort_in: Phase) -> Phase {
+    let (d0, connect0) = driver(c, &c.nodes[0]);
+    let watcher = async move {
+        loop {
+            if let Ok(conn) = connect0.connect().await
+                && let Ok(Some((r, _))) = conn.store.load(Track::EtcdCa).await
+                && r.phase == abort_in
+                && r.nodes.values().any(|s| s.level == abort_in.target())
+            {
+                match d0.abort(&conn, OffsetDateTime::now_utc()).await {
+                    Ok(to) => return to,
+                    Err(e) => eprintln!("abort: {e}; again"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (aborted, last) = tokio::join!(tokio::time::timeout(TIMEOUT, watcher), drive_all(c));
+    assert_eq!(aborted.unwrap(), Phase::RollingBack(Level::TrustBoth));
+    last
+}
+
+/// `openssl s_client` presenting `cert`/`key` to an `openssl s_server -Verify` that checks
+/// client certificates against `front-proxy-ca.crt`: whether the server accepted it (TLS 1.2,
+/// so a refused client certificate fails the handshake itself).
+fn aggregated_accepts(port: u16, cert: &Path, key: &Path) -> bool {
+    let out = std::process::Command::new("openssl")
+        .args(["s_client", "-tls1_2", "-brief", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(cert)
+        .arg("-key")
+        .arg(key)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    out.status.success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn front_proxy_ca_on_a_single_node_with_the_local_backend_is_judged_by_an_aggregated_server()
+{
+    use certrotd::ca::drive::{Conn, Tick};
+    use certrotd::ca::record::LocalStore;
+    use certrotd::ca::units::UnitHooks;
+    use certrotd::lease::local::LocalLease;
+
+    let c = Cluster::new(1, OffsetDateTime::now_utc(), YEAR).await;
+    let n = &c.nodes[0];
+    let p = pki(n);
+    // The aggregated API server stand-in: verifies client certificates against
+    // front-proxy-ca.crt, read when it starts.
+    let port = support::etcd::free_port();
+    let unit = format!(
+        "[Service]\nExecStart={} s_server -quiet -accept 127.0.0.1:{port} -cert {} -key {} \
+         -Verify 1 -verify_return_error -CAfile {}\nRestart=always\nRestartSec=100ms\nStandardOutput=null\n",
+        which("openssl").display(),
+        p.join("apiserver.crt").display(),
+        p.join("apiserver.key").display(),
+        p.join("front-proxy-ca.crt").display(),
+    );
+    n.manager.write_unit("aggregated.service", &unit).await;
+    n.manager.start_unit("aggregated.service").await;
+    let client = (
+        p.join("front-proxy-client.crt"),
+        p.join("front-proxy-client.key"),
+    );
+    support::wait_for(
+        "the aggregated stand-in",
+        Duration::from_secs(20),
+        || async { aggregated_accepts(port, &client.0, &client.1).then_some(()) },
+    )
+    .await;
+    // An old-CA client of the test's own, from a copy of the old front-proxy CA.
+    let tmp = tempfile::tempdir().unwrap();
+    let old = tmp.path().join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::copy(p.join("front-proxy-ca.crt"), old.join("ca.crt")).unwrap();
+    std::fs::copy(p.join("front-proxy-ca.key"), old.join("ca.key")).unwrap();
+    let now = OffsetDateTime::now_utc();
+    support::etcd::issue_leaf(
+        &old,
+        &old,
+        "client",
+        "old-proxy",
+        now - time::Duration::hours(1),
+        now + time::Duration::days(1),
+    );
+    let old_client = (old.join("client.crt"), old.join("client.key"));
+
+    let state = n.work().join("state");
+    let conn = Conn {
+        lease: Arc::new(LocalLease::new(&state, &n.name)),
+        store: Arc::new(LocalStore::new(&state)),
+    };
+    let d = Driver {
+        node: n.name.clone(),
+        cluster: "single".to_owned(),
+        track: Track::FrontProxyCa,
+        pki: p.clone(),
+        backups: state.join("backups"),
+        settings: CaSettings::sandbox(),
+        hooks: Arc::new(UnitHooks {
+            bus: Some(n.manager.bus_address().to_owned()),
+            units: vec![(Component::KubeApiserver, "aggregated.service".to_owned())],
+            timeout: Duration::from_secs(30),
+        }),
+    };
+    let record = d
+        .start(&conn, None, &[n.name.clone()], OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let tick = d.tick(&conn, &OffsetDateTime::now_utc).await.unwrap();
+        let (r, _) = conn.store.load(Track::FrontProxyCa).await.unwrap().unwrap();
+        let level = node::prove(Track::FrontProxyCa, &p, &record.old_fp, &record.new_fp)
+            .unwrap()
+            .level;
+        // Restarted on its new bundle, the aggregated server accepts front-proxy-client in every
+        // phase, and the old CA's clients until the old CA is distrusted.
+        let accepts_client = aggregated_accepts(port, &client.0, &client.1);
+        let accepts_old = aggregated_accepts(port, &old_client.0, &old_client.1);
+        seen.push((r.phase, level, accepts_client, accepts_old));
+        if let Tick::Final(_) = tick {
+            break;
+        }
+        assert!(seen.len() < 20, "{seen:?}");
+    }
+    assert!(
+        seen.iter().all(|s| s.2),
+        "front-proxy-client refused: {seen:?}"
+    );
+    for (_, level, _, old_ok) in &seen {
+        assert_eq!(*old_ok, *level < Level::DistrustOld, "{seen:?}");
+    }
+    assert_eq!(seen.last().unwrap().0, Phase::Completed, "{seen:?}");
+    assert!(seen.iter().any(|s| s.1 == Level::IssueNew), "{seen:?}");
+}

@@ -20,6 +20,7 @@ pub mod phase;
 pub mod record;
 pub mod settings;
 pub mod track;
+pub mod units;
 pub mod wrap;
 
 pub use phase::{Level, Phase};

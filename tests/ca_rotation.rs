@@ -28,7 +28,7 @@ use support::which;
 use time::OffsetDateTime;
 
 const YEAR: Duration = Duration::from_secs(365 * 86400);
-const TIMEOUT: Duration = Duration::from_secs(300);
+const TIMEOUT: Duration = Duration::from_secs(150);
 const STANDIN: &str = "kube-apiserver.service";
 
 fn pki(n: &PeerNode) -> PathBuf {
@@ -391,6 +391,10 @@ fn track_files(n: &PeerNode, t: Track) -> Vec<(String, Vec<u8>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abort_in_issue_new_brings_every_node_back_to_the_old_ca_alone() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("certrotd=info")
+        .with_test_writer()
+        .try_init();
     let c = Cluster::new(3, OffsetDateTime::now_utc(), YEAR).await;
     c.start_etcd().await;
     c.wait_healthy(Duration::from_secs(60)).await;
@@ -399,6 +403,9 @@ async fn an_abort_in_issue_new_brings_every_node_back_to_the_old_ca_alone() {
         .iter()
         .map(|n| track_files(n, Track::EtcdCa))
         .collect();
+    for n in &c.nodes {
+        start_standin(n).await;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let old = tmp.path().join("old");
     old_client(&c, &old);

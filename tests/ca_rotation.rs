@@ -553,7 +553,12 @@ async fn front_proxy_ca_on_a_single_node_with_the_local_backend_is_judged_by_an_
         }),
     };
     let record = d
-        .start(&conn, None, &[n.name.clone()], OffsetDateTime::now_utc())
+        .start(
+            &conn,
+            None,
+            std::slice::from_ref(&n.name),
+            OffsetDateTime::now_utc(),
+        )
         .await
         .unwrap();
     let mut seen = Vec::new();

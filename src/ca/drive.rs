@@ -365,12 +365,19 @@ impl Driver {
         held: &Held,
         clock: &(dyn Fn() -> OffsetDateTime + Send + Sync),
     ) -> Result<(CaRecord, Version), DriveError> {
-        for _ in 0..5 {
-            let (mut r, v) = conn
-                .store
-                .load(self.track)
-                .await?
-                .ok_or_else(|| DriveError::Refused("the record vanished".into()))?;
+        for _ in 0..20 {
+            // The member this node just restarted may still refuse connections; the client
+            // reaches another on the next try. Failing the turn here instead would run the
+            // step again and restart the member once more.
+            let loaded = match conn.store.load(self.track).await {
+                Err(RecordError::Etcd { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                other => other?,
+            };
+            let (mut r, v) =
+                loaded.ok_or_else(|| DriveError::Refused("the record vanished".into()))?;
             let proof = node::prove(self.track, &self.pki, &r.old_fp, &r.new_fp)?;
             if proof.level != level {
                 return Err(DriveError::Refused(format!(
@@ -394,6 +401,10 @@ impl Driver {
                     return Ok((r, v));
                 }
                 Err(RecordError::Conflict { .. }) => continue,
+                Err(RecordError::Etcd { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             }
         }

@@ -190,6 +190,14 @@ impl Driver {
         let to = coordinate::abort(&mut r, now, &self.node, 0)
             .map_err(|e| DriveError::Refused(e.to_string()))?;
         conn.store.swap(Some(v), &r).await?;
+        tracing::warn!(
+            event = "ca-rollback",
+            track = %self.track,
+            phase = %to,
+            by = %self.node,
+            "CA rotation {}: aborted, rolling back ({to})",
+            r.rotation_id
+        );
         Ok(to)
     }
 

@@ -212,6 +212,10 @@ pub async fn serve(settings: Settings, edges: Edges) -> anyhow::Result<()> {
         let now = d.clock.now();
         let retry_pending = d.backoff.waiting(now).is_some();
         if !retry_pending && let Some(plan) = recovery::needed(&d.inventory, now) {
+            // Announced first: once renewed, nothing expired is left to announce, and the journal
+            // would never say which certificates had expired.
+            let expired = d.decide(now);
+            d.announce(&expired);
             let req = Request {
                 selection: Selection {
                     types: Vec::new(),

@@ -268,6 +268,7 @@ impl Daemon {
                 &n.name,
                 &path,
                 n.not_after,
+                n.threshold,
                 &n.message,
             );
             self.announced

@@ -206,7 +206,11 @@ fn values(e: &Entry, field: &str) -> Vec<String> {
         None => Vec::new(),
         Some(Value::Array(a)) => a
             .iter()
-            .map(|v| v.as_str().unwrap_or_else(|| panic!("{field}: {v}")).to_owned())
+            .map(|v| {
+                v.as_str()
+                    .unwrap_or_else(|| panic!("{field}: {v}"))
+                    .to_owned()
+            })
             .collect(),
         Some(Value::String(s)) => vec![s.clone()],
         Some(v) => panic!("{field} is not text: {v}"),
@@ -289,7 +293,9 @@ async fn start_kubelet(m: &UserManager, node: &Node) -> (u16, u16) {
 
 /// A weekday that is neither today nor tomorrow (UTC): a window on it is closed now.
 fn closed_window(now: OffsetDateTime) -> String {
-    let day = (now + time::Duration::days(3)).weekday().number_days_from_monday() as usize;
+    let day = (now + time::Duration::days(3))
+        .weekday()
+        .number_days_from_monday() as usize;
     let name = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"][day];
     format!("{name} 00:00-01:00")
 }
@@ -306,7 +312,11 @@ async fn the_journal_holds_every_event_with_its_fields_and_priority_and_no_key()
     let node = Node::new();
     // The cluster was down: this member's etcd server and peer certificates expired yesterday.
     for name in ["etcd-server", "etcd-peer"] {
-        node.reissue(name, now - time::Duration::days(2), Duration::from_secs(86_400));
+        node.reissue(
+            name,
+            now - time::Duration::days(2),
+            Duration::from_secs(86_400),
+        );
     }
     // Inside renew_before (30 days) and notify_before, not emergency_before: deferred while the
     // windows are closed.
@@ -398,7 +408,13 @@ fn check_fields(ev: &[Entry]) {
         (
             "notice",
             ids::NOTICE,
-            &["CERT_NAME", "CERT_PATH", "NOT_AFTER", "THRESHOLD", "SEVERITY"],
+            &[
+                "CERT_NAME",
+                "CERT_PATH",
+                "NOT_AFTER",
+                "THRESHOLD",
+                "SEVERITY",
+            ],
         ),
         ("recovery", ids::RECOVERY, &["ROTATION_ID", "CERT_NAME"]),
         (
@@ -476,7 +492,10 @@ fn check_fields(ev: &[Entry]) {
     assert!(failed_names.contains(&"apiserver".to_owned()));
     let retrying = of_kind(ev, "retrying");
     let retried = values(retrying[0], "CERT_NAME");
-    assert!(retried.len() > 1 && retried.contains(&"apiserver".to_owned()), "{retried:?}");
+    assert!(
+        retried.len() > 1 && retried.contains(&"apiserver".to_owned()),
+        "{retried:?}"
+    );
     assert_eq!(one(retrying[0], "ATTEMPTS"), "1");
     let deferred = of_kind(ev, "deferred");
     assert_eq!(values(deferred[0], "CERT_NAME"), ["front-proxy-client"]);
@@ -522,7 +541,10 @@ fn check_priorities(ev: &[Entry]) {
         .filter(|e| one(e, "THRESHOLD") == "expired")
         .map(|e| one(e, "CERT_NAME"))
         .collect();
-    assert_eq!(expired, ["etcd-peer", "etcd-server"].map(String::from).into());
+    assert_eq!(
+        expired,
+        ["etcd-peer", "etcd-server"].map(String::from).into()
+    );
 }
 
 /// The expired certificates are announced before the recovery renews them; a rotation's events
@@ -538,7 +560,10 @@ fn check_order(ev: &[Entry]) {
         let notice = at("notice", &|e| {
             one(e, "CERT_NAME") == name && one(e, "THRESHOLD") == "expired"
         });
-        assert!(notice < recovery, "{name} announced after the recovery began");
+        assert!(
+            notice < recovery,
+            "{name} announced after the recovery began"
+        );
     }
     let id = one(&ev[recovery], "ROTATION_ID");
     let started = at("rotation-started", &|e| one(e, "ROTATION_ID") == id);
@@ -609,7 +634,10 @@ fn check_filters(m: &UserManager, ev: &[Entry], whole: &[Entry]) {
         "retrying",
         "rotated",
     ] {
-        assert!(kinds.contains(k), "CERT_NAME=apiserver lacks {k}: {kinds:?}");
+        assert!(
+            kinds.contains(k),
+            "CERT_NAME=apiserver lacks {k}: {kinds:?}"
+        );
     }
     assert!(
         about

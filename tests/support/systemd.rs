@@ -165,7 +165,14 @@ impl UserManager {
             .tempdir()
             .expect("create the manager's temp dir");
         let d = dir.path();
-        for sub in ["runtime", "config/systemd/user", "data", "state", "cache", "log"] {
+        for sub in [
+            "runtime",
+            "config/systemd/user",
+            "data",
+            "state",
+            "cache",
+            "log",
+        ] {
             std::fs::create_dir_all(d.join(sub)).expect("create manager dirs");
         }
         set_mode(&d.join("runtime"), 0o700);

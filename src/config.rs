@@ -30,7 +30,9 @@ use crate::duration;
 use crate::pki::layout::Component as PkiComponent;
 
 mod issuer;
+mod metrics;
 pub use issuer::{CaChoice, CaOverride, IssuerMode, IssuerSettings, RemoteCa};
+pub use metrics::MetricsSettings;
 
 /// The main configuration file's node path; `--root` moves it inside the root.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/certrotd/certrotd.toml";
@@ -71,6 +73,8 @@ pub struct Settings {
     pub issuer: IssuerSettings,
     /// `[lease]`: how this node takes turns with its peers.
     pub lease: LeaseSettings,
+    /// `[metrics]`: Prometheus exposition (off unless configured).
+    pub metrics: MetricsSettings,
     /// The configuration files read, in the order they were applied.
     #[serde(skip)]
     pub sources: Vec<PathBuf>,
@@ -93,6 +97,7 @@ impl Default for Settings {
             probe: ProbeSettings::default(),
             issuer: IssuerSettings::default(),
             lease: LeaseSettings::default(),
+            metrics: MetricsSettings::default(),
             sources: Vec::new(),
         }
     }
@@ -745,6 +750,8 @@ struct FileLayer {
     issuer: issuer::IssuerLayer,
     #[serde(default)]
     lease: LeaseLayer,
+    #[serde(default)]
+    metrics: metrics::MetricsLayer,
 }
 
 impl FileLayer {
@@ -761,6 +768,7 @@ impl FileLayer {
         self.probe.merge(later.probe, file);
         self.issuer.merge(later.issuer, file);
         self.lease.merge(later.lease, file);
+        self.metrics.merge(later.metrics, file);
     }
 }
 
@@ -1511,6 +1519,7 @@ impl Sources {
         let probe = layer.probe.resolve(self)?;
         let issuer = layer.issuer.resolve(self)?;
         let lease = layer.lease.resolve(self)?;
+        let metrics = layer.metrics.resolve(self)?;
         self.ensure_shorter(
             Side::new(
                 "policy.renew_before",
@@ -1533,6 +1542,7 @@ impl Sources {
             probe,
             issuer,
             lease,
+            metrics,
             sources: self.files.iter().map(|(path, _)| path.clone()).collect(),
         })
     }

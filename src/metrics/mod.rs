@@ -146,7 +146,7 @@ impl Metrics {
 /// What identifies an inventory's certificates: their places and serials.
 fn fingerprint(inv: &Inventory) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    for e in &inv.entries {
+    for e in inv.as_read() {
         e.name.hash(&mut h);
         e.node_path.hash(&mut h);
         for c in e.cert.iter().chain(&e.chain) {

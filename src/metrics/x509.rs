@@ -41,7 +41,7 @@ pub struct Snapshot {
 pub fn snapshot(inv: &Inventory, root: &Path) -> Snapshot {
     let mut out = Snapshot::default();
     let mut seen = BTreeSet::new();
-    for entry in &inv.entries {
+    for entry in inv.as_read() {
         // A bundle's further CAs are listed again as entries of their own; their series come
         // with the holder's `chain`, once.
         if matches!(entry.origin, Origin::Bundled { .. }) {

@@ -3,6 +3,7 @@
 
 pub mod manifest;
 pub mod probe;
+pub mod reload;
 pub mod static_pod;
 pub mod systemd;
 

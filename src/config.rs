@@ -269,6 +269,12 @@ pub struct RestartSettings {
     /// How long a restart job may take.
     #[serde(with = "duration::human")]
     pub job_timeout: Duration,
+    /// Whether a component that re-reads its certificates by itself is given the chance (proved,
+    /// never assumed) before it is restarted; `false` restarts always (see `restart::reload`).
+    pub prefer_reload: bool,
+    /// How long such a component has to serve its new certificates before it is restarted.
+    #[serde(with = "duration::human")]
+    pub reload_period: Duration,
 }
 
 impl Default for RestartSettings {
@@ -278,6 +284,8 @@ impl Default for RestartSettings {
             units: true,
             dbus_address: String::new(),
             job_timeout: crate::restart::DEFAULT_JOB_TIMEOUT,
+            prefer_reload: true,
+            reload_period: crate::restart::reload::DEFAULT_RELOAD_PERIOD,
         }
     }
 }
@@ -289,6 +297,8 @@ struct RestartLayer {
     units: Option<Val<bool>>,
     dbus_address: Option<Val<String>>,
     job_timeout: Option<Val<DurationText>>,
+    prefer_reload: Option<Val<bool>>,
+    reload_period: Option<Val<DurationText>>,
 }
 
 impl RestartLayer {
@@ -297,6 +307,8 @@ impl RestartLayer {
         over(&mut self.units, later.units, file);
         over(&mut self.dbus_address, later.dbus_address, file);
         over(&mut self.job_timeout, later.job_timeout, file);
+        over(&mut self.prefer_reload, later.prefer_reload, file);
+        over(&mut self.reload_period, later.reload_period, file);
     }
 
     fn resolve(&self, sources: &Sources) -> Result<RestartSettings, ConfigError> {
@@ -327,6 +339,14 @@ impl RestartLayer {
             "restart.job_timeout",
             &self.job_timeout,
             settings.job_timeout,
+        )?;
+        if let Some(w) = &self.prefer_reload {
+            settings.prefer_reload = w.value;
+        }
+        settings.reload_period = sources.duration(
+            "restart.reload_period",
+            &self.reload_period,
+            settings.reload_period,
         )?;
         Ok(settings)
     }
@@ -1390,7 +1410,7 @@ struct Sources {
 fn duration_limit(key: &str) -> Duration {
     const DAY: Duration = Duration::from_secs(24 * 3600);
     match key {
-        "restart.job_timeout" | "probe.timeout" | "lease.ttl" => DAY,
+        "restart.job_timeout" | "restart.reload_period" | "probe.timeout" | "lease.ttl" => DAY,
         "policy.jitter" => DAY * 30,
         _ => duration::MAX,
     }

@@ -31,6 +31,7 @@ pub mod node;
 pub mod notify;
 pub mod peers;
 pub mod recovery;
+pub mod reload;
 pub mod resume;
 pub mod rotate;
 pub mod shutdown;

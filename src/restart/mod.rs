@@ -4,6 +4,7 @@
 pub mod manifest;
 pub mod pod_uid;
 pub mod probe;
+pub mod reload;
 pub mod static_pod;
 pub mod systemd;
 

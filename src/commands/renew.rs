@@ -10,13 +10,14 @@ use super::check::inventory;
 use super::recover::{dirs, join, lock_and_recover};
 use super::{EXIT_CONFIG, Failure, Outcome, load_settings};
 use crate::cli::RenewArgs;
-use crate::report::{rfc3339, table};
+use crate::report::table;
 use crate::root::Root;
 use crate::rotation::execute::{self, Report};
 use crate::rotation::journal::{self, Journal};
 use crate::rotation::plan::{self, Install, Item, Plan, PlanOptions};
 use crate::rotation::select::{self, SelectError};
 use crate::rotation::{Context, Selection, StateDirs, Unguarded};
+use crate::timefmt::rfc3339;
 
 /// Runs `certrotd renew`.
 pub fn run(args: &RenewArgs, now: OffsetDateTime) -> Outcome {

@@ -24,9 +24,9 @@ use crate::decide::{self, Decision, Policy, Threshold};
 use crate::events;
 use crate::history::History;
 use crate::inventory::Inventory;
-use crate::report::rfc3339;
 use crate::root::Root;
 use crate::rotation::{StateDirs, Unguarded, lock};
+use crate::timefmt::rfc3339;
 
 /// Notices kept for `certrotd status`.
 const NOTICES_KEPT: usize = 50;

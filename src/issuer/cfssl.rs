@@ -144,7 +144,7 @@ impl CfsslClient {
             "signed by {} (profile {:?}), valid until {}",
             self.describe(),
             req.profile,
-            crate::report::rfc3339(new.not_after)
+            crate::timefmt::rfc3339(new.not_after)
         ));
         Ok(Issued {
             der: new.der,

@@ -11,11 +11,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// Modules that sit at the bottom: plain data and pure functions every other layer uses. Each may
-/// import only the modules named beside it.
-/// `policy` assesses what `inventory` found (discovery comes before assessment in the flow), so
-/// it reads `inventory::Entry`; `pki` reads files through `root`'s safe walk.
-const BOTTOM: &[(&str, &[&str])] = &[
+/// The lower layers and all they may import. The bottom ones (`duration`, `timefmt`, `root`,
+/// `failpoint`, `window`, `pki`, `policy`) are plain data and pure functions every other layer
+/// uses; `pki` reads files through `root`'s safe walk, and `policy` assesses what `inventory`
+/// found (discovery comes before assessment in the flow). The configuration depends on no
+/// subsystem: subsystems read their table from it, and a subsystem's lower files get a settings
+/// type of their own, built in the subsystem's `mod.rs` (`lease::etcd::EtcdOptions`,
+/// `issuer::cfssl::Remote`).
+const LOWER: &[(&str, &[&str])] = &[
     ("duration", &[]),
     ("timefmt", &[]),
     ("root", &[]),
@@ -26,11 +29,12 @@ const BOTTOM: &[(&str, &[&str])] = &[
         "policy",
         &["duration", "timefmt", "window", "pki", "inventory"],
     ),
+    ("config", &["duration", "timefmt", "root", "pki", "window"]),
 ];
 
 /// Edges that close a cycle or reach up today and are being cut; each must still exist (so the
 /// list only shrinks), and the checks above hold with them left out.
-const BEING_CUT: &[(&str, &str)] = &[("daemon", "commands"), ("config", "restart")];
+const BEING_CUT: &[(&str, &str)] = &[];
 
 type Graph = BTreeMap<String, BTreeMap<String, Vec<String>>>;
 
@@ -69,10 +73,10 @@ fn top_level_modules_form_no_cycle() {
 }
 
 #[test]
-fn bottom_layers_import_nothing_above_them() {
+fn lower_layers_import_only_what_they_may() {
     let graph = import_graph();
     let mut wrong = Vec::new();
-    for (module, allowed) in BOTTOM {
+    for (module, allowed) in LOWER {
         let Some(edges) = graph.get(*module) else {
             continue;
         };
@@ -84,7 +88,7 @@ fn bottom_layers_import_nothing_above_them() {
     }
     assert!(
         wrong.is_empty(),
-        "bottom layers reach up:\n{}",
+        "lower layers reach up:\n{}",
         wrong.join("\n")
     );
 }

@@ -189,7 +189,7 @@ impl Daemon {
 
     /// Reads the node's certificates again.
     pub fn refresh(&mut self) {
-        self.inventory = crate::commands::check::inventory(&self.settings);
+        self.inventory = Inventory::for_settings(&self.settings);
     }
 
     /// Files changed: read the node again, and say which certificates someone else replaced.
@@ -200,11 +200,7 @@ impl Daemon {
             .iter()
             .map(|e| (e.name.clone(), e.cert.as_ref().map(|c| c.serial.clone())))
             .collect();
-        let req = crate::inventory::Request {
-            root: &self.root,
-            layouts: self.settings.layout.layouts(),
-            extra_paths: &self.settings.inventory.extra_paths,
-        };
+        let req = crate::inventory::Request::for_settings(&self.root, &self.settings);
         self.inventory.refresh(&req, paths);
         let mut replaced = false;
         for e in &self.inventory.entries {

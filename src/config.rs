@@ -261,7 +261,7 @@ pub struct RenewSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RestartSettings {
     /// How kubeadm's static pods are restarted (`None`: they are not).
-    pub static_pods: Option<crate::restart::Strategy>,
+    pub static_pods: Option<StaticPodRestart>,
     /// Whether systemd units (kubelet, an external etcd, rke2, k3s) are restarted.
     pub units: bool,
     /// The D-Bus address of systemd's bus; empty is the system bus.
@@ -277,15 +277,36 @@ pub struct RestartSettings {
     pub reload_period: Duration,
 }
 
+/// How long a restart job may take unless `[restart] job_timeout` says otherwise.
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long a component that re-reads its files is given by default to serve the new
+/// certificate before it is restarted: the slowest self-reloading entry of `restart::reload`
+/// re-reads within a minute (the Kubernetes dynamic-certificate controllers' resync), plus a
+/// margin. etcd serves the new file on the very next handshake, so the happy path never waits
+/// this long.
+pub const DEFAULT_RELOAD_PERIOD: Duration = Duration::from_secs(75);
+
+/// How kubeadm's static pods are restarted: the two of `restart::Strategy`'s ways that apply to
+/// a static pod, named as the configuration writes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StaticPodRestart {
+    /// Stop the pod's container through its systemd scope; the kubelet starts it again.
+    KillScope,
+    /// Annotate the static pod's manifest; the kubelet recreates the pod.
+    Manifest,
+}
+
 impl Default for RestartSettings {
     fn default() -> Self {
         RestartSettings {
-            static_pods: Some(crate::restart::Strategy::KillScope),
+            static_pods: Some(StaticPodRestart::KillScope),
             units: true,
             dbus_address: String::new(),
-            job_timeout: crate::restart::DEFAULT_JOB_TIMEOUT,
+            job_timeout: DEFAULT_JOB_TIMEOUT,
             prefer_reload: true,
-            reload_period: crate::restart::reload::DEFAULT_RELOAD_PERIOD,
+            reload_period: DEFAULT_RELOAD_PERIOD,
         }
     }
 }
@@ -312,12 +333,11 @@ impl RestartLayer {
     }
 
     fn resolve(&self, sources: &Sources) -> Result<RestartSettings, ConfigError> {
-        use crate::restart::Strategy;
         let mut settings = RestartSettings::default();
         if let Some(w) = &self.static_pods {
             settings.static_pods = match w.value.as_str() {
-                "kill-scope" => Some(Strategy::KillScope),
-                "manifest" => Some(Strategy::Manifest),
+                "kill-scope" => Some(StaticPodRestart::KillScope),
+                "manifest" => Some(StaticPodRestart::Manifest),
                 "none" => None,
                 other => {
                     return Err(sources.invalid(

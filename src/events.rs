@@ -7,7 +7,7 @@ use std::path::Path;
 
 use time::OffsetDateTime;
 
-use crate::report::rfc3339;
+use crate::timefmt::rfc3339;
 
 /// Event kinds and their stable journal MESSAGE_IDs (128-bit, as `journalctl --new-id128` makes).
 pub mod ids {

@@ -31,5 +31,6 @@ pub mod root;
 pub mod rotation;
 pub mod sandbox;
 pub mod store;
+pub mod timefmt;
 pub mod watch;
 pub mod window;

@@ -219,7 +219,7 @@ impl fmt::Display for Mode {
             Mode::BackingOff { until } => write!(
                 f,
                 "backing off after a failed rotation until {}",
-                crate::report::rfc3339(*until)
+                crate::timefmt::rfc3339(*until)
             ),
             Mode::Stopping { why } => write!(f, "stopping ({why})"),
         }

@@ -24,9 +24,9 @@ use crate::decide::{self, Decision, Policy, Threshold};
 use crate::events;
 use crate::history::History;
 use crate::inventory::Inventory;
-use crate::report::rfc3339;
 use crate::root::Root;
 use crate::rotation::{StateDirs, Unguarded, lock};
+use crate::timefmt::rfc3339;
 
 /// Notices kept for `certrotd status`.
 const NOTICES_KEPT: usize = 50;
@@ -195,7 +195,7 @@ impl Daemon {
 
     /// Reads the node's certificates again.
     pub fn refresh(&mut self) {
-        self.inventory = crate::commands::check::inventory(&self.settings);
+        self.inventory = Inventory::for_settings(&self.settings);
     }
 
     /// Files changed: read the node again, and say which certificates someone else replaced.
@@ -206,11 +206,7 @@ impl Daemon {
             .iter()
             .map(|e| (e.name.clone(), e.cert.as_ref().map(|c| c.serial.clone())))
             .collect();
-        let req = crate::inventory::Request {
-            root: &self.root,
-            layouts: self.settings.layout.layouts(),
-            extra_paths: &self.settings.inventory.extra_paths,
-        };
+        let req = crate::inventory::Request::for_settings(&self.root, &self.settings);
         self.inventory.refresh(&req, paths);
         let mut replaced = false;
         for e in &self.inventory.entries {

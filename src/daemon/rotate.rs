@@ -28,10 +28,10 @@ use crate::control::proto::{HistoryRecord, HistoryState, RotationProgress};
 use crate::events;
 use crate::history::History;
 use crate::lease::{Held, Lease};
-use crate::report::rfc3339;
 use crate::root::Root;
 use crate::rotation::plan::Plan;
 use crate::rotation::{Selection, StateDirs};
+use crate::timefmt::rfc3339;
 
 /// What to rotate and why.
 #[derive(Debug, Clone)]

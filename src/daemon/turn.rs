@@ -19,9 +19,9 @@ use super::shutdown::Shutdown;
 use crate::config::Settings;
 use crate::control::proto::{HistoryState, LeaseStatus};
 use crate::lease::{Held, Lease};
-use crate::report::rfc3339;
 use crate::rotation::obtain::{self, Obtained};
 use crate::rotation::plan::Plan;
+use crate::timefmt::rfc3339;
 
 /// How a turn ended.
 #[derive(Debug)]

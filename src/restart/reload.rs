@@ -13,11 +13,9 @@ use std::time::Duration;
 
 use crate::pki::layout::Component;
 
-/// How long a component that re-reads its files is given by default to serve the new
-/// certificate before it is restarted: the slowest self-reloading entry below re-reads within a
-/// minute (the Kubernetes dynamic-certificate controllers' resync), plus a margin. etcd serves
-/// the new file on the very next handshake, so the happy path never waits this long.
-pub const DEFAULT_RELOAD_PERIOD: Duration = Duration::from_secs(75);
+/// How long a component is given by default to serve its new certificate (owned by the
+/// configuration, which depends on no subsystem).
+pub use crate::config::DEFAULT_RELOAD_PERIOD;
 
 /// How a component comes to use a replaced file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use std::path::Path;
 use time::OffsetDateTime;
 
 use crate::decide::Threshold;
-use crate::report::rfc3339;
+use crate::timefmt::rfc3339;
 
 /// The target of events that are critical (journald priority 2): logged at ERROR, which is
 /// tracing's highest level, and mapped to critical by the journald layer.
@@ -48,6 +48,8 @@ pub mod ids {
     pub const RETRYING: &str = "6b0e3d4c2a8f4f6c9a1e7d5b3c2f1a0a";
     /// This node's etcd certificates had all expired: they are renewed without the lease.
     pub const RECOVERY: &str = "6b0e3d4c2a8f4f6c9a1e7d5b3c2f1a0b";
+    /// A component picked up its new certificates by itself and was not restarted.
+    pub const COMPONENT_RELOADED: &str = "6b0e3d4c2a8f4f6c9a1e7d5b3c2f1a0c";
 }
 
 /// How loud a retried failure is: louder as the certificates near expiry.
@@ -249,6 +251,19 @@ pub fn restarted(node: &str, rotation_id: &str, component: &str, how: &str) {
         rotation_id,
         component,
         "restarted {component}: {how}"
+    );
+}
+
+/// A component was proved to serve its new certificates without a restart. (Its own kind:
+/// `reloaded` is the daemon's configuration reload.)
+pub fn component_reloaded(node: &str, rotation_id: &str, component: &str, proof: &str) {
+    tracing::info!(
+        message_id = ids::COMPONENT_RELOADED,
+        certrotd_event = "component-reloaded",
+        node,
+        rotation_id,
+        component,
+        "{component} reloaded its certificates by itself, not restarted: {proof}"
     );
 }
 

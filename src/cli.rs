@@ -212,6 +212,7 @@ fn journal_help() -> String {
     use crate::events::ids;
     format!(
         "Reading the journal:
+
 Under systemd every event is a journal entry with structured fields: CERTROTD_EVENT (its kind),
 MESSAGE_ID (one per kind, stable across versions), NODE, and where they apply CERT_NAME (once per
 certificate), CERT_PATH, NOT_AFTER, ROTATION_ID, COMPONENT, THRESHOLD and SEVERITY. Notices are

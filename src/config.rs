@@ -29,8 +29,10 @@ use toml::Spanned;
 use crate::duration;
 use crate::pki::layout::Component as PkiComponent;
 
+mod ca;
 mod issuer;
 mod metrics;
+pub use ca::CaTable;
 pub use issuer::{CaChoice, CaOverride, IssuerMode, IssuerSettings, RemoteCa};
 pub use metrics::MetricsSettings;
 
@@ -75,6 +77,8 @@ pub struct Settings {
     pub lease: LeaseSettings,
     /// `[metrics]`: Prometheus exposition (off unless configured).
     pub metrics: MetricsSettings,
+    /// `[ca]`: how a cluster CA is rotated (read by the `ca` subsystem).
+    pub ca: CaTable,
     /// The configuration files read, in the order they were applied.
     #[serde(skip)]
     pub sources: Vec<PathBuf>,
@@ -98,6 +102,7 @@ impl Default for Settings {
             issuer: IssuerSettings::default(),
             lease: LeaseSettings::default(),
             metrics: MetricsSettings::default(),
+            ca: CaTable::default(),
             sources: Vec::new(),
         }
     }
@@ -792,6 +797,8 @@ struct FileLayer {
     lease: LeaseLayer,
     #[serde(default)]
     metrics: metrics::MetricsLayer,
+    #[serde(default)]
+    ca: ca::CaLayer,
 }
 
 impl FileLayer {
@@ -809,6 +816,7 @@ impl FileLayer {
         self.issuer.merge(later.issuer, file);
         self.lease.merge(later.lease, file);
         self.metrics.merge(later.metrics, file);
+        self.ca.merge(later.ca, file);
     }
 }
 
@@ -1560,6 +1568,7 @@ impl Sources {
         let issuer = layer.issuer.resolve(self)?;
         let lease = layer.lease.resolve(self)?;
         let metrics = layer.metrics.resolve(self)?;
+        let ca = layer.ca.resolve(self)?;
         self.ensure_shorter(
             Side::new(
                 "policy.renew_before",
@@ -1583,6 +1592,7 @@ impl Sources {
             issuer,
             lease,
             metrics,
+            ca,
             sources: self.files.iter().map(|(path, _)| path.clone()).collect(),
         })
     }

@@ -1058,6 +1058,11 @@ fn certrotd_config(root: &Path, opts: &SandboxOptions) -> String {
     let _ = writeln!(out, "\n[restart]");
     let _ = writeln!(out, "static_pods = \"none\"");
     let _ = writeln!(out, "units = false");
+    // No dwell between the phases of a CA rotation: a sandbox shows a whole one at once.
+    let _ = writeln!(out, "\n[ca]");
+    for key in ["dwell_trust_both", "dwell_issue_new", "dwell_distrust_old"] {
+        let _ = writeln!(out, "{key} = \"0s\"");
+    }
     out
 }
 

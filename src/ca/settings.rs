@@ -67,6 +67,18 @@ impl CaSettings {
         }
     }
 
+    /// The settings the loaded configuration's `[ca]` table gives (the configuration depends on
+    /// no subsystem, so the table is plain values and this is where they become CA settings).
+    pub fn from_config(table: &crate::config::CaTable) -> CaSettings {
+        CaSettings {
+            dwell_trust_both: table.dwell_trust_both,
+            dwell_issue_new: table.dwell_issue_new,
+            dwell_distrust_old: table.dwell_distrust_old,
+            rotate_before: table.rotate_before,
+            validity: table.validity,
+        }
+    }
+
     /// Reads the `[ca]` table of a configuration (absent: the defaults).
     pub fn from_table(table: Option<&toml::Value>) -> Result<CaSettings, String> {
         match table {
@@ -143,5 +155,47 @@ mod tests {
                 .contains("dwel_issue_new")
         );
         assert_eq!(CaSettings::from_table(None).unwrap(), CaSettings::default());
+    }
+
+    #[test]
+    fn the_configuration_gives_the_defaults_and_the_sandbox_dwells_not_at_all() {
+        use crate::config::{self, CaTable, LoadOptions};
+        assert_eq!(
+            CaSettings::from_config(&CaTable::default()),
+            CaSettings::default()
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let sb = crate::sandbox::write(&tmp.path().join("node"), &Default::default(), now).unwrap();
+        let settings = config::load(&LoadOptions {
+            config: Some(&sb.config_path),
+            root: None,
+        })
+        .unwrap();
+        assert_eq!(CaSettings::from_config(&settings.ca), CaSettings::sandbox());
+
+        let main = tmp.path().join("ca.toml");
+        std::fs::write(
+            &main,
+            "[ca]\ndwell_issue_new = \"2h\"\nrotate_before = \"400d\"\nvalidity = \"5y\"\n",
+        )
+        .unwrap();
+        let settings = config::load(&LoadOptions {
+            config: Some(&main),
+            root: Some(tmp.path()),
+        })
+        .unwrap();
+        let s = CaSettings::from_config(&settings.ca);
+        assert_eq!(s.dwell(Phase::IssueNew), Duration::from_secs(7200));
+        assert_eq!(s.dwell(Phase::TrustBoth), Duration::from_secs(600));
+        assert_eq!(s.rotate_before, Some(Duration::from_secs(400 * 86_400)));
+        std::fs::write(&main, "[ca]\ndwell_isue_new = \"2h\"\n").unwrap();
+        let err = config::load(&LoadOptions {
+            config: Some(&main),
+            root: Some(tmp.path()),
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("dwell_isue_new"), "{err}");
     }
 }

@@ -171,6 +171,13 @@ impl Inventory {
     pub fn get(&self, name: &str) -> Option<&Entry> {
         self.entries.iter().find(|e| e.name == name)
     }
+
+    /// Every entry as its file gave it, file by file, before copies of a CA file (a kubeconfig's
+    /// `certificate-authority-data`, a bundle's CA) were merged into that file's entry: what a
+    /// file-by-file reader such as x509-certificate-exporter sees.
+    pub fn as_read(&self) -> impl Iterator<Item = &Entry> {
+        self.loaded.iter().flat_map(|(_, entries)| entries)
+    }
 }
 
 /// What to scan.

@@ -22,6 +22,7 @@ pub mod inventory;
 pub mod issuer;
 pub mod lease;
 pub mod logging;
+pub mod metrics;
 pub mod pki;
 pub mod policy;
 pub mod report;

@@ -217,7 +217,7 @@ pub(super) struct Sources {
 pub(super) fn duration_limit(key: &str) -> Duration {
     const DAY: Duration = Duration::from_secs(24 * 3600);
     match key {
-        "restart.job_timeout" | "probe.timeout" | "lease.ttl" => DAY,
+        "restart.job_timeout" | "restart.reload_period" | "probe.timeout" | "lease.ttl" => DAY,
         "policy.jitter" => DAY * 30,
         _ => duration::MAX,
     }

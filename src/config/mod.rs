@@ -32,6 +32,7 @@ mod inventory;
 mod issuer;
 mod layer;
 mod lease;
+mod metrics;
 mod policy;
 mod probe;
 mod renew;
@@ -50,6 +51,7 @@ pub use lease::{
     DEFAULT_LEASE_CA, DEFAULT_LEASE_CERT, DEFAULT_LEASE_KEY, LeaseBackend, LeaseSettings,
     MIN_LEASE_TTL,
 };
+pub use metrics::MetricsSettings;
 use policy::PolicyLayer;
 pub use policy::PolicySettings;
 use probe::ProbeLayer;
@@ -57,7 +59,7 @@ pub use probe::{EndpointSpec, KUBELET_HEALTHZ_PORT, ProbeSettings};
 use renew::RenewLayer;
 pub use renew::{KeyPolicy, RenewSettings};
 use restart::RestartLayer;
-pub use restart::{DEFAULT_JOB_TIMEOUT, RestartSettings, StaticPodRestart};
+pub use restart::{DEFAULT_JOB_TIMEOUT, DEFAULT_RELOAD_PERIOD, RestartSettings, StaticPodRestart};
 use validate::{check_node_name, check_node_path, machine_node_name, real_dir};
 
 /// The main configuration file's node path; `--root` moves it inside the root.
@@ -99,6 +101,8 @@ pub struct Settings {
     pub issuer: IssuerSettings,
     /// `[lease]`: how this node takes turns with its peers.
     pub lease: LeaseSettings,
+    /// `[metrics]`: Prometheus exposition (off unless configured).
+    pub metrics: MetricsSettings,
     /// The configuration files read, in the order they were applied.
     #[serde(skip)]
     pub sources: Vec<PathBuf>,
@@ -121,6 +125,7 @@ impl Default for Settings {
             probe: ProbeSettings::default(),
             issuer: IssuerSettings::default(),
             lease: LeaseSettings::default(),
+            metrics: MetricsSettings::default(),
             sources: Vec::new(),
         }
     }
@@ -266,6 +271,8 @@ struct FileLayer {
     issuer: issuer::IssuerLayer,
     #[serde(default)]
     lease: LeaseLayer,
+    #[serde(default)]
+    metrics: metrics::MetricsLayer,
 }
 
 impl FileLayer {
@@ -282,6 +289,7 @@ impl FileLayer {
         self.probe.merge(later.probe, file);
         self.issuer.merge(later.issuer, file);
         self.lease.merge(later.lease, file);
+        self.metrics.merge(later.metrics, file);
     }
 }
 
@@ -313,6 +321,7 @@ impl Sources {
         let probe = layer.probe.resolve(self)?;
         let issuer = layer.issuer.resolve(self)?;
         let lease = layer.lease.resolve(self)?;
+        let metrics = layer.metrics.resolve(self)?;
         self.ensure_shorter(
             Side::new(
                 "policy.renew_before",
@@ -335,6 +344,7 @@ impl Sources {
             probe,
             issuer,
             lease,
+            metrics,
             sources: self.files.iter().map(|(path, _)| path.clone()).collect(),
         })
     }

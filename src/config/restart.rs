@@ -19,10 +19,23 @@ pub struct RestartSettings {
     /// How long a restart job may take.
     #[serde(with = "duration::human")]
     pub job_timeout: Duration,
+    /// Whether a component that re-reads its certificates by itself is given the chance (proved,
+    /// never assumed) before it is restarted; `false` restarts always (see `restart::reload`).
+    pub prefer_reload: bool,
+    /// How long such a component has to serve its new certificates before it is restarted.
+    #[serde(with = "duration::human")]
+    pub reload_period: Duration,
 }
 
 /// How long a restart job may take unless `[restart] job_timeout` says otherwise.
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long a component that re-reads its files is given by default to serve the new
+/// certificate before it is restarted: the slowest self-reloading entry of `restart::reload`
+/// re-reads within a minute (the Kubernetes dynamic-certificate controllers' resync), plus a
+/// margin. etcd serves the new file on the very next handshake, so the happy path never waits
+/// this long.
+pub const DEFAULT_RELOAD_PERIOD: Duration = Duration::from_secs(75);
 
 /// How kubeadm's static pods are restarted: the two of `restart::Strategy`'s ways that apply to
 /// a static pod, named as the configuration writes them.
@@ -42,6 +55,8 @@ impl Default for RestartSettings {
             units: true,
             dbus_address: String::new(),
             job_timeout: DEFAULT_JOB_TIMEOUT,
+            prefer_reload: true,
+            reload_period: DEFAULT_RELOAD_PERIOD,
         }
     }
 }
@@ -53,6 +68,8 @@ pub(super) struct RestartLayer {
     pub(super) units: Option<Val<bool>>,
     pub(super) dbus_address: Option<Val<String>>,
     pub(super) job_timeout: Option<Val<DurationText>>,
+    pub(super) prefer_reload: Option<Val<bool>>,
+    pub(super) reload_period: Option<Val<DurationText>>,
 }
 
 impl RestartLayer {
@@ -61,6 +78,8 @@ impl RestartLayer {
         over(&mut self.units, later.units, file);
         over(&mut self.dbus_address, later.dbus_address, file);
         over(&mut self.job_timeout, later.job_timeout, file);
+        over(&mut self.prefer_reload, later.prefer_reload, file);
+        over(&mut self.reload_period, later.reload_period, file);
     }
 
     pub(super) fn resolve(&self, sources: &Sources) -> Result<RestartSettings, ConfigError> {
@@ -90,6 +109,14 @@ impl RestartLayer {
             "restart.job_timeout",
             &self.job_timeout,
             settings.job_timeout,
+        )?;
+        if let Some(w) = &self.prefer_reload {
+            settings.prefer_reload = w.value;
+        }
+        settings.reload_period = sources.duration(
+            "restart.reload_period",
+            &self.reload_period,
+            settings.reload_period,
         )?;
         Ok(settings)
     }

@@ -91,7 +91,7 @@ impl Components for NodeComponents {
             let Some(strategy) = strategy(&self.settings, &self.root, component) else {
                 return Ok("not restarted: restarts of its kind are off in [restart]".to_owned());
             };
-            let mut r = Restarter::new(&self.root);
+            let mut r = Restarter::new(&self.root, &self.settings.node_name);
             r.bus = Some(self.settings.restart.dbus_address.clone()).filter(|a| !a.is_empty());
             r.job_timeout = self.settings.restart.job_timeout;
             Ok(r.restart(component, strategy, now).await?.to_string())

@@ -71,6 +71,8 @@ pub struct Daemon {
     fixed_components: bool,
     /// A lease given at start (tests), used instead of the one `[lease]` configures.
     pub fixed_lease: Option<Arc<dyn crate::lease::Lease>>,
+    /// What Prometheus reads (`[metrics]`; fixed at start, a reload does not move it).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Daemon {
@@ -116,7 +118,9 @@ impl Daemon {
         let fixed_components = components.is_some();
         let components =
             components.unwrap_or_else(|| Arc::new(NodeComponents::new(&settings, &root)));
+        let metrics = super::metered::metrics(&settings);
         Ok(Daemon {
+            metrics,
             history,
             last_rotation,
             peers: Peers::default(),
@@ -160,6 +164,7 @@ impl Daemon {
     /// the loop's next decision starts from the mode it is really in) and shows the mode.
     pub fn go(&mut self, to: Mode) {
         let line = to.to_string();
+        let name = to.name();
         let moved = self
             .machine
             .lock()
@@ -168,6 +173,7 @@ impl Daemon {
             .is_ok();
         if moved {
             self.live.pulse.beat(line, IDLE_BOUND);
+            self.metrics.mode(name, self.clock.now());
         }
     }
 
@@ -264,6 +270,7 @@ impl Daemon {
                 &n.name,
                 &path,
                 n.not_after,
+                n.threshold,
                 &n.message,
             );
             self.announced
@@ -312,10 +319,12 @@ impl Daemon {
             self.live.pulse.beat(report.summary.clone(), IDLE_BOUND);
         }
         self.live.show();
-        *shared.status.write().unwrap_or_else(|e| e.into_inner()) = StatusReport {
+        let report = StatusReport {
             retry: self.backoff.status(),
             ..report
         };
+        self.metered_status(&report, now);
+        *shared.status.write().unwrap_or_else(|e| e.into_inner()) = report;
     }
 
     /// After a failed rotation: wait before trying again, longer after each failure, and tell

@@ -16,7 +16,8 @@ pub const DEFAULT_PORT: u16 = 9864;
 /// `[metrics]`: Prometheus exposition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MetricsSettings {
-    /// Where `/metrics` is served; `None` (the default): no listener.
+    /// Where `/metrics` is served; `None` (the default, shown as "off"): no listener.
+    #[serde(serialize_with = "listen_text")]
     pub listen: Option<SocketAddr>,
     /// Node path of a `.prom` file written for node_exporter's textfile collector after each
     /// inventory and rotation; `None` (the default): none.
@@ -84,6 +85,14 @@ impl MetricsLayer {
             s.x509_compat = w.value;
         }
         Ok(s)
+    }
+}
+
+/// Shown as it is written: "off" or the address.
+fn listen_text<S: serde::Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(addr) => s.collect_str(addr),
+        None => s.serialize_str("off"),
     }
 }
 

@@ -80,6 +80,23 @@ impl Labels {
         self
     }
 
+    /// Appends labels [`Labels::inner`] encoded (`,a="x",b="y"` or `a="x"`).
+    pub fn raw(mut self, encoded: &str) -> Labels {
+        let encoded = encoded.trim_start_matches(',');
+        if encoded.is_empty() {
+            return self;
+        }
+        self.0.push(if self.0.is_empty() { '{' } else { ',' });
+        self.0.push_str(encoded);
+        self
+    }
+
+    /// The labels so far without braces (`a="x",b="y"`), to append to another set with
+    /// [`Labels::raw`].
+    pub fn inner(self) -> String {
+        self.0.trim_start_matches('{').to_owned()
+    }
+
     /// The text, braces closed (empty for no labels).
     pub fn finish(mut self) -> String {
         if !self.0.is_empty() {
@@ -140,6 +157,13 @@ mod tests {
         );
         assert_eq!(extend("", "le", "1"), r#"{le="1"}"#);
         assert_eq!(Labels::new().finish(), "");
+        let own = Labels::new().with("b", "2").with("c", "3").inner();
+        assert_eq!(own, r#"b="2",c="3""#);
+        assert_eq!(
+            Labels::new().with("a", "1").raw(&own).finish(),
+            r#"{a="1",b="2",c="3"}"#
+        );
+        assert_eq!(Labels::new().raw(&own).finish(), r#"{b="2",c="3"}"#);
     }
 
     #[test]

@@ -44,6 +44,8 @@ struct State {
     /// Which inventory `x509` was made from, so an unchanged one is not read again.
     inventory_hash: Option<u64>,
     x509: x509::Snapshot,
+    /// Each certificate's own labels, so an inventory change re-reads only what changed.
+    cache: x509::Cache,
     source_errors: BTreeMap<&'static str, u64>,
     own: own::Own,
     /// What the textfile holds, so it is rewritten only on change.
@@ -86,7 +88,9 @@ impl Metrics {
         let hash = self.0.x509_compat.then(|| fingerprint(inv));
         let mut st = self.state();
         if hash.is_some() && hash != st.inventory_hash {
-            st.x509 = x509::snapshot(inv, root);
+            let mut cache = std::mem::take(&mut st.cache);
+            st.x509 = x509::snapshot_cached(inv, root, &mut cache);
+            st.cache = cache;
             st.inventory_hash = hash;
         }
         st.own.status(report, last);

@@ -6,7 +6,7 @@
 //! configmap and CA-bundle labels are left out: they are always empty for files, and Prometheus
 //! treats an empty label as an absent one.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -39,6 +39,18 @@ pub struct Snapshot {
 /// The exporter's view of `inv`; `root` is the node root, so kubeconfig paths show as the host
 /// sees them (the exporter's `trimPathComponents`).
 pub fn snapshot(inv: &Inventory, root: &Path) -> Snapshot {
+    snapshot_cached(inv, root, &mut Cache::default())
+}
+
+/// The labels each certificate gives of itself (serial and DN fields), by its DER: a change to one
+/// file of 10,000 then reads one certificate again, not all of them.
+#[derive(Debug, Default)]
+pub struct Cache(HashMap<Vec<u8>, String>);
+
+/// [`snapshot`], reading only certificates `cache` has not seen; keeps in `cache` only the
+/// certificates of `inv`.
+pub fn snapshot_cached(inv: &Inventory, root: &Path, cache: &mut Cache) -> Snapshot {
+    let mut fresh = HashMap::with_capacity(cache.0.len());
     let mut out = Snapshot::default();
     let mut seen = BTreeSet::new();
     for entry in inv.as_read() {
@@ -53,7 +65,12 @@ pub fn snapshot(inv: &Inventory, root: &Path) -> Snapshot {
         };
         let place = Place::of(entry, root);
         for c in std::iter::once(cert).chain(&entry.chain) {
-            let s = series(&place, c);
+            let own = match cache.0.remove(&c.der).or_else(|| fresh.remove(&c.der)) {
+                Some(labels) => labels,
+                None => cert_labels(c),
+            };
+            let s = series(&place, c, &own);
+            fresh.insert(c.der.clone(), own);
             // Two entries reading the same certificate through the same file would be one
             // series twice, which a scrape rejects; the exporter keeps one too.
             if seen.insert(s.labels.clone()) {
@@ -61,6 +78,7 @@ pub fn snapshot(inv: &Inventory, root: &Path) -> Snapshot {
             }
         }
     }
+    cache.0 = fresh;
     out
 }
 
@@ -120,12 +138,23 @@ fn host_path(real: &Path, root: &Path) -> std::path::PathBuf {
     }
 }
 
-fn series(place: &Place, cert: &Cert) -> Series {
-    let mut labels = Labels::new()
+fn series(place: &Place, cert: &Cert, own: &str) -> Series {
+    let labels = Labels::new()
         .with("filename", &place.filename)
         .with("filepath", &place.filepath)
         .with("embedded_kind", place.embedded_kind)
-        .with("embedded_key", &place.embedded_key);
+        .with("embedded_key", &place.embedded_key)
+        .raw(own);
+    Series {
+        labels: labels.finish(),
+        not_before: cert.not_before.unix_timestamp(),
+        not_after: cert.not_after.unix_timestamp(),
+    }
+}
+
+/// The labels a certificate gives of itself, encoded: `serial_number` and the DN fields.
+fn cert_labels(cert: &Cert) -> String {
+    let mut labels = Labels::new();
     // The inventory parsed this DER already; reading it again here keeps the exporter's
     // conventions (decimal serial, DN fields one by one) out of the PKI layer.
     match X509Certificate::from_der(&cert.der) {
@@ -138,11 +167,7 @@ fn series(place: &Place, cert: &Cert) -> Series {
             labels = labels.with("serial_number", "");
         }
     }
-    Series {
-        labels: labels.finish(),
-        not_before: cert.not_before.unix_timestamp(),
-        not_after: cert.not_after.unix_timestamp(),
-    }
+    labels.inner()
 }
 
 /// `{prefix}_C`, `_ST`, `_L`, `_O`, `_OU`, `_CN`: the first value of each, `""` when absent.

@@ -117,7 +117,7 @@ fn status_json_is_unchanged() {
     };
     let rotation = RotationProgress {
         id: "20250110T115900Z-00abcd".into(),
-        step: "restart kube-apiserver".into(),
+        step: "restart".into(),
         started_at: "2025-01-10T11:59:00Z".into(),
         certificates: vec!["apiserver".into(), "front-proxy-client".into()],
     };

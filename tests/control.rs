@@ -17,11 +17,15 @@ use certrotd::control::proto::{
     self, CertStatus, DaemonInfo, ErrorKind, HistoryRecord, HistoryState, LeaseStatus, Request,
     Response, RotationProgress, StatusReport,
 };
+use certrotd::control::proto::{
+    ClusterView, NodeSummary, QueuedNode as QueueEntry, SlotHolder as HolderRecord,
+};
 use certrotd::control::server::{
     self, BindError, Handler, HandlerError, HandlerFuture, ServerOptions,
 };
+use certrotd::history::State;
 use certrotd::history::{History, HistoryError};
-use certrotd::lease::{ClusterView, HolderRecord, NodeSummary, QueueEntry, Role};
+use certrotd::report::rfc3339;
 use tempfile::TempDir;
 use time::OffsetDateTime;
 use time::macros::datetime;
@@ -1221,30 +1225,33 @@ fn history_appends_updates_and_reads_the_latest_state_newest_first() {
             NOW,
         )
         .unwrap();
-    assert_eq!(first.state, HistoryState::Initiated);
-    assert_eq!(first.started_at, "2026-06-01T10:00:00Z");
+    assert_eq!(first.state, State::Initiated);
+    assert_eq!(rfc3339(first.started_at), "2026-06-01T10:00:00Z");
     history
         .start("r-2", "cp1", certs, None, NOW + time::Duration::minutes(5))
         .unwrap();
     let done = history
         .update(
             "r-1",
-            HistoryState::Success,
+            State::Success,
             None,
             NOW + time::Duration::minutes(9),
         )
         .unwrap();
-    assert_eq!(done.finished_at.as_deref(), Some("2026-06-01T10:09:00Z"));
+    assert_eq!(
+        done.finished_at.map(rfc3339).as_deref(),
+        Some("2026-06-01T10:09:00Z")
+    );
     assert_eq!(done.reason.as_deref(), Some("expires in 29d"));
     let failed = history
         .update(
             "r-2",
-            HistoryState::Failed,
+            State::Failed,
             Some("kube-apiserver still serves the old certificate after 2m".into()),
             NOW + time::Duration::minutes(10),
         )
         .unwrap();
-    assert_eq!(failed.state, HistoryState::Failed);
+    assert_eq!(failed.state, State::Failed);
 
     let read = history.read(None).unwrap();
     assert_eq!(read.skipped, 0);
@@ -1263,7 +1270,7 @@ fn history_appends_updates_and_reads_the_latest_state_newest_first() {
     assert_eq!(ids(&again), ["r-2", "r-1"]);
 
     let e = history
-        .update("r-9", HistoryState::Success, None, NOW)
+        .update("r-9", State::Success, None, NOW)
         .unwrap_err();
     assert!(matches!(e, HistoryError::UnknownId { .. }), "{e}");
     assert!(
@@ -1285,7 +1292,7 @@ fn a_torn_last_line_and_garbage_are_skipped_and_counted() {
     // A crash mid-append leaves half a line; a stray editor leaves worse.
     let mut text = fs::read_to_string(history.path()).unwrap();
     text.push_str("not a record\n\n{\"id\":\"r-x\"}\n");
-    let torn = serde_json::to_string(&record("r-2", HistoryState::Initiated)).unwrap();
+    let torn = serde_json::to_string(&record("r-2", proto::HistoryState::Initiated)).unwrap();
     text.push_str(&torn[..torn.len() / 2]);
     fs::write(history.path(), text).unwrap();
 
@@ -1300,12 +1307,9 @@ fn a_torn_last_line_and_garbage_are_skipped_and_counted() {
     assert_eq!(read.skipped, 3);
     assert_eq!(ids(&fresh), ["r-3", "r-1"]);
     fresh
-        .update("r-1", HistoryState::Failed, Some("rolled back".into()), NOW)
+        .update("r-1", State::Failed, Some("rolled back".into()), NOW)
         .unwrap();
-    assert_eq!(
-        fresh.read(None).unwrap().records[1].state,
-        HistoryState::Failed
-    );
+    assert_eq!(fresh.read(None).unwrap().records[1].state, State::Failed);
 }
 
 #[test]
@@ -1317,9 +1321,7 @@ fn history_is_bounded() {
         let id = format!("r-{i}");
         history.start(&id, "cp1", vec![], None, NOW).unwrap();
         if i % 2 == 0 {
-            history
-                .update(&id, HistoryState::Success, None, NOW)
-                .unwrap();
+            history.update(&id, State::Success, None, NOW).unwrap();
         }
         let lines = fs::read_to_string(history.path()).unwrap().lines().count();
         assert!(lines <= 10, "{lines} lines after r-{i}");
@@ -1328,7 +1330,7 @@ fn history_is_bounded() {
     assert!(read.records.len() >= 5 && read.records.len() <= 10);
     let newest: Vec<String> = read.records.iter().take(5).map(|r| r.id.clone()).collect();
     assert_eq!(newest, ["r-25", "r-24", "r-23", "r-22", "r-21"]);
-    assert_eq!(read.records[1].state, HistoryState::Success);
+    assert_eq!(read.records[1].state, State::Success);
     // Compaction kept each record's latest state, and the file's mode.
     assert_eq!(fs::metadata(history.path()).unwrap().mode() & 0o777, 0o640);
     // The default bound is the documented one.
@@ -1504,7 +1506,7 @@ fn canned_cluster() -> ClusterView {
         }],
         queue: vec![QueueEntry {
             node: "cp3".into(),
-            role: Role::EtcdMember,
+            role: "etcd-member".into(),
             earliest_expiry: "2026-05-03T00:00:00Z".into(),
             since: "2026-05-01T10:00:01Z".into(),
         }],
@@ -1512,7 +1514,7 @@ fn canned_cluster() -> ClusterView {
             .iter()
             .map(|n| NodeSummary {
                 node: (*n).into(),
-                role: Some(Role::EtcdMember),
+                role: Some("etcd-member".into()),
                 earliest_expiry: Some("2026-05-03T00:00:00Z".into()),
                 state: "idle".into(),
                 last_rotation: None,
@@ -1623,7 +1625,7 @@ fn daemon_handler(
     use certrotd::daemon::handler::{DaemonHandler, Shared};
     let (commands, inbox) = tokio::sync::mpsc::channel(4);
     let shared = Shared {
-        status: std::sync::RwLock::new(canned_status()),
+        status: std::sync::RwLock::new(Default::default()),
         progress: Arc::new(Mutex::new(None)),
         history: std::sync::RwLock::new(Arc::new(History::new(dir.path().join("history.jsonl")))),
         commands,

@@ -13,12 +13,13 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use certrotd::config::Settings;
-use certrotd::control::proto::{
-    DaemonInfo, HistoryState, LeaseStatus, RetryStatus, RotationProgress,
-};
+use certrotd::control::proto::{DaemonInfo, LeaseStatus, RetryStatus};
+use certrotd::daemon::mode::Step;
+use certrotd::daemon::status::Underway;
 use certrotd::decide::{self, Policy};
-use certrotd::history::History;
+use certrotd::history::{History, State};
 use certrotd::inventory::Inventory;
+use certrotd::pki::layout::Component;
 use certrotd::policy::Windows;
 use certrotd::report::CheckReport;
 use support::*;
@@ -100,8 +101,10 @@ fn check_json_is_unchanged() {
 #[test]
 fn status_json_is_unchanged() {
     let (root, inv) = node();
-    let mut settings = Settings::default();
-    settings.node_name = "cp1".into();
+    let settings = Settings {
+        node_name: "cp1".into(),
+        ..Settings::default()
+    };
     let decision = decide::decide(
         &inv,
         &Policy::from_settings(&settings),
@@ -115,10 +118,10 @@ fn status_json_is_unchanged() {
         pid: 4242,
         config_sources: vec!["/etc/certrotd/config.toml".into()],
     };
-    let rotation = RotationProgress {
+    let rotation = Underway {
         id: "20250110T115900Z-00abcd".into(),
-        step: "restart".into(),
-        started_at: "2025-01-10T11:59:00Z".into(),
+        step: Step::Restart(Component::KubeApiserver),
+        started_at: datetime!(2025-01-10 11:59:00 UTC),
         certificates: vec!["apiserver".into(), "front-proxy-client".into()],
     };
     let lease = LeaseStatus {
@@ -140,7 +143,8 @@ fn status_json_is_unchanged() {
             notices: &notices,
         },
         NOW,
-    );
+    )
+    .to_wire();
     report.retry = Some(RetryStatus {
         attempts: 2,
         last_error: "the remote CA did not answer".into(),
@@ -168,11 +172,11 @@ fn write_history(h: &History) {
         )
         .unwrap();
     r.fencing_token = Some(7);
-    r.disruptive_from = Some(certrotd::report::rfc3339(t(30)));
+    r.disruptive_from = Some(t(30));
     h.append(&r).unwrap();
-    r.disruptive_to = Some(certrotd::report::rfc3339(t(95)));
-    r.state = HistoryState::Success;
-    r.finished_at = Some(certrotd::report::rfc3339(t(100)));
+    r.disruptive_to = Some(t(95));
+    r.state = State::Success;
+    r.finished_at = Some(t(100));
     h.append(&r).unwrap();
 
     h.start(
@@ -185,7 +189,7 @@ fn write_history(h: &History) {
     .unwrap();
     h.update(
         "20250110T130000Z-000002",
-        HistoryState::Failed,
+        State::Failed,
         Some("not started: the remote CA refused".into()),
         t(3605),
     )
@@ -202,13 +206,8 @@ fn write_history(h: &History) {
         .unwrap();
     r.recovery = true;
     h.append(&r).unwrap();
-    h.update(
-        "20250110T140000Z-000003",
-        HistoryState::Success,
-        None,
-        t(7300),
-    )
-    .unwrap();
+    h.update("20250110T140000Z-000003", State::Success, None, t(7300))
+        .unwrap();
 
     h.start(
         "20250110T150000Z-000004",
@@ -229,7 +228,13 @@ fn history_file_and_json_are_unchanged() {
         "history.jsonl",
         &std::fs::read(dir.path().join("history.jsonl")).unwrap(),
     );
-    let records = h.read(None).unwrap().records;
+    let records: Vec<_> = h
+        .read(None)
+        .unwrap()
+        .records
+        .iter()
+        .map(|r| r.to_wire())
+        .collect();
     // As commands::history prints it.
     let json = serde_json::to_string_pretty(&records).unwrap() + "\n";
     assert_golden("history.json", json.as_bytes());
@@ -244,6 +249,7 @@ fn an_old_history_file_keeps_loading() {
     std::fs::copy(golden("history-old.jsonl"), &path).unwrap();
     let read = History::new(&path).read(None).unwrap();
     assert_eq!(read.skipped, 1, "the torn last line");
-    let json = serde_json::to_string_pretty(&read.records).unwrap() + "\n";
+    let records: Vec<_> = read.records.iter().map(|r| r.to_wire()).collect();
+    let json = serde_json::to_string_pretty(&records).unwrap() + "\n";
     assert_golden("history-old.json", json.as_bytes());
 }

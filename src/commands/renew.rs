@@ -23,7 +23,7 @@ pub fn run(args: &RenewArgs, now: OffsetDateTime) -> Outcome {
     let settings = load_settings(&args.node)?;
     let (root, state) = dirs(&settings)?;
     let selection = Selection {
-        types: args.types.clone(),
+        types: args.types.iter().map(|&t| t.into()).collect(),
         certs: args.certs.clone(),
     };
     let opts = PlanOptions {

@@ -7,6 +7,12 @@
 //! admits) and [`MAX_RESPONSE_BYTES`] for responses (a node with thousands of certificates has a
 //! big status, and the client trusts the daemon it asked).
 //!
+//! These are wire types only: plain data (strings, numbers, times as RFC 3339 text), depending on
+//! nothing but serde, so the protocol changes only when this file does. The daemon keeps its
+//! state in domain types (`history::Record`, `daemon::status::Report`, `lease::ClusterView`) and
+//! converts at the boundary (their `to_wire`); a client reads the words back into domain types
+//! where it needs a rule (e.g. `policy::Status::needs_attention` for the exit code).
+//!
 //! Every struct takes `#[serde(default)]` for missing fields and ignores unknown ones, so a field
 //! added later (as [`LeaseStatus`]'s queue position and the retry state were) neither breaks an older client reading a
 //! newer daemon nor the reverse.
@@ -93,7 +99,7 @@ pub enum Response {
     /// The configuration was reloaded.
     Reloaded,
     /// The answer to [`Request::Cluster`].
-    Cluster(crate::lease::ClusterView),
+    Cluster(ClusterView),
     /// The request was not carried out.
     Error {
         /// Why, as a program should tell it apart.
@@ -206,14 +212,6 @@ pub struct CertStatus {
     pub problems: Vec<String>,
 }
 
-impl CertStatus {
-    /// Whether `certrotd status` should exit 1 because of this certificate: due, expired or
-    /// unusable (the same rule as `certrotd check`).
-    pub fn needs_attention(&self) -> bool {
-        matches!(self.status.as_str(), "renew" | "expired" | "invalid")
-    }
-}
-
 /// The rotation the daemon is carrying out.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -277,6 +275,72 @@ pub struct HistoryRecord {
     /// certificates had expired, so the cluster could not be up.
     #[serde(default)]
     pub recovery: bool,
+}
+
+/// The cluster as the lease sees it (the answer to [`Request::Cluster`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterView {
+    /// The cluster's name (the lease's key prefix's).
+    pub cluster: String,
+    /// How many nodes may be disrupted at once.
+    pub slots: u32,
+    /// Who holds a slot, by slot.
+    pub holders: Vec<SlotHolder>,
+    /// Who waits, in the order they will go.
+    pub queue: Vec<QueuedNode>,
+    /// Every node that published a summary, by name.
+    pub nodes: Vec<NodeSummary>,
+}
+
+/// A node holding a slot of the lease.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SlotHolder {
+    /// The slot held (0-based).
+    pub slot: u32,
+    /// The holding node.
+    pub node: String,
+    /// The rotation it holds the slot for.
+    pub rotation_id: String,
+    /// When it took the slot, RFC 3339.
+    pub since: String,
+    /// The step it is in ("acquired", "install", "restart", ...).
+    pub step: String,
+    /// The lease's fencing token.
+    pub fencing_token: u64,
+}
+
+/// A node waiting for the lease.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QueuedNode {
+    /// The waiting node.
+    pub node: String,
+    /// Its role: "etcd-member", "control-plane" or "worker".
+    pub role: String,
+    /// The soonest NotAfter it renews, RFC 3339.
+    pub earliest_expiry: String,
+    /// When it started waiting, RFC 3339.
+    pub since: String,
+}
+
+/// What a node's daemon published about it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeSummary {
+    /// The node.
+    pub node: String,
+    /// Its role ("etcd-member", "control-plane", "worker"), once its inventory is known.
+    pub role: Option<String>,
+    /// The soonest NotAfter among its certificates, RFC 3339.
+    pub earliest_expiry: Option<String>,
+    /// What its daemon is doing ("idle", "waiting", "rotating", "failed", ...).
+    pub state: String,
+    /// When it last finished a rotation.
+    pub last_rotation: Option<String>,
+    /// When the summary was written, RFC 3339.
+    pub updated: String,
 }
 
 /// Where a rotation stands, serialised as the word.

@@ -68,7 +68,7 @@ pub trait Handler: Send + Sync {
     /// Re-reads the configuration; a bad one is refused and the old one kept.
     fn reload(&self) -> HandlerFuture<'_, ()>;
     /// The cluster as the lease sees it. A handler without a lease says so.
-    fn cluster(&self) -> HandlerFuture<'_, crate::lease::ClusterView> {
+    fn cluster(&self) -> HandlerFuture<'_, proto::ClusterView> {
         Box::pin(async {
             Err(HandlerError::failed(
                 "this daemon has no lease to show the cluster from",

@@ -19,10 +19,11 @@ use super::peers::{self, Peers};
 use super::rotate::Progress;
 use super::status;
 use crate::config::{self, Settings};
-use crate::control::proto::{DaemonInfo, HistoryRecord, LeaseStatus, StatusReport};
+use crate::control::proto::{DaemonInfo, LeaseStatus};
 use crate::decide::{self, Decision, Policy, Threshold};
 use crate::events;
 use crate::history::History;
+use crate::history::Record;
 use crate::inventory::Inventory;
 use crate::report::rfc3339;
 use crate::root::Root;
@@ -62,7 +63,7 @@ pub struct Daemon {
     /// The lease shared with the other nodes, and the node's summary for them.
     pub peers: Peers,
     /// The last rotation finished, for the node's summary.
-    pub last_rotation: Option<HistoryRecord>,
+    pub last_rotation: Option<Record>,
     /// The time.
     pub clock: SharedClock,
     /// The components rotations restart and prove.
@@ -290,7 +291,7 @@ impl Daemon {
     fn inputs<'a>(
         &'a self,
         d: &'a Decision,
-        progress: Option<&'a crate::control::proto::RotationProgress>,
+        progress: Option<&'a status::Underway>,
     ) -> status::Inputs<'a> {
         status::Inputs {
             node: &self.settings.node_name,
@@ -316,7 +317,7 @@ impl Daemon {
             self.live.pulse.beat(report.summary.clone(), IDLE_BOUND);
         }
         self.live.show();
-        *shared.status.write().unwrap_or_else(|e| e.into_inner()) = StatusReport {
+        *shared.status.write().unwrap_or_else(|e| e.into_inner()) = status::Report {
             retry: self.backoff.status(),
             ..report
         };

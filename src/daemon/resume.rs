@@ -9,11 +9,10 @@ use super::consumers::{Installed, inventory};
 use super::failure::RotationFailure;
 use super::rotate::{Env, Finished, finish, leave_open, restart_and_prove, restart_onto_disk};
 use crate::config::Settings;
-use crate::control::proto::{HistoryRecord, HistoryState};
 use crate::events;
 use crate::history::History;
+use crate::history::{Record, State};
 use crate::lease::Held;
-use crate::report::rfc3339;
 use crate::root::Root;
 use crate::rotation::journal::{Journal, Phase};
 use crate::rotation::{Context, Guard, StateDirs, lock, recover};
@@ -54,16 +53,16 @@ pub async fn resume(env: &Env<'_>, lease: &Held) -> Vec<Finished> {
                     record.reason.as_deref().unwrap_or("rotation")
                 ));
                 // The disruption this start causes: the restarts and proof, under its own lease.
-                record.disruptive_from = Some(rfc3339(env.clock.now()));
+                record.disruptive_from = Some(env.clock.now());
                 record.disruptive_to = None;
                 let installed = Installed::from_journal(&j, &inv);
                 restart_and_prove(env, &id, &installed, lease, record).await
             }
             Ok(Some(j)) if j.phase == Phase::RolledBack && j.installed_anything() => {
-                record.disruptive_from = Some(rfc3339(env.clock.now()));
+                record.disruptive_from = Some(env.clock.now());
                 let installed = Installed::from_journal(&j, &inv);
                 let after = restart_onto_disk(env, &id, &names, &installed, lease).await;
-                record.disruptive_to = Some(rfc3339(env.clock.now()));
+                record.disruptive_to = Some(env.clock.now());
                 match after {
                     Ok(()) => finish(env, record, Some(RotationFailure::InterruptedRolledBack)),
                     Err(f) if f.leaves_open() => leave_open(env, record, f),
@@ -102,12 +101,12 @@ pub async fn resume(env: &Env<'_>, lease: &Held) -> Vec<Finished> {
 }
 
 /// The rotations history shows as Initiated: started, never finished.
-pub fn interrupted(history: &History) -> Vec<HistoryRecord> {
+pub fn interrupted(history: &History) -> Vec<Record> {
     match history.read(None) {
         Ok(h) => h
             .records
             .into_iter()
-            .filter(|r| r.state == HistoryState::Initiated)
+            .filter(|r| r.state == State::Initiated)
             .collect(),
         Err(e) => {
             tracing::warn!("reading history for interrupted rotations: {e:#}");
@@ -163,7 +162,7 @@ pub fn record_quarantined(
             .map(|h| h.records.iter().any(|x| x.id == r.id))
             .unwrap_or(false);
         let recorded = if known {
-            history.update(&r.id, HistoryState::Failed, Some(why), now)
+            history.update(&r.id, State::Failed, Some(why), now)
         } else {
             history
                 .start(
@@ -173,7 +172,7 @@ pub fn record_quarantined(
                     Some("quarantined by recovery".into()),
                     now,
                 )
-                .and_then(|_| history.update(&r.id, HistoryState::Failed, Some(why), now))
+                .and_then(|_| history.update(&r.id, State::Failed, Some(why), now))
         };
         if let Err(e) = recorded {
             tracing::error!("recording quarantined rotation {} in history: {e:#}", r.id);

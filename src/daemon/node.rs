@@ -27,7 +27,7 @@ use crate::history::Record;
 use crate::inventory::Inventory;
 use crate::report::rfc3339;
 use crate::root::Root;
-use crate::rotation::{StateDirs, Unguarded, lock};
+use crate::rotation::{StateDirs, Unguarded};
 
 /// Notices kept for `certrotd status`.
 const NOTICES_KEPT: usize = 50;
@@ -451,8 +451,9 @@ fn recover_at_start(
     settings: &Settings,
     now: OffsetDateTime,
 ) -> Result<Vec<crate::rotation::recover::Recovered>, String> {
-    let _lock = lock::acquire(state).map_err(|e| format!("{e:#}"))?;
-    super::rotate::recover_locked(root, state, settings, &Unguarded, now)
+    let session = crate::rotation::session::Session::open(root, state, settings.renew.backups_keep)
+        .map_err(|e| format!("{e:#}"))?;
+    super::rotate::recover_locked(&session, &Unguarded, now)
 }
 
 /// The configuration files of `settings`, as status shows them.

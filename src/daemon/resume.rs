@@ -8,14 +8,13 @@ use tokio::task::spawn_blocking;
 use super::consumers::{Installed, inventory};
 use super::failure::RotationFailure;
 use super::rotate::{Env, Finished, finish, leave_open, restart_and_prove, restart_onto_disk};
-use crate::config::Settings;
 use crate::events;
 use crate::history::History;
 use crate::history::{Record, State};
 use crate::lease::Held;
-use crate::root::Root;
 use crate::rotation::journal::{Journal, Phase};
-use crate::rotation::{Context, Guard, StateDirs, lock, recover};
+use crate::rotation::session::Session;
+use crate::rotation::{Guard, recover};
 
 /// Finishes the rotations a crash, SIGKILL or a lost lease left open: those history still shows
 /// as Initiated. First their files are made all-old or all-new (recovery, now with the lease as
@@ -120,19 +119,11 @@ pub fn interrupted(history: &History) -> Vec<Record> {
 /// could not recover stays open (`Action::Failed`), one whose journal cannot be trusted is
 /// quarantined (`Action::Quarantined`), and the others go on either way.
 pub fn recover_locked(
-    root: &Root,
-    state: &StateDirs,
-    settings: &Settings,
+    session: &Session,
     guard: &dyn Guard,
     now: OffsetDateTime,
 ) -> Result<Vec<recover::Recovered>, String> {
-    let ctx = Context {
-        root,
-        state,
-        backups_keep: settings.renew.backups_keep,
-        guard,
-    };
-    let recovered = recover::recover_at(&ctx, now).map_err(|e| format!("{e:#}"))?;
+    let recovered = session.recover(guard, now).map_err(|e| format!("{e:#}"))?;
     for r in &recovered {
         tracing::warn!(rotation_id = %r.id, "recovered interrupted rotation {}: {:?}", r.id, r.action);
     }
@@ -204,8 +195,9 @@ pub(super) async fn recover_guarded(env: &Env<'_>, lease: &Held) -> Result<(), S
     let now = env.clock.now();
     let history = History::for_settings(&settings);
     spawn_blocking(move || {
-        let _lock = lock::acquire(&state).map_err(|e| format!("{e:#}"))?;
-        let recovered = recover_locked(&root, &state, &settings, &lease, now)?;
+        let session = Session::open(&root, &state, settings.renew.backups_keep)
+            .map_err(|e| format!("{e:#}"))?;
+        let recovered = recover_locked(&session, &lease, now)?;
         record_quarantined(&history, &settings.node_name, &recovered, now);
         still_open(&recovered)
     })

@@ -27,6 +27,7 @@ pub mod plan;
 pub mod recheck;
 pub mod recover;
 pub mod select;
+pub mod session;
 pub mod stage;
 
 use std::fmt;

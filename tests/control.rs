@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use certrotd::config::{self, ConfigError, LoadOptions};
 use certrotd::control::client::{self, ClientError};
+use certrotd::control::frame;
 use certrotd::control::proto::{
     self, CertStatus, DaemonInfo, ErrorKind, HistoryRecord, HistoryState, LeaseStatus, Request,
     Response, RotationProgress, StatusReport,
@@ -283,9 +284,9 @@ fn text(bytes: &[u8]) -> String {
 async fn answers_until_closed(stream: &mut UnixStream) -> Vec<Response> {
     let mut answers = Vec::new();
     loop {
-        match proto::read_response(stream, T).await {
+        match frame::read_response(stream, T).await {
             Ok(response) => answers.push(response),
-            Err(proto::FrameError::Closed) => return answers,
+            Err(frame::FrameError::Closed) => return answers,
             Err(e) => panic!("after {answers:?}: {e}"),
         }
     }
@@ -351,11 +352,11 @@ async fn every_request_round_trips() {
     // Several requests on one connection are answered in turn.
     let mut stream = UnixStream::connect(&server.socket).await.unwrap();
     for _ in 0..3 {
-        proto::write_request(&mut stream, &Request::Status, T)
+        frame::write_request(&mut stream, &Request::Status, T)
             .await
             .unwrap();
         assert!(matches!(
-            proto::read_response(&mut stream, T).await.unwrap(),
+            frame::read_response(&mut stream, T).await.unwrap(),
             Response::Status(_)
         ));
     }
@@ -639,10 +640,10 @@ fn nobody_holder() {
         let mut held = Vec::new();
         let refusal = loop {
             let mut stream = UnixStream::connect(&socket).await.unwrap();
-            proto::write_request(&mut stream, &Request::Status, T)
+            frame::write_request(&mut stream, &Request::Status, T)
                 .await
                 .unwrap();
-            match proto::read_response(&mut stream, T).await.unwrap() {
+            match frame::read_response(&mut stream, T).await.unwrap() {
                 Response::Status(_) => held.push(stream),
                 other => break other,
             }
@@ -661,11 +662,11 @@ fn nobody_holder() {
         let _ = std::io::stdin().read_line(&mut line);
         let mut alive = 0;
         for stream in &mut held {
-            proto::write_request(stream, &Request::Status, T)
+            frame::write_request(stream, &Request::Status, T)
                 .await
                 .unwrap();
             if matches!(
-                proto::read_response(stream, T).await,
+                frame::read_response(stream, T).await,
                 Ok(Response::Status(_))
             ) {
                 alive += 1;
@@ -683,11 +684,11 @@ async fn a_connection_idle_after_its_answer_is_closed_after_the_idle_limit() {
     };
     let server = start_with(TestHandler::new(), 0o660, options).await;
     let mut stream = UnixStream::connect(&server.socket).await.unwrap();
-    proto::write_request(&mut stream, &Request::Status, T)
+    frame::write_request(&mut stream, &Request::Status, T)
         .await
         .unwrap();
     assert!(matches!(
-        proto::read_response(&mut stream, T).await.unwrap(),
+        frame::read_response(&mut stream, T).await.unwrap(),
         Response::Status(_)
     ));
     let since = Instant::now();
@@ -757,7 +758,7 @@ async fn oversized_garbage_truncated_and_stalled_requests_are_refused_and_the_se
     // A prefix announcing more than 64 KiB: refused without reading (or allocating) the body.
     let mut stream = UnixStream::connect(socket).await.unwrap();
     stream
-        .write_all(&(proto::MAX_REQUEST_BYTES as u32 + 1).to_be_bytes())
+        .write_all(&(frame::MAX_REQUEST_BYTES as u32 + 1).to_be_bytes())
         .await
         .unwrap();
     let message = bad_request(&answers_until_closed(&mut stream).await);
@@ -1671,7 +1672,7 @@ async fn a_rotate_whose_client_hung_up_is_seen_as_abandoned_by_the_daemon() {
 
     // A client that hangs up before the answer: the loop can tell, and starts nothing.
     let mut stream = UnixStream::connect(&socket).await.unwrap();
-    proto::write_request(&mut stream, &rotate, T).await.unwrap();
+    frame::write_request(&mut stream, &rotate, T).await.unwrap();
     let command = tokio::time::timeout(T, inbox.recv())
         .await
         .unwrap()

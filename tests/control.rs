@@ -26,7 +26,7 @@ use certrotd::control::server::{
 };
 use certrotd::history::State;
 use certrotd::history::{History, HistoryError};
-use certrotd::report::rfc3339;
+use certrotd::timefmt::rfc3339;
 use tempfile::TempDir;
 use time::OffsetDateTime;
 use time::macros::datetime;
@@ -104,6 +104,8 @@ fn record(id: &str, state: HistoryState) -> HistoryRecord {
         disruptive_to: None,
         fencing_token: Some(7),
         recovery: false,
+        reloaded: Vec::new(),
+        restarted: Vec::new(),
     }
 }
 

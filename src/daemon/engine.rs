@@ -33,7 +33,7 @@ pub(super) async fn make_plan(
         let recovered = recover_locked(&session, &Unguarded, now)?;
         record_quarantined(&history, &settings.node_name, &recovered, now);
         still_open(&recovered)?;
-        let inv = crate::commands::check::inventory(&settings);
+        let inv = crate::inventory::Inventory::for_settings(&settings);
         let opts = PlanOptions {
             key_policy: settings.renew.key_policy,
             validity: settings.renew.validity,

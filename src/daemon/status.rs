@@ -9,7 +9,7 @@ use crate::decide::{Decision, NextAction};
 use crate::inventory::Inventory;
 use crate::pki::layout::Component;
 use crate::policy::Status;
-use crate::report::rfc3339;
+use crate::timefmt::rfc3339;
 
 /// The daemon's view of the node in domain types; [`Report::to_wire`] makes the protocol's
 /// [`proto::StatusReport`] of it when a client asks.

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::record::{Record, State};
-use crate::report::rfc3339;
+use crate::timefmt::rfc3339;
 
 /// One line of the history file.
 #[derive(Debug, Serialize, Deserialize)]
@@ -31,6 +31,10 @@ pub(super) struct Line {
     fencing_token: Option<u64>,
     #[serde(default)]
     recovery: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    reloaded: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    restarted: Vec<String>,
 }
 
 impl From<&Record> for Line {
@@ -47,6 +51,8 @@ impl From<&Record> for Line {
             disruptive_to: r.disruptive_to.map(rfc3339),
             fencing_token: r.fencing_token,
             recovery: r.recovery,
+            reloaded: r.reloaded.clone(),
+            restarted: r.restarted.clone(),
         }
     }
 }
@@ -73,6 +79,8 @@ impl Line {
             reason: l.reason,
             fencing_token: l.fencing_token,
             recovery: l.recovery,
+            reloaded: l.reloaded,
+            restarted: l.restarted,
         })
     }
 }

@@ -173,6 +173,8 @@ impl History {
             disruptive_to: None,
             fencing_token: None,
             recovery: false,
+            reloaded: Vec::new(),
+            restarted: Vec::new(),
         };
         self.append(&record)?;
         Ok(record)

@@ -5,7 +5,7 @@
 use time::OffsetDateTime;
 
 use crate::control::proto;
-use crate::report::rfc3339;
+use crate::timefmt::rfc3339;
 
 /// One rotation as the activity log tells it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +33,10 @@ pub struct Record {
     /// A cluster recovery: run WITHOUT the lease (no fencing token) because this node's etcd
     /// certificates had expired, so the cluster could not be up.
     pub recovery: bool,
+    /// Components that took the new certificates by a hot reload instead of a restart.
+    pub reloaded: Vec<String>,
+    /// Components that were restarted.
+    pub restarted: Vec<String>,
 }
 
 /// Where a rotation stands.
@@ -95,6 +99,8 @@ impl Record {
             disruptive_to: self.disruptive_to.map(rfc3339),
             fencing_token: self.fencing_token,
             recovery: self.recovery,
+            reloaded: self.reloaded.clone(),
+            restarted: self.restarted.clone(),
         }
     }
 }

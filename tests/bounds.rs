@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use certrotd::config::{LeaseBackend, LeaseSettings};
 use certrotd::control::client;
-use certrotd::control::proto::{DaemonInfo, LeaseStatus, Request, Response, StatusReport};
+use certrotd::control::proto::{DaemonInfo, LeaseStatus, Request, Response};
 use certrotd::control::server;
 use certrotd::daemon::handler::{DaemonHandler, Shared, VIEW_MAX_AGE};
 use certrotd::daemon::peers::SharedLease;
+use certrotd::daemon::status::Report;
 use certrotd::history::History;
 use certrotd::lease::Lease;
 use certrotd::lease::credentials;
@@ -25,10 +26,10 @@ use time::OffsetDateTime;
 
 const T: Duration = Duration::from_secs(20);
 
-fn empty_status() -> StatusReport {
-    StatusReport {
+fn empty_status() -> Report {
+    Report {
         node: "bounds-node".to_owned(),
-        generated_at: "2026-06-01T10:00:00Z".to_owned(),
+        generated_at: time::macros::datetime!(2026-06-01 10:00:00 UTC),
         daemon: DaemonInfo {
             version: "0".to_owned(),
             started_at: "2026-06-01T09:00:00Z".to_owned(),

@@ -13,15 +13,20 @@ use std::time::{Duration, Instant};
 
 use certrotd::config::{self, ConfigError, LoadOptions};
 use certrotd::control::client::{self, ClientError};
+use certrotd::control::frame;
 use certrotd::control::proto::{
     self, CertStatus, DaemonInfo, ErrorKind, HistoryRecord, HistoryState, LeaseStatus, Request,
     Response, RotationProgress, StatusReport,
 };
+use certrotd::control::proto::{
+    ClusterView, NodeSummary, QueuedNode as QueueEntry, SlotHolder as HolderRecord,
+};
 use certrotd::control::server::{
     self, BindError, Handler, HandlerError, HandlerFuture, ServerOptions,
 };
+use certrotd::history::State;
 use certrotd::history::{History, HistoryError};
-use certrotd::lease::{ClusterView, HolderRecord, NodeSummary, QueueEntry, Role};
+use certrotd::timefmt::rfc3339;
 use tempfile::TempDir;
 use time::OffsetDateTime;
 use time::macros::datetime;
@@ -281,9 +286,9 @@ fn text(bytes: &[u8]) -> String {
 async fn answers_until_closed(stream: &mut UnixStream) -> Vec<Response> {
     let mut answers = Vec::new();
     loop {
-        match proto::read_response(stream, T).await {
+        match frame::read_response(stream, T).await {
             Ok(response) => answers.push(response),
-            Err(proto::FrameError::Closed) => return answers,
+            Err(frame::FrameError::Closed) => return answers,
             Err(e) => panic!("after {answers:?}: {e}"),
         }
     }
@@ -349,11 +354,11 @@ async fn every_request_round_trips() {
     // Several requests on one connection are answered in turn.
     let mut stream = UnixStream::connect(&server.socket).await.unwrap();
     for _ in 0..3 {
-        proto::write_request(&mut stream, &Request::Status, T)
+        frame::write_request(&mut stream, &Request::Status, T)
             .await
             .unwrap();
         assert!(matches!(
-            proto::read_response(&mut stream, T).await.unwrap(),
+            frame::read_response(&mut stream, T).await.unwrap(),
             Response::Status(_)
         ));
     }
@@ -637,10 +642,10 @@ fn nobody_holder() {
         let mut held = Vec::new();
         let refusal = loop {
             let mut stream = UnixStream::connect(&socket).await.unwrap();
-            proto::write_request(&mut stream, &Request::Status, T)
+            frame::write_request(&mut stream, &Request::Status, T)
                 .await
                 .unwrap();
-            match proto::read_response(&mut stream, T).await.unwrap() {
+            match frame::read_response(&mut stream, T).await.unwrap() {
                 Response::Status(_) => held.push(stream),
                 other => break other,
             }
@@ -659,11 +664,11 @@ fn nobody_holder() {
         let _ = std::io::stdin().read_line(&mut line);
         let mut alive = 0;
         for stream in &mut held {
-            proto::write_request(stream, &Request::Status, T)
+            frame::write_request(stream, &Request::Status, T)
                 .await
                 .unwrap();
             if matches!(
-                proto::read_response(stream, T).await,
+                frame::read_response(stream, T).await,
                 Ok(Response::Status(_))
             ) {
                 alive += 1;
@@ -681,11 +686,11 @@ async fn a_connection_idle_after_its_answer_is_closed_after_the_idle_limit() {
     };
     let server = start_with(TestHandler::new(), 0o660, options).await;
     let mut stream = UnixStream::connect(&server.socket).await.unwrap();
-    proto::write_request(&mut stream, &Request::Status, T)
+    frame::write_request(&mut stream, &Request::Status, T)
         .await
         .unwrap();
     assert!(matches!(
-        proto::read_response(&mut stream, T).await.unwrap(),
+        frame::read_response(&mut stream, T).await.unwrap(),
         Response::Status(_)
     ));
     let since = Instant::now();
@@ -755,7 +760,7 @@ async fn oversized_garbage_truncated_and_stalled_requests_are_refused_and_the_se
     // A prefix announcing more than 64 KiB: refused without reading (or allocating) the body.
     let mut stream = UnixStream::connect(socket).await.unwrap();
     stream
-        .write_all(&(proto::MAX_REQUEST_BYTES as u32 + 1).to_be_bytes())
+        .write_all(&(frame::MAX_REQUEST_BYTES as u32 + 1).to_be_bytes())
         .await
         .unwrap();
     let message = bad_request(&answers_until_closed(&mut stream).await);
@@ -1223,30 +1228,33 @@ fn history_appends_updates_and_reads_the_latest_state_newest_first() {
             NOW,
         )
         .unwrap();
-    assert_eq!(first.state, HistoryState::Initiated);
-    assert_eq!(first.started_at, "2026-06-01T10:00:00Z");
+    assert_eq!(first.state, State::Initiated);
+    assert_eq!(rfc3339(first.started_at), "2026-06-01T10:00:00Z");
     history
         .start("r-2", "cp1", certs, None, NOW + time::Duration::minutes(5))
         .unwrap();
     let done = history
         .update(
             "r-1",
-            HistoryState::Success,
+            State::Success,
             None,
             NOW + time::Duration::minutes(9),
         )
         .unwrap();
-    assert_eq!(done.finished_at.as_deref(), Some("2026-06-01T10:09:00Z"));
+    assert_eq!(
+        done.finished_at.map(rfc3339).as_deref(),
+        Some("2026-06-01T10:09:00Z")
+    );
     assert_eq!(done.reason.as_deref(), Some("expires in 29d"));
     let failed = history
         .update(
             "r-2",
-            HistoryState::Failed,
+            State::Failed,
             Some("kube-apiserver still serves the old certificate after 2m".into()),
             NOW + time::Duration::minutes(10),
         )
         .unwrap();
-    assert_eq!(failed.state, HistoryState::Failed);
+    assert_eq!(failed.state, State::Failed);
 
     let read = history.read(None).unwrap();
     assert_eq!(read.skipped, 0);
@@ -1265,7 +1273,7 @@ fn history_appends_updates_and_reads_the_latest_state_newest_first() {
     assert_eq!(ids(&again), ["r-2", "r-1"]);
 
     let e = history
-        .update("r-9", HistoryState::Success, None, NOW)
+        .update("r-9", State::Success, None, NOW)
         .unwrap_err();
     assert!(matches!(e, HistoryError::UnknownId { .. }), "{e}");
     assert!(
@@ -1287,7 +1295,7 @@ fn a_torn_last_line_and_garbage_are_skipped_and_counted() {
     // A crash mid-append leaves half a line; a stray editor leaves worse.
     let mut text = fs::read_to_string(history.path()).unwrap();
     text.push_str("not a record\n\n{\"id\":\"r-x\"}\n");
-    let torn = serde_json::to_string(&record("r-2", HistoryState::Initiated)).unwrap();
+    let torn = serde_json::to_string(&record("r-2", proto::HistoryState::Initiated)).unwrap();
     text.push_str(&torn[..torn.len() / 2]);
     fs::write(history.path(), text).unwrap();
 
@@ -1302,12 +1310,9 @@ fn a_torn_last_line_and_garbage_are_skipped_and_counted() {
     assert_eq!(read.skipped, 3);
     assert_eq!(ids(&fresh), ["r-3", "r-1"]);
     fresh
-        .update("r-1", HistoryState::Failed, Some("rolled back".into()), NOW)
+        .update("r-1", State::Failed, Some("rolled back".into()), NOW)
         .unwrap();
-    assert_eq!(
-        fresh.read(None).unwrap().records[1].state,
-        HistoryState::Failed
-    );
+    assert_eq!(fresh.read(None).unwrap().records[1].state, State::Failed);
 }
 
 #[test]
@@ -1319,9 +1324,7 @@ fn history_is_bounded() {
         let id = format!("r-{i}");
         history.start(&id, "cp1", vec![], None, NOW).unwrap();
         if i % 2 == 0 {
-            history
-                .update(&id, HistoryState::Success, None, NOW)
-                .unwrap();
+            history.update(&id, State::Success, None, NOW).unwrap();
         }
         let lines = fs::read_to_string(history.path()).unwrap().lines().count();
         assert!(lines <= 10, "{lines} lines after r-{i}");
@@ -1330,7 +1333,7 @@ fn history_is_bounded() {
     assert!(read.records.len() >= 5 && read.records.len() <= 10);
     let newest: Vec<String> = read.records.iter().take(5).map(|r| r.id.clone()).collect();
     assert_eq!(newest, ["r-25", "r-24", "r-23", "r-22", "r-21"]);
-    assert_eq!(read.records[1].state, HistoryState::Success);
+    assert_eq!(read.records[1].state, State::Success);
     // Compaction kept each record's latest state, and the file's mode.
     assert_eq!(fs::metadata(history.path()).unwrap().mode() & 0o777, 0o640);
     // The default bound is the documented one.
@@ -1506,7 +1509,7 @@ fn canned_cluster() -> ClusterView {
         }],
         queue: vec![QueueEntry {
             node: "cp3".into(),
-            role: Role::EtcdMember,
+            role: "etcd-member".into(),
             earliest_expiry: "2026-05-03T00:00:00Z".into(),
             since: "2026-05-01T10:00:01Z".into(),
         }],
@@ -1514,7 +1517,7 @@ fn canned_cluster() -> ClusterView {
             .iter()
             .map(|n| NodeSummary {
                 node: (*n).into(),
-                role: Some(Role::EtcdMember),
+                role: Some("etcd-member".into()),
                 earliest_expiry: Some("2026-05-03T00:00:00Z".into()),
                 state: "idle".into(),
                 last_rotation: None,
@@ -1625,7 +1628,7 @@ fn daemon_handler(
     use certrotd::daemon::handler::{DaemonHandler, Shared};
     let (commands, inbox) = tokio::sync::mpsc::channel(4);
     let shared = Shared {
-        status: std::sync::RwLock::new(canned_status()),
+        status: std::sync::RwLock::new(Default::default()),
         progress: Arc::new(Mutex::new(None)),
         history: std::sync::RwLock::new(Arc::new(History::new(dir.path().join("history.jsonl")))),
         commands,
@@ -1671,7 +1674,7 @@ async fn a_rotate_whose_client_hung_up_is_seen_as_abandoned_by_the_daemon() {
 
     // A client that hangs up before the answer: the loop can tell, and starts nothing.
     let mut stream = UnixStream::connect(&socket).await.unwrap();
-    proto::write_request(&mut stream, &rotate, T).await.unwrap();
+    frame::write_request(&mut stream, &rotate, T).await.unwrap();
     let command = tokio::time::timeout(T, inbox.recv())
         .await
         .unwrap()

@@ -707,6 +707,9 @@ fn history_on_disk(node: &Node) -> Vec<HistoryRecord> {
         .read(None)
         .unwrap()
         .records
+        .iter()
+        .map(|r| r.to_wire())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

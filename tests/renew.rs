@@ -577,8 +577,8 @@ fn unreadable_files_are_refused_and_never_rewritten() {
     .unwrap();
     let before = snapshot(&node.root);
 
-    // One refusal stops the whole rotation: the others are not renewed either.
-    let r = node.run("renew", &["--type", "etcd-leaf"]);
+    // Named with --cert, an unreadable one is refused and nothing at all is done.
+    let r = node.run("renew", &["--cert", "etcd-peer", "--cert", "etcd-server"]);
     r.code(1);
     assert!(
         r.stdout.contains("REFUSED etcd-peer: it cannot be read"),
@@ -586,6 +586,7 @@ fn unreadable_files_are_refused_and_never_rewritten() {
         r.text()
     );
     assert!(r.stderr.contains("nothing was changed"), "{}", r.text());
+    assert!(changed(&before, &node.root).is_empty());
     let r = node.run("renew", &["--cert", "apiserver-kubelet-client"]);
     r.code(1);
     assert!(
@@ -597,6 +598,22 @@ fn unreadable_files_are_refused_and_never_rewritten() {
     assert!(!r.text().contains("AAAA"));
     assert!(changed(&before, &node.root).is_empty());
     assert!(node.rotations().is_empty(), "no rotation was started");
+
+    // Selected by type, it is left out and named, never rewritten, and the rest is renewed.
+    let r = node.run("renew", &["--type", "etcd-leaf"]);
+    r.code(1);
+    assert!(
+        r.stdout
+            .contains("NOT RENEWED etcd-peer: it cannot be read"),
+        "{}",
+        r.text()
+    );
+    let changed = changed(&before, &node.root);
+    assert!(
+        changed.contains("/etc/kubernetes/pki/etcd/server.crt")
+            && !changed.contains("/etc/kubernetes/pki/etcd/peer.crt"),
+        "{changed:?}"
+    );
 }
 
 #[test]

@@ -79,7 +79,7 @@ fn kubeadm_v1_16_renews_everything_including_its_embedded_kubelet_conf() {
 }
 
 #[test]
-fn kubeadm_v1_29_renews_and_refuses_its_dangling_kubelet_conf() {
+fn kubeadm_v1_29_renews_around_its_dangling_kubelet_conf_and_names_it() {
     let node = Node::from_tree(
         &resigned().join("kubeadm-zeta"),
         "etc/kubernetes",
@@ -87,25 +87,26 @@ fn kubeadm_v1_29_renews_and_refuses_its_dangling_kubelet_conf() {
     );
     let kubeadm = || Some(vec![Layout::Kubeadm]);
     let old = scan(&node.root, kubeadm(), &[]);
-    let before = snapshot(&node.root);
+    let kubelet_conf = std::fs::read(node.path("/etc/kubernetes/kubelet.conf")).unwrap();
 
-    // Its kubelet.conf points at a kubelet-client-current.pem the set does not include: a node
-    // in that state is broken, and renew says so instead of renewing around it.
+    // Its kubelet.conf points at a kubelet-client-current.pem the set does not include: it
+    // cannot be renewed, so renew names it, renews the rest, and exits 1 (in an emergency the
+    // operator must not have to name every other certificate by hand).
     let r = node.run("renew", &["--type", "all"]);
     r.code(1);
     assert!(
-        r.stdout.contains("REFUSED kubelet.conf: it cannot be read")
-            && r.stdout.contains("kubelet-client-current.pem"),
+        r.stdout
+            .contains("NOT RENEWED kubelet.conf: it cannot be read")
+            && r.stdout.contains("kubelet-client-current.pem")
+            && r.stderr.contains("not renewed")
+            && r.stderr.contains("kubelet.conf"),
         "{}",
         r.text()
     );
-    assert_eq!(snapshot(&node.root), before);
-
-    node.run(
-        "renew",
-        &["--type", "kubernetes-leaf", "--type", "etcd-leaf"],
-    )
-    .ok();
+    assert_eq!(
+        std::fs::read(node.path("/etc/kubernetes/kubelet.conf")).unwrap(),
+        kubelet_conf
+    );
     let new = scan(&node.root, kubeadm(), &[]);
     let mut names = KUBEADM_LEAVES.to_vec();
     names.push("super-admin.conf");
@@ -129,17 +130,23 @@ fn rke2_ecdsa_ca_renews_rsa_clients_and_a_mismatched_key_needs_force() {
     let node = Node::from_tree(&resigned().join("rke2-kubelabs"), "fx", config);
     let extra = ["/fx/*.crt", "/fx/history-0efac49/*.crt", "/fx/new-config"];
     let old = scan(&node.root, None, &extra);
-    let before = snapshot(&node.root);
     let history = "/fx/history-0efac49/carlos.crt";
 
-    // carlos.crt's committed key belongs to another certificate: refused without --force.
+    // carlos.crt's committed key belongs to another certificate: not renewed without --force
+    // (named, exit 1), while the rest of the selection is.
     let r = node.run("renew", &["--type", "all"]);
     r.code(1);
     assert!(
         r.stdout
-            .contains("REFUSED carlos.crt: its private key does not match it"),
+            .contains("NOT RENEWED carlos.crt: its private key does not match it"),
         "{}",
         r.text()
+    );
+    let after = scan(&node.root, None, &extra);
+    assert_renewed(&old, &after, &[history]);
+    assert_eq!(
+        after.get("carlos.crt").unwrap().cert.as_ref().unwrap().der,
+        old.get("carlos.crt").unwrap().cert.as_ref().unwrap().der
     );
     // The RKE2 kubeconfig's client CA key is not here: skipped as kubeadm would.
     assert!(
@@ -148,7 +155,6 @@ fn rke2_ecdsa_ca_renews_rsa_clients_and_a_mismatched_key_needs_force() {
         "{}",
         r.text()
     );
-    assert_eq!(snapshot(&node.root), before);
 
     let out = node.run("renew", &["--type", "all", "--force"]);
     assert!(

@@ -164,6 +164,9 @@ impl PeerNode {
             .read(None)
             .unwrap()
             .records
+            .iter()
+            .map(|r| r.to_wire())
+            .collect()
     }
 
     /// `etcdctl endpoint health` against this member with its healthcheck client.

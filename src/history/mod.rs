@@ -1,7 +1,7 @@
 //! Activity records: each rotation as Initiated, then Success or Failed, with node, time,
 //! certificates and reason, kept in `<state_dir>/history.jsonl`.
 //!
-//! The file is append-only JSON lines, one whole [`HistoryRecord`] per line; a later line with
+//! The file is append-only JSON lines, one whole record per line; a later line with
 //! the same id is that record's newer state, so an update is an append and never rewrites what a
 //! crash could then tear. Each append is fsync'd. A crash mid-append leaves a torn last line,
 //! and anything else that is not a record (an editor's leftovers, a bad disk block) is skipped
@@ -22,9 +22,12 @@ use std::sync::Mutex;
 use time::OffsetDateTime;
 
 use crate::config::Settings;
-use crate::control::proto::{HistoryRecord, HistoryState};
 use crate::store::{self, StoreError};
-use crate::timefmt::rfc3339;
+
+mod line;
+mod record;
+
+pub use record::{Record, State};
 
 /// The file's name inside the state directory.
 pub const FILE_NAME: &str = "history.jsonl";
@@ -96,7 +99,7 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> His
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HistoryRead {
     /// The latest state of each record, newest first (by when the record first appeared).
-    pub records: Vec<HistoryRecord>,
+    pub records: Vec<Record>,
     /// Lines that were not records (a torn last line, garbage) and were skipped.
     pub skipped: usize,
 }
@@ -157,13 +160,13 @@ impl History {
         certificates: Vec<String>,
         reason: Option<String>,
         now: OffsetDateTime,
-    ) -> Result<HistoryRecord, HistoryError> {
-        let record = HistoryRecord {
+    ) -> Result<Record, HistoryError> {
+        let record = Record {
             id: id.to_owned(),
             node: node.to_owned(),
             certificates,
-            state: HistoryState::Initiated,
-            started_at: rfc3339(now),
+            state: State::Initiated,
+            started_at: now,
             finished_at: None,
             reason,
             disruptive_from: None,
@@ -182,10 +185,10 @@ impl History {
     pub fn update(
         &self,
         id: &str,
-        state: HistoryState,
+        state: State,
         reason: Option<String>,
         now: OffsetDateTime,
-    ) -> Result<HistoryRecord, HistoryError> {
+    ) -> Result<Record, HistoryError> {
         let current = read_latest(&self.path)?
             .0
             .into_iter()
@@ -194,11 +197,11 @@ impl History {
                 path: self.path.clone(),
                 id: id.to_owned(),
             })?;
-        let record = HistoryRecord {
+        let record = Record {
             state,
             finished_at: match state {
-                HistoryState::Initiated => None,
-                HistoryState::Success | HistoryState::Failed => Some(rfc3339(now)),
+                State::Initiated => None,
+                State::Success | State::Failed => Some(now),
             },
             reason: reason.or(current.reason.clone()),
             ..current
@@ -209,7 +212,7 @@ impl History {
 
     /// Appends a state of a record: a new record, or the newer state of one with the same id
     /// (the last line for an id wins). Durable when it returns.
-    pub fn append(&self, record: &HistoryRecord) -> Result<(), HistoryError> {
+    pub fn append(&self, record: &Record) -> Result<(), HistoryError> {
         store::validate_rotation_id(&record.id).map_err(|source| HistoryError::InvalidId {
             path: self.path.clone(),
             source,
@@ -230,7 +233,7 @@ impl History {
             // Ends the torn line, which stays behind as one skipped line.
             line.push(b'\n');
         }
-        serde_json::to_writer(&mut line, record)
+        serde_json::to_writer(&mut line, &line::Line::from(record))
             .map_err(|e| io_err("encode a record for", &self.path)(e.into()))?;
         line.push(b'\n');
         self.write_line(&line)?;
@@ -315,7 +318,7 @@ impl History {
         records.drain(..drop);
         let mut text = Vec::with_capacity(records.len() * 256);
         for record in &records {
-            serde_json::to_writer(&mut text, record)
+            serde_json::to_writer(&mut text, &line::Line::from(record))
                 .map_err(|e| io_err("encode a record for", &self.path)(e.into()))?;
             text.push(b'\n');
         }
@@ -359,20 +362,20 @@ impl History {
 
 /// The latest state of every record, oldest first (by first appearance), and how many lines
 /// were skipped.
-fn read_latest(path: &Path) -> Result<(Vec<HistoryRecord>, usize), HistoryError> {
+fn read_latest(path: &Path) -> Result<(Vec<Record>, usize), HistoryError> {
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
         Err(e) => return Err(io_err("read", path)(e)),
     };
-    let mut records: Vec<HistoryRecord> = Vec::new();
+    let mut records: Vec<Record> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut skipped = 0;
     for line in bytes.split(|&b| b == b'\n') {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let Ok(record) = serde_json::from_slice::<HistoryRecord>(line) else {
+        let Some(record) = line::Line::parse(line) else {
             skipped += 1;
             continue;
         };

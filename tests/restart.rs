@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use certrotd::pki::layout::Component;
 use certrotd::restart::manifest::{self, RESTARTED_AT};
+use certrotd::restart::pod_uid::{KubeletRecords, PodUids};
 use certrotd::restart::static_pod::{self, Action, Host};
 use certrotd::restart::systemd::{JobResult, KillWhom, Systemd, SystemdError};
 use certrotd::restart::{Outcome, RestartError, Restarter, Strategy};
+use certrotd::root::Root;
 use nix::sys::signal::Signal;
 use support::systemd::UserManager;
 use time::macros::datetime;
@@ -31,13 +33,40 @@ async fn connect(m: &UserManager) -> Systemd {
         .expect("connect to the test manager's bus")
 }
 
-fn restarter(m: &UserManager, manifests: &Path) -> Restarter {
+/// The name of the node the tests' static pods run on.
+const NODE: &str = "cp-1";
+
+/// A restarter for the node whose files are under `node` (manifests in `node/manifests`, the
+/// kubelet's pod directories in `node/var/log/pods` and `node/var/lib/kubelet/pods`), named
+/// [`NODE`], whose processes are this machine's.
+fn restarter(m: &UserManager, node: &Path) -> Restarter {
     Restarter {
         bus: Some(m.bus_address().to_owned()),
         host: Host::default(),
-        manifests_dir: manifests.to_path_buf(),
+        manifests_dir: node.join("manifests"),
+        kubelet: KubeletRecords::for_root(&Root::new(node)),
+        node_name: NODE.to_owned(),
         job_timeout: TIMEOUT,
     }
+}
+
+/// Kubelet records nobody wrote: for tests of strategies that do not read them.
+fn no_kubelet_records() -> KubeletRecords {
+    KubeletRecords {
+        pod_logs_dir: "/nonexistent/var/log/pods".into(),
+        pods_dir: "/nonexistent/var/lib/kubelet/pods".into(),
+    }
+}
+
+/// What the kubelet makes on `node` for a pod it runs: its log directory
+/// `<namespace>_<name>_<uid>` and its pod directory.
+fn kubelet_pod(node: &Path, namespace: &str, name: &str, uid: &str) {
+    let records = KubeletRecords::for_root(&Root::new(node));
+    let logs = records
+        .pod_logs_dir
+        .join(format!("{namespace}_{name}_{uid}"));
+    std::fs::create_dir_all(logs.join("main")).expect("mkdir pod log dir");
+    std::fs::create_dir_all(records.pods_dir.join(uid).join("containers")).expect("mkdir pod dir");
 }
 
 const SLEEPER: &str = "[Service]\nExecStart=/bin/sleep infinity\n";
@@ -197,6 +226,11 @@ async fn wait_exec(pid: u32, exe: &str) -> String {
     .await
 }
 
+/// Static pod UIDs nobody found: enough for processes in no pod's container.
+fn unknown() -> PodUids {
+    PodUids::Unknown("no kubelet record in this test".to_owned())
+}
+
 fn alive(pid: u32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
 }
@@ -266,7 +300,7 @@ async fn only_the_static_pods_container_is_stopped_and_decoys_by_its_name_are_le
     );
     let by_hand_pid = by_hand.id().expect("pid");
     wait_exec(by_hand_pid, name).await;
-    // The same binary in another pod's container (a vcluster's, say).
+    // The same binary in another static pod's container (another manifest's, say).
     let mut other_pod = run_scope(
         &m,
         &format!("cri-containerd-{other_uid}.scope"),
@@ -275,15 +309,35 @@ async fn only_the_static_pods_container_is_stopped_and_decoys_by_its_name_are_le
     );
     let other_pod_pid = other_pod.id().expect("pid");
     wait_exec(other_pod_pid, name).await;
+    // And in an API pod's (a vcluster's): a random UUID, dashes written '_' in the slice name.
+    let api_uid = format!("{:08x}-c0de-4000-8000-00000000c0de", std::process::id());
+    let api_slice_uid = api_uid.replace('-', "_");
+    let mut api_pod = run_scope(
+        &m,
+        &format!("cri-containerd-{api_slice_uid}.scope"),
+        Some(&format!("kubepods-besteffort-pod{api_slice_uid}.slice")),
+        &[bin, "1000"],
+    );
+    let api_pod_pid = api_pod.id().expect("pid");
+    let api_cgroup = wait_exec(api_pod_pid, name).await;
+    assert!(
+        api_cgroup.contains("/kubepods.slice/kubepods-besteffort.slice/"),
+        "{api_cgroup}"
+    );
 
-    // The manifest names the pod's UID, which the kubelet keeps for the static pod.
-    let manifests = tempfile::tempdir().expect("tempdir");
+    // A kubeadm manifest, with no metadata.uid: the UID is the one the kubelet recorded in its
+    // pod directories for "<name>-<node>" in kube-system.
+    let node = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(node.path().join("manifests")).expect("mkdir manifests");
     std::fs::write(
-        manifests.path().join(format!("{name}.yaml")),
-        format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: kube-system\n  uid: {uid}\n"),
+        node.path().join("manifests").join(format!("{name}.yaml")),
+        format!("apiVersion: v1\nkind: Pod\nmetadata:\n  creationTimestamp: null\n  name: {name}\n  namespace: kube-system\nspec:\n  containers:\n  - name: {name}\n"),
     )
     .expect("write manifest");
-    let outcome = restarter(&m, manifests.path())
+    kubelet_pod(node.path(), "kube-system", &format!("{name}-{NODE}"), &uid);
+    kubelet_pod(node.path(), "kube-system", "kube-proxy-x7", &other_uid);
+    kubelet_pod(node.path(), "vcluster", &format!("{name}-0"), &api_uid);
+    let outcome = restarter(&m, node.path())
         .restart(
             Component::KubeApiserver,
             Strategy::KillScope,
@@ -304,7 +358,7 @@ async fn only_the_static_pods_container_is_stopped_and_decoys_by_its_name_are_le
             unit: container.clone()
         }]
     );
-    for pid in [renamed_pid, by_hand_pid, other_pod_pid] {
+    for pid in [renamed_pid, by_hand_pid, other_pod_pid, api_pod_pid] {
         let decoy = decoys
             .iter()
             .find(|d| d.pid == pid)
@@ -329,6 +383,7 @@ async fn only_the_static_pods_container_is_stopped_and_decoys_by_its_name_are_le
         (renamed_pid, &mut renamed),
         (by_hand_pid, &mut by_hand),
         (other_pod_pid, &mut other_pod),
+        (api_pod_pid, &mut api_pod),
     ] {
         assert!(
             child.try_wait().expect("try_wait").is_none() && alive(pid),
@@ -338,55 +393,83 @@ async fn only_the_static_pods_container_is_stopped_and_decoys_by_its_name_are_le
 }
 
 #[tokio::test]
-async fn without_the_pods_uid_any_pods_container_of_the_binary_is_taken_but_nothing_else() {
+async fn without_the_pods_uid_nothing_is_signalled_and_the_restart_says_why() {
     let m = UserManager::start().await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let name = unique_name("anypod");
     let bin = fake_binary(tmp.path(), &name);
     let bin = bin.to_str().expect("utf-8 path");
     let uid = pod_uid(3);
-    let mut real = run_scope(
+    let mut in_pod = run_scope(
         &m,
         &format!("crio-{uid}.scope"),
         Some(&format!("kubepods-pod{uid}.slice")),
         &[bin, "infinity"],
     );
-    let real_pid = real.id().expect("pid");
-    wait_exec(real_pid, &name).await;
-    // In no unit and no pod: a process of the test itself.
-    let mut outside = tokio::process::Command::new(bin)
-        .arg("1000")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
-    let outside_pid = outside.id().expect("pid");
-    wait_exec(outside_pid, &name).await;
+    let in_pod_pid = in_pod.id().expect("pid");
+    wait_exec(in_pod_pid, &name).await;
+
+    // A kubeadm manifest and no record of the pod by the kubelet (a wrong node_name, say).
+    let node = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(node.path().join("manifests")).expect("mkdir manifests");
+    let manifest = node.path().join("manifests").join(format!("{name}.yaml"));
+    std::fs::write(
+        &manifest,
+        format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: kube-system\n"),
+    )
+    .expect("write manifest");
+    let records = KubeletRecords::for_root(&Root::new(node.path()));
+    kubelet_pod(
+        node.path(),
+        "kube-system",
+        &format!("{name}-another-node"),
+        &uid,
+    );
+    let pods = certrotd::restart::pod_uid::static_pod_uids(&manifest, NODE, &records);
+    let PodUids::Unknown(why) = &pods else {
+        panic!("a UID without the kubelet's record: {pods}");
+    };
 
     let systemd = connect(&m).await;
-    let done = static_pod::restart(&systemd, &Host::default(), &name, None)
+    let err = static_pod::restart(&systemd, &Host::default(), &name, &pods)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, RestartError::StaticPodUnknown { pids, why: w, .. } if *pids == vec![in_pod_pid] && w == why),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&format!(
+            "the kubelet records no static pod kube-system/{name}-{NODE}"
+        )),
+        "{err}"
+    );
+    // A measurement window: a process signalled would have ended by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        in_pod.try_wait().expect("try_wait").is_none() && alive(in_pod_pid),
+        "a process of an unidentified pod was killed"
+    );
+
+    // Once the kubelet's record is there, the same restart takes it.
+    kubelet_pod(node.path(), "kube-system", &format!("{name}-{NODE}"), &uid);
+    let pods = certrotd::restart::pod_uid::static_pod_uids(&manifest, NODE, &records);
+    assert_eq!(pods, PodUids::Known(vec![uid.clone()]));
+    let done = static_pod::restart(&systemd, &Host::default(), &name, &pods)
         .await
         .expect("restart");
     assert_eq!(
         done.actions,
         vec![Action::ScopeKilled {
-            pid: real_pid,
+            pid: in_pod_pid,
             unit: format!("crio-{uid}.scope")
         }]
     );
-    assert_eq!(
-        done.decoys.iter().map(|d| d.pid).collect::<Vec<_>>(),
-        vec![outside_pid]
-    );
-    assert_eq!(done.decoys[0].why, "not in a container of a kubelet's pod");
-    let status = tokio::time::timeout(TIMEOUT, real.wait())
+    let status = tokio::time::timeout(TIMEOUT, in_pod.wait())
         .await
         .expect("the container's process ends")
         .expect("wait");
     assert_eq!(status.signal(), Some(Signal::SIGTERM as i32), "{status}");
-    assert!(
-        outside.try_wait().expect("try_wait").is_none(),
-        "the decoy was killed"
-    );
 }
 
 #[tokio::test]
@@ -406,7 +489,7 @@ async fn an_external_etcd_service_is_no_static_pod_and_is_left_alone() {
     wait_exec(before, &name).await;
 
     let systemd = connect(&m).await;
-    let done = static_pod::restart(&systemd, &Host::default(), &name, None)
+    let done = static_pod::restart(&systemd, &Host::default(), &name, &unknown())
         .await
         .expect("restart");
     assert!(done.actions.is_empty(), "{:?}", done.actions);
@@ -472,7 +555,7 @@ async fn restarter_reports_a_static_pod_that_is_not_running() {
     let m = UserManager::start().await;
     let systemd = connect(&m).await;
     let name = unique_name("absent");
-    let done = static_pod::restart(&systemd, &Host::default(), &name, None)
+    let done = static_pod::restart(&systemd, &Host::default(), &name, &unknown())
         .await
         .expect("restart");
     assert!(done.actions.is_empty(), "{done:?}");
@@ -553,6 +636,8 @@ async fn the_manifest_strategy_changes_only_the_annotation() {
         bus: Some("unix:path=/nonexistent/the-manifest-strategy-needs-no-bus".into()),
         host: Host::default(),
         manifests_dir: dir.path().to_path_buf(),
+        kubelet: no_kubelet_records(),
+        node_name: NODE.to_owned(),
         job_timeout: TIMEOUT,
     };
 
@@ -612,6 +697,8 @@ async fn a_missing_manifest_is_an_error_naming_it() {
         bus: None,
         host: Host::default(),
         manifests_dir: dir.path().to_path_buf(),
+        kubelet: no_kubelet_records(),
+        node_name: NODE.to_owned(),
         job_timeout: TIMEOUT,
     };
     let err = r

@@ -91,7 +91,7 @@ impl Components for NodeComponents {
             let Some(strategy) = strategy(&self.settings, &self.root, component) else {
                 return Ok("not restarted: restarts of its kind are off in [restart]".to_owned());
             };
-            let mut r = Restarter::new(&self.root);
+            let mut r = Restarter::new(&self.root, &self.settings.node_name);
             r.bus = Some(self.settings.restart.dbus_address.clone()).filter(|a| !a.is_empty());
             r.job_timeout = self.settings.restart.job_timeout;
             Ok(r.restart(component, strategy, now).await?.to_string())
@@ -134,13 +134,13 @@ pub fn strategy(settings: &Settings, root: &Root, component: Component) -> Optio
     let r = &settings.restart;
     match component {
         Component::KubeApiserver | Component::KubeControllerManager | Component::KubeScheduler => {
-            r.static_pods
+            r.static_pods.map(Strategy::from)
         }
         // kubeadm's stacked etcd is a static pod; an external etcd is a unit.
         Component::Etcd => {
             let manifest = root.join(format!("{}/etcd.yaml", crate::restart::MANIFESTS_DIR));
             if manifest.exists() {
-                r.static_pods
+                r.static_pods.map(Strategy::from)
             } else {
                 r.units.then_some(Strategy::Unit)
             }

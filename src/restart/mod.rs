@@ -2,7 +2,9 @@
 //! pods by stopping their container's scope or by annotating their manifest.
 
 pub mod manifest;
+pub mod pod_uid;
 pub mod probe;
+pub mod reload;
 pub mod static_pod;
 pub mod systemd;
 
@@ -16,6 +18,7 @@ use time::OffsetDateTime;
 use crate::pki::layout::Component;
 use crate::root::Root;
 use manifest::ManifestError;
+use pod_uid::KubeletRecords;
 use static_pod::{Action, Decoy, Host};
 use systemd::{JobOutcome, Systemd, SystemdError};
 
@@ -23,7 +26,7 @@ use systemd::{JobOutcome, Systemd, SystemdError};
 pub const MANIFESTS_DIR: &str = "/etc/kubernetes/manifests";
 /// How long a restart job may take before certrotd stops waiting by default. Generous: the kubelet
 /// and etcd take a while to stop, and a job that is merely slow is not a failed one.
-pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(120);
+pub use crate::config::DEFAULT_JOB_TIMEOUT;
 
 /// How a component is restarted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -35,6 +38,15 @@ pub enum Strategy {
     KillScope,
     /// Annotate the static pod's manifest; the kubelet recreates the pod.
     Manifest,
+}
+
+impl From<crate::config::StaticPodRestart> for Strategy {
+    fn from(choice: crate::config::StaticPodRestart) -> Self {
+        match choice {
+            crate::config::StaticPodRestart::KillScope => Strategy::KillScope,
+            crate::config::StaticPodRestart::Manifest => Strategy::Manifest,
+        }
+    }
 }
 
 impl fmt::Display for Strategy {
@@ -86,6 +98,19 @@ pub enum RestartError {
         /// The operating system's error.
         #[source]
         source: std::io::Error,
+    },
+    /// Which pod is the static pod is unknown while the component's executable runs in pods'
+    /// containers: none of them is signalled.
+    #[error(
+        "restart {process}: PIDs {pids:?} run it in pods' containers, but which pod is the static pod is unknown, so none was signalled: {why}"
+    )]
+    StaticPodUnknown {
+        /// The executable's name.
+        process: String,
+        /// The processes left alone.
+        pids: Vec<u32>,
+        /// Why the static pod's UID is unknown.
+        why: String,
     },
     /// A process could not be signalled.
     #[error("send SIGTERM to {process} (PID {pid}): {source}")]
@@ -224,17 +249,24 @@ pub struct Restarter {
     pub host: Host,
     /// The real path of the static pod manifest directory.
     pub manifests_dir: PathBuf,
+    /// Where the kubelet records the pods it runs, which tells the static pod's UID.
+    pub kubelet: KubeletRecords,
+    /// This node's Kubernetes name, part of a static pod's name.
+    pub node_name: String,
     /// How long to wait for a unit's restart job.
     pub job_timeout: Duration,
 }
 
 impl Restarter {
-    /// A restarter for the node at `root`, using the system bus, `/proc` and `/sys/fs/cgroup`.
-    pub fn new(root: &Root) -> Restarter {
+    /// A restarter for the node at `root` named `node_name`, using the system bus, `/proc` and
+    /// `/sys/fs/cgroup`.
+    pub fn new(root: &Root, node_name: &str) -> Restarter {
         Restarter {
             bus: None,
             host: Host::default(),
             manifests_dir: root.join(MANIFESTS_DIR),
+            kubelet: KubeletRecords::for_root(root),
+            node_name: node_name.to_owned(),
             job_timeout: DEFAULT_JOB_TIMEOUT,
         }
     }
@@ -268,8 +300,8 @@ impl Restarter {
             Target::Process { name } => {
                 let systemd = Systemd::connect(self.bus.as_deref()).await?;
                 let manifest = self.manifests_dir.join(format!("{name}.yaml"));
-                let uid = static_pod::manifest_pod_uid(&manifest);
-                let done = static_pod::restart(&systemd, &self.host, name, uid.as_deref()).await?;
+                let pods = pod_uid::static_pod_uids(&manifest, &self.node_name, &self.kubelet);
+                let done = static_pod::restart(&systemd, &self.host, name, &pods).await?;
                 Ok(Outcome::StaticPod {
                     process: name.to_owned(),
                     actions: done.actions,

@@ -9,10 +9,10 @@
 //! * its cgroup is a container's under the kubelet's pod hierarchy:
 //!   `kubepods.slice/[kubepods-<qos>.slice/]kubepods-[<qos>-]pod<UID>.slice/<container>` with the
 //!   systemd cgroup driver, `kubepods/[<qos>/]pod<UID>/<container>` with cgroupfs;
-//! * that pod is the static pod: its UID is the one the manifest gives (`metadata.uid`, which the
-//!   kubelet then keeps as the mirror pod's UID and `kubernetes.io/config.hash`). The kubelet
-//!   derives the UID of a manifest without one from a hash of its Go object, which cannot be
-//!   computed here: then any pod qualifies whose container runs the component's executable;
+//! * that pod is the static pod: its UID is the one the manifest gives (`metadata.uid`) or, for a
+//!   manifest without one (kubeadm's), the one the kubelet derived and recorded in its own pod
+//!   directories (see [`super::pod_uid`]). When that UID cannot be found, no process is taken
+//!   for the static pod's: [`restart`] refuses and names the candidates;
 //! * every directory of that cgroup belongs to root: a user's systemd manager may create a
 //!   `kubepods.slice` in the subtree delegated to it, but that subtree is the user's.
 //!
@@ -35,6 +35,7 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
 use super::RestartError;
+use super::pod_uid::PodUids;
 use super::systemd::{KillWhom, Systemd};
 
 /// Where a node's process table and cgroups are, injectable so that tests can give fake trees.
@@ -128,6 +129,9 @@ pub struct Found {
     pub pod: Vec<PodProcess>,
     /// Processes by that name that are not the static pod's.
     pub decoys: Vec<Decoy>,
+    /// Processes of the component's executable in a pod's container, when which pod is the
+    /// static pod is unknown: neither taken nor ruled out, so [`restart`] refuses.
+    pub unconfirmed: Vec<PodProcess>,
 }
 
 /// What [`restart`] did.
@@ -308,10 +312,10 @@ fn foreign_owner(path: &str, mounts: &[PathBuf; 2]) -> Option<String> {
 }
 
 /// Finds the processes of `binary` (the component's executable name) that belong to the static
-/// pod whose UID is `pod_uid` (None: unknown, any pod qualifies), and those that go by that name
-/// but do not, under `host`'s process table. Processes that vanish meanwhile are skipped; this
-/// process is never one of them.
-pub fn scan(host: &Host, binary: &str, pod_uid: Option<&str>) -> io::Result<Found> {
+/// pod whose UIDs are `pods`, and those that go by that name but do not, under `host`'s process
+/// table. With the UIDs unknown, a process of the binary in a pod's container is neither: it is
+/// `unconfirmed`. Processes that vanish meanwhile are skipped; this process is never one of them.
+pub fn scan(host: &Host, binary: &str, pods: &PodUids) -> io::Result<Found> {
     let mut found = Found::default();
     if binary.is_empty() {
         return Ok(found);
@@ -352,42 +356,39 @@ pub fn scan(host: &Host, binary: &str, pod_uid: Option<&str>) -> io::Result<Foun
                 .push(decoy("not in a container of a kubelet's pod".to_owned()));
             continue;
         };
-        if let Some(want) = pod_uid.filter(|want| *want != pod.pod_uid) {
-            found.decoys.push(decoy(format!(
-                "in pod {}, not the static pod {want}",
-                pod.pod_uid
-            )));
-            continue;
-        }
         if let Some(why) = foreign_owner(&cgroup, &mounts) {
             found.decoys.push(decoy(why));
             continue;
         }
-        found.pod.push(PodProcess { pid, cgroup, pod });
+        match pods {
+            PodUids::Known(_) if pods.contains(&pod.pod_uid) => {
+                found.pod.push(PodProcess { pid, cgroup, pod });
+            }
+            PodUids::Known(_) => found.decoys.push(decoy(format!(
+                "in pod {}, not the static pod {pods}",
+                pod.pod_uid
+            ))),
+            PodUids::Unknown(_) => found.unconfirmed.push(PodProcess { pid, cgroup, pod }),
+        }
     }
     Ok(found)
-}
-
-/// The UID the static pod in `manifest` gets, when the manifest sets it (`metadata.uid`); None
-/// when it does not (or cannot be read), as kubeadm's manifests do not.
-pub fn manifest_pod_uid(manifest: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(manifest).ok()?;
-    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).ok()?;
-    let uid = doc.get("metadata")?.get("uid")?.as_str()?.trim();
-    (!uid.is_empty()).then(|| uid.to_owned())
 }
 
 /// Stops the static pod's processes of `binary` (see [`scan`]) so that the kubelet starts the
 /// container again: a container's scope is killed with SIGTERM, a container without one (the
 /// cgroupfs driver) has its process sent SIGTERM. Decoys are left alone and logged. No action
 /// means the component was not running.
+///
+/// With the static pod's UIDs unknown and the binary running in some pod's container, nothing
+/// is signalled and the error says why: taking any pod's process of that executable for the
+/// static pod's would stop a vcluster's or a CNI's `etcd` along with (or instead of) it.
 pub async fn restart(
     systemd: &Systemd,
     host: &Host,
     binary: &str,
-    pod_uid: Option<&str>,
+    pods: &PodUids,
 ) -> Result<Restarted, RestartError> {
-    let found = scan(host, binary, pod_uid).map_err(|source| RestartError::Scan {
+    let found = scan(host, binary, pods).map_err(|source| RestartError::Scan {
         path: host.proc_root.clone(),
         process: binary.to_owned(),
         source,
@@ -400,10 +401,12 @@ pub async fn restart(
             d.why
         );
     }
-    if pod_uid.is_none() && !found.pod.is_empty() {
-        tracing::debug!(
-            "the manifest of {binary} sets no pod UID: any pod's container running {binary} is taken for it"
-        );
+    if let (PodUids::Unknown(why), false) = (pods, found.unconfirmed.is_empty()) {
+        return Err(RestartError::StaticPodUnknown {
+            process: binary.to_owned(),
+            pids: found.unconfirmed.iter().map(|p| p.pid).collect(),
+            why: why.clone(),
+        });
     }
     let mut done_scopes = BTreeSet::new();
     let mut actions = Vec::new();
@@ -486,6 +489,10 @@ mod tests {
             std::fs::create_dir_all(self.host.cgroup_root.join(cgroup.trim_start_matches('/')))
                 .expect("mkdir cgroup");
         }
+    }
+
+    fn known(uid: &str) -> PodUids {
+        PodUids::Known(vec![uid.to_owned()])
     }
 
     fn pids_of(found: &Found) -> (Vec<u32>, Vec<u32>) {
@@ -578,7 +585,7 @@ mod tests {
             "/system.slice/kubelet.service",
         );
 
-        let found = scan(&f.host, "kube-apiserver", Some(UID)).expect("scan");
+        let found = scan(&f.host, "kube-apiserver", &known(UID)).expect("scan");
         assert_eq!(pids_of(&found), (vec![100], vec![101, 102, 103]));
         assert_eq!(
             found.pod[0].pod.scope.as_deref(),
@@ -599,10 +606,20 @@ mod tests {
             "PID 101 in /user.slice/user-1000.slice/session-4.scope (named kube-apiserver but its executable is sleep)"
         );
 
-        // Without the UID, any pod's container running the binary is taken.
-        let found = scan(&f.host, "kube-apiserver", None).expect("scan");
+        // Without the UID, no pod's container is taken, nor ruled out.
+        let unknown = PodUids::Unknown("no record".to_owned());
+        let found = scan(&f.host, "kube-apiserver", &unknown).expect("scan");
+        assert_eq!(pids_of(&found), (vec![], vec![101, 102]));
+        assert_eq!(
+            found.unconfirmed.iter().map(|p| p.pid).collect::<Vec<_>>(),
+            [100, 103]
+        );
+        assert!(scan(&f.host, "", &unknown).expect("scan").pod.is_empty());
+
+        // Two UIDs (the kubelet replacing an edited manifest's pod): both are the static pod's.
+        let both = PodUids::Known(vec![UID.to_owned(), API_UID.to_owned()]);
+        let found = scan(&f.host, "kube-apiserver", &both).expect("scan");
         assert_eq!(pids_of(&found), (vec![100, 103], vec![101, 102]));
-        assert!(scan(&f.host, "", None).expect("scan").pod.is_empty());
     }
 
     #[test]
@@ -618,7 +635,7 @@ mod tests {
             .join("user.slice/user-1000.slice/user@1000.service");
         nix::unistd::chown(&delegated, Some(nix::unistd::Uid::from_raw(1000)), None)
             .expect("chown (the tests run as root)");
-        let found = scan(&f.host, "etcd", Some(UID)).expect("scan");
+        let found = scan(&f.host, "etcd", &known(UID)).expect("scan");
         assert_eq!(pids_of(&found), (vec![], vec![200]));
         assert!(
             found.decoys[0]
@@ -649,7 +666,7 @@ mod tests {
                 .join(cg.trim_start_matches('/')),
         )
         .expect("mkdir");
-        let found = scan(&f.host, "etcd", Some(UID)).expect("scan");
+        let found = scan(&f.host, "etcd", &known(UID)).expect("scan");
         assert_eq!(pids_of(&found), (vec![300], vec![]));
         assert_eq!(found.pod[0].pod.scope, None);
     }
@@ -680,24 +697,5 @@ mod tests {
         );
         assert_eq!(find_processes(proc, "etcd").expect("scan"), vec![2]);
         assert!(find_processes(proc, "").expect("scan").is_empty());
-    }
-
-    #[test]
-    fn the_manifest_may_give_the_pod_uid() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("etcd.yaml");
-        std::fs::write(
-            &path,
-            format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: etcd\n  uid: {UID}\n"),
-        )
-        .expect("write");
-        assert_eq!(manifest_pod_uid(&path).as_deref(), Some(UID));
-        std::fs::write(
-            &path,
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: etcd\n",
-        )
-        .expect("write");
-        assert_eq!(manifest_pod_uid(&path), None);
-        assert_eq!(manifest_pod_uid(&dir.path().join("missing.yaml")), None);
     }
 }

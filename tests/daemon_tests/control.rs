@@ -1,7 +1,6 @@
 //! The control socket, its protocol and the client commands, against a real server in process
 //! on a socket in a temp dir; the handler behind it is canned (the daemon's own handler is tested
 //! with the daemon). Also the history file and the `[control]` configuration.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};

@@ -428,7 +428,7 @@ async fn a_non_root_client_may_read_but_not_rotate() {
         .arg(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "nobody_client",
+            &in_this_binary("nobody_client"),
             "--nocapture",
             "--test-threads=1",
         ])
@@ -490,7 +490,7 @@ impl Holder {
             .arg(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "nobody_holder",
+                &in_this_binary("nobody_holder"),
                 "--nocapture",
                 "--test-threads=1",
             ])
@@ -1686,5 +1686,14 @@ async fn support_wait(done: impl Fn() -> bool) {
     while !done() {
         assert!(Instant::now() < deadline, "waited {T:?} in vain");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The name the test harness knows the test function `name` of this file by: its path below the
+/// binary's root (`control::nobody_client`), as `--exact` wants it.
+fn in_this_binary(name: &str) -> String {
+    match module_path!().split_once("::") {
+        Some((_, module)) => format!("{module}::{name}"),
+        None => name.to_owned(),
     }
 }

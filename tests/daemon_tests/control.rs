@@ -634,9 +634,10 @@ fn nobody_holder() {
         let mut held = Vec::new();
         let refusal = loop {
             let mut stream = UnixStream::connect(&socket).await.unwrap();
-            proto::write_request(&mut stream, &Request::Status, T)
-                .await
-                .unwrap();
+            // A connection over the cap is answered and closed at once, possibly before this
+            // request is written: the write then fails (EPIPE) and the answer is still there to
+            // read. Any other failure shows in the read.
+            let _ = proto::write_request(&mut stream, &Request::Status, T).await;
             match proto::read_response(&mut stream, T).await.unwrap() {
                 Response::Status(_) => held.push(stream),
                 other => break other,

@@ -197,7 +197,7 @@ async fn idle(
     let end = Instant::now() + window;
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_secs(10).min(end - Instant::now())).await;
-        summary.updated = certrotd::report::rfc3339(OffsetDateTime::now_utc());
+        summary.updated = certrotd::timefmt::rfc3339(OffsetDateTime::now_utc());
         lease.publish(&summary).await.expect("publish");
     }
     (

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to build and test certrotd: the real components the
 # tests start (etcd, a systemd manager over D-Bus, cfssl), the independent judges (openssl,
-# kubectl) and the packaging tools. Idempotent: does nothing when everything is present.
+# kubectl, prometheus) and the packaging tools. Idempotent: does nothing when everything is present.
 # cargo-deb and cargo-generate-rpm come from crates.io: `make package-tools`.
 set -euo pipefail
 
@@ -20,6 +20,9 @@ if [ -z "$build_only" ]; then
 want etcd etcd-server
 want etcdctl etcd-client
 want cfssl golang-cfssl
+# The judge of the metrics (tests/daemon_tests/metrics.rs): promtool, and a real server scraping a daemon.
+want prometheus prometheus
+want promtool prometheus
 want openssl openssl
 want dbus-daemon dbus
 want /lib/systemd/systemd systemd

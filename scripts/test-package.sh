@@ -56,6 +56,7 @@ common_files="/etc/certrotd/certrotd.toml 644
 /usr/bin/certrotd 755
 /usr/lib/systemd/system/certrotd.service 644
 /usr/share/bash-completion/completions/certrotd 644
+/usr/share/certrotd/prometheus/certrotd-alerts.yaml 644
 /usr/share/doc/certrotd/README.md 644
 /usr/share/doc/certrotd/examples/extra-paths.conf 644
 /usr/share/doc/certrotd/examples/manifest-strategy.conf 644

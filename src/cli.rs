@@ -84,6 +84,7 @@ pub enum Command {
     },
     /// Run the daemon: watch the node, renew what is due, restart and verify its consumers, and
     /// answer `certrotd status` on the control socket.
+    #[command(after_long_help = journal_help())]
     Run {
         /// Node and configuration.
         #[command(flatten)]
@@ -203,4 +204,34 @@ pub enum ConfigAction {
         #[command(flatten)]
         node: NodeArgs,
     },
+}
+
+/// `certrotd run --help` (and its man page): how to read what the daemon wrote to the journal.
+/// The examples are the ones tests/daemon_tests/journald.rs runs against a real journald.
+fn journal_help() -> String {
+    use crate::events::ids;
+    format!(
+        "Reading the journal:
+
+Under systemd every event is a journal entry with structured fields: CERTROTD_EVENT (its kind),
+MESSAGE_ID (one per kind, stable across versions), NODE, and where they apply CERT_NAME (once per
+certificate), CERT_PATH, NOT_AFTER, ROTATION_ID, COMPONENT, THRESHOLD and SEVERITY. Notices are
+priority warning inside notify_before, err inside emergency_before and crit once expired.
+
+  journalctl -u certrotd CERTROTD_EVENT=rotated
+      every certificate rotated
+  journalctl -u certrotd CERT_NAME=apiserver
+      everything about one certificate
+  id=$(journalctl -u certrotd -n 1 -o cat --output-fields=ROTATION_ID CERTROTD_EVENT=rotation-started)
+  journalctl -u certrotd ROTATION_ID=$id
+      the last rotation's events
+  journalctl MESSAGE_ID={failed}
+      failed rotations (MESSAGE_ID={retrying}: retried renewals)
+  journalctl -u certrotd -p crit
+      certificates that expired
+  journalctl -u certrotd -o verbose CERTROTD_EVENT=notice
+      every field of the notices",
+        failed = ids::ROTATION_FAILED,
+        retrying = ids::RETRYING,
+    )
 }

@@ -30,7 +30,9 @@ use crate::duration;
 use crate::pki::layout::Component as PkiComponent;
 
 mod issuer;
+mod metrics;
 pub use issuer::{CaChoice, CaOverride, IssuerMode, IssuerSettings, RemoteCa};
+pub use metrics::MetricsSettings;
 
 /// The main configuration file's node path; `--root` moves it inside the root.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/certrotd/certrotd.toml";
@@ -71,6 +73,8 @@ pub struct Settings {
     pub issuer: IssuerSettings,
     /// `[lease]`: how this node takes turns with its peers.
     pub lease: LeaseSettings,
+    /// `[metrics]`: Prometheus exposition (off unless configured).
+    pub metrics: MetricsSettings,
     /// The configuration files read, in the order they were applied.
     #[serde(skip)]
     pub sources: Vec<PathBuf>,
@@ -93,6 +97,7 @@ impl Default for Settings {
             probe: ProbeSettings::default(),
             issuer: IssuerSettings::default(),
             lease: LeaseSettings::default(),
+            metrics: MetricsSettings::default(),
             sources: Vec::new(),
         }
     }
@@ -256,7 +261,7 @@ pub struct RenewSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RestartSettings {
     /// How kubeadm's static pods are restarted (`None`: they are not).
-    pub static_pods: Option<crate::restart::Strategy>,
+    pub static_pods: Option<StaticPodRestart>,
     /// Whether systemd units (kubelet, an external etcd, rke2, k3s) are restarted.
     pub units: bool,
     /// The D-Bus address of systemd's bus; empty is the system bus.
@@ -264,15 +269,44 @@ pub struct RestartSettings {
     /// How long a restart job may take.
     #[serde(with = "duration::human")]
     pub job_timeout: Duration,
+    /// Whether a component that re-reads its certificates by itself is given the chance (proved,
+    /// never assumed) before it is restarted; `false` restarts always (see `restart::reload`).
+    pub prefer_reload: bool,
+    /// How long such a component has to serve its new certificates before it is restarted.
+    #[serde(with = "duration::human")]
+    pub reload_period: Duration,
+}
+
+/// How long a restart job may take unless `[restart] job_timeout` says otherwise.
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long a component that re-reads its files is given by default to serve the new
+/// certificate before it is restarted: the slowest self-reloading entry of `restart::reload`
+/// re-reads within a minute (the Kubernetes dynamic-certificate controllers' resync), plus a
+/// margin. etcd serves the new file on the very next handshake, so the happy path never waits
+/// this long.
+pub const DEFAULT_RELOAD_PERIOD: Duration = Duration::from_secs(75);
+
+/// How kubeadm's static pods are restarted: the two of `restart::Strategy`'s ways that apply to
+/// a static pod, named as the configuration writes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StaticPodRestart {
+    /// Stop the pod's container through its systemd scope; the kubelet starts it again.
+    KillScope,
+    /// Annotate the static pod's manifest; the kubelet recreates the pod.
+    Manifest,
 }
 
 impl Default for RestartSettings {
     fn default() -> Self {
         RestartSettings {
-            static_pods: Some(crate::restart::Strategy::KillScope),
+            static_pods: Some(StaticPodRestart::KillScope),
             units: true,
             dbus_address: String::new(),
-            job_timeout: crate::restart::DEFAULT_JOB_TIMEOUT,
+            job_timeout: DEFAULT_JOB_TIMEOUT,
+            prefer_reload: true,
+            reload_period: DEFAULT_RELOAD_PERIOD,
         }
     }
 }
@@ -284,6 +318,8 @@ struct RestartLayer {
     units: Option<Val<bool>>,
     dbus_address: Option<Val<String>>,
     job_timeout: Option<Val<DurationText>>,
+    prefer_reload: Option<Val<bool>>,
+    reload_period: Option<Val<DurationText>>,
 }
 
 impl RestartLayer {
@@ -292,15 +328,16 @@ impl RestartLayer {
         over(&mut self.units, later.units, file);
         over(&mut self.dbus_address, later.dbus_address, file);
         over(&mut self.job_timeout, later.job_timeout, file);
+        over(&mut self.prefer_reload, later.prefer_reload, file);
+        over(&mut self.reload_period, later.reload_period, file);
     }
 
     fn resolve(&self, sources: &Sources) -> Result<RestartSettings, ConfigError> {
-        use crate::restart::Strategy;
         let mut settings = RestartSettings::default();
         if let Some(w) = &self.static_pods {
             settings.static_pods = match w.value.as_str() {
-                "kill-scope" => Some(Strategy::KillScope),
-                "manifest" => Some(Strategy::Manifest),
+                "kill-scope" => Some(StaticPodRestart::KillScope),
+                "manifest" => Some(StaticPodRestart::Manifest),
                 "none" => None,
                 other => {
                     return Err(sources.invalid(
@@ -322,6 +359,14 @@ impl RestartLayer {
             "restart.job_timeout",
             &self.job_timeout,
             settings.job_timeout,
+        )?;
+        if let Some(w) = &self.prefer_reload {
+            settings.prefer_reload = w.value;
+        }
+        settings.reload_period = sources.duration(
+            "restart.reload_period",
+            &self.reload_period,
+            settings.reload_period,
         )?;
         Ok(settings)
     }
@@ -745,6 +790,8 @@ struct FileLayer {
     issuer: issuer::IssuerLayer,
     #[serde(default)]
     lease: LeaseLayer,
+    #[serde(default)]
+    metrics: metrics::MetricsLayer,
 }
 
 impl FileLayer {
@@ -761,6 +808,7 @@ impl FileLayer {
         self.probe.merge(later.probe, file);
         self.issuer.merge(later.issuer, file);
         self.lease.merge(later.lease, file);
+        self.metrics.merge(later.metrics, file);
     }
 }
 
@@ -1382,7 +1430,7 @@ struct Sources {
 fn duration_limit(key: &str) -> Duration {
     const DAY: Duration = Duration::from_secs(24 * 3600);
     match key {
-        "restart.job_timeout" | "probe.timeout" | "lease.ttl" => DAY,
+        "restart.job_timeout" | "restart.reload_period" | "probe.timeout" | "lease.ttl" => DAY,
         "policy.jitter" => DAY * 30,
         _ => duration::MAX,
     }
@@ -1511,6 +1559,7 @@ impl Sources {
         let probe = layer.probe.resolve(self)?;
         let issuer = layer.issuer.resolve(self)?;
         let lease = layer.lease.resolve(self)?;
+        let metrics = layer.metrics.resolve(self)?;
         self.ensure_shorter(
             Side::new(
                 "policy.renew_before",
@@ -1533,6 +1582,7 @@ impl Sources {
             probe,
             issuer,
             lease,
+            metrics,
             sources: self.files.iter().map(|(path, _)| path.clone()).collect(),
         })
     }

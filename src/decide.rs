@@ -403,14 +403,14 @@ fn first_problem(e: &Entry) -> String {
 
 fn notice(e: &Entry, cert: &Cert, threshold: Threshold, t: &Times, now: OffsetDateTime) -> Notice {
     let (serial, not_after) = (&cert.serial, cert.not_after);
-    let when = crate::report::rfc3339(not_after);
+    let when = crate::timefmt::rfc3339(not_after);
     let left = crate::duration::format_residual((not_after - now).whole_seconds());
     let message = match threshold {
         Threshold::Notify if t.kubelet_rotates => format!(
             "the kubelet is late rotating its client certificate {} (rotateCertificates: true): \
              90% of its lifetime has passed, it expires in {left} ({when}); certrotd takes over at {}",
             e.name,
-            crate::report::rfc3339(t.renew)
+            crate::timefmt::rfc3339(t.renew)
         ),
         Threshold::Notify => format!("certificate {} expires in {left} ({when})", e.name),
         Threshold::Emergency => format!(

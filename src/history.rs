@@ -23,8 +23,8 @@ use time::OffsetDateTime;
 
 use crate::config::Settings;
 use crate::control::proto::{HistoryRecord, HistoryState};
-use crate::report::rfc3339;
 use crate::store::{self, StoreError};
+use crate::timefmt::rfc3339;
 
 /// The file's name inside the state directory.
 pub const FILE_NAME: &str = "history.jsonl";
@@ -170,6 +170,8 @@ impl History {
             disruptive_to: None,
             fencing_token: None,
             recovery: false,
+            reloaded: Vec::new(),
+            restarted: Vec::new(),
         };
         self.append(&record)?;
         Ok(record)

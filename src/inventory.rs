@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::config::Settings;
 use crate::pki::cert::Cert;
 use crate::pki::key::{PrivateKey, is_key_label, public_half};
 use crate::pki::kubeconfig::{self, Source as KcSource};
@@ -170,6 +171,13 @@ impl Inventory {
     pub fn get(&self, name: &str) -> Option<&Entry> {
         self.entries.iter().find(|e| e.name == name)
     }
+
+    /// Every entry as its file gave it, file by file, before copies of a CA file (a kubeconfig's
+    /// `certificate-authority-data`, a bundle's CA) were merged into that file's entry: what a
+    /// file-by-file reader such as x509-certificate-exporter sees.
+    pub fn as_read(&self) -> impl Iterator<Item = &Entry> {
+        self.loaded.iter().flat_map(|(_, entries)| entries)
+    }
 }
 
 /// What to scan.
@@ -181,6 +189,26 @@ pub struct Request<'a> {
     pub layouts: Option<Vec<Layout>>,
     /// Extra files or globs (node paths).
     pub extra_paths: &'a [String],
+}
+
+impl<'a> Request<'a> {
+    /// What the configuration asks to be scanned under `root`: its layouts (or detection) and
+    /// its `[inventory] extra_paths`.
+    pub fn for_settings(root: &'a Root, settings: &'a Settings) -> Self {
+        Request {
+            root,
+            layouts: settings.layout.layouts(),
+            extra_paths: &settings.inventory.extra_paths,
+        }
+    }
+}
+
+impl Inventory {
+    /// Scans the node the settings describe.
+    pub fn for_settings(settings: &Settings) -> Inventory {
+        let root = Root::new(&settings.root);
+        scan(&Request::for_settings(&root, settings))
+    }
 }
 
 /// One file to load, with what the layout says about it.

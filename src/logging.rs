@@ -2,16 +2,23 @@
 //!
 //! Under systemd (`JOURNAL_STREAM` or `INVOCATION_ID` set) events go to journald with their
 //! fields as journal fields, unprefixed, so `journalctl -u certrotd CERTROTD_EVENT=rotated` works.
-//! `CERTROTD_LOG` sets the filter (`info` by default). On stderr, levels are coloured only when
+//! `CERTROTD_LOG` sets the filter (`info` by default). Events under
+//! [`CRITICAL_TARGET`](crate::events::CRITICAL_TARGET) are journald priority 2 (critical), which
+//! tracing's levels cannot say. On stderr, levels are coloured only when
 //! stderr is a terminal and `NO_COLOR` is unset or empty (<https://no-color.org>): a log
 //! redirected to a file or a pipe stays plain text.
 
 use std::ffi::OsStr;
 use std::io::IsTerminal as _;
 
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::layer::SubscriberExt as _;
+use tracing::{Event, Metadata, Subscriber};
+use tracing_journald::{Priority, PriorityMappings};
+use tracing_subscriber::layer::{Context, SubscriberExt as _};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::events::{CERT_SPAN_TARGET, CRITICAL_TARGET};
 
 /// Where logs go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,10 +38,7 @@ pub fn under_systemd() -> bool {
 /// cannot be reached.
 pub fn init(prefer_journald: bool) -> Sink {
     let filter = EnvFilter::try_from_env("CERTROTD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    if prefer_journald && let Ok(layer) = tracing_journald::layer() {
-        let layer = layer
-            .with_field_prefix(None)
-            .with_syslog_identifier("certrotd".to_owned());
+    if prefer_journald && let Ok(layer) = Journald::new() {
         if tracing_subscriber::registry()
             .with(filter)
             .with(layer)
@@ -47,12 +51,77 @@ pub fn init(prefer_journald: bool) -> Sink {
     }
     let no_color = std::env::var_os("NO_COLOR");
     let ansi = colour(std::io::stderr().is_terminal(), no_color.as_deref());
-    let _ = tracing_subscriber::fmt()
+    // The spans that carry a multi-certificate event's names are for journald; on stderr the
+    // message already lists them.
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
-        .with_env_filter(filter)
+        .with_filter(tracing_subscriber::filter::filter_fn(|m| !is_cert_span(m)));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
         .try_init();
     Sink::Stderr
+}
+
+fn is_cert_span(m: &Metadata<'_>) -> bool {
+    m.is_span() && m.target() == CERT_SPAN_TARGET
+}
+
+/// The journald layer: fields unprefixed, `SYSLOG_IDENTIFIER=certrotd`, and events under
+/// [`CRITICAL_TARGET`] sent at priority 2. One inner layer keeps the spans' fields (a span's
+/// fields are stored once, in its extensions); the critical one reads them from there too.
+struct Journald {
+    normal: tracing_journald::Layer,
+    critical: tracing_journald::Layer,
+}
+
+impl Journald {
+    fn new() -> std::io::Result<Journald> {
+        let layer = || -> std::io::Result<tracing_journald::Layer> {
+            Ok(tracing_journald::layer()?
+                .with_field_prefix(None)
+                .with_syslog_identifier("certrotd".to_owned()))
+        };
+        Ok(Journald {
+            normal: layer()?,
+            critical: layer()?.with_priority_mappings(PriorityMappings {
+                error: Priority::Critical,
+                ..PriorityMappings::new()
+            }),
+        })
+    }
+}
+
+impl<S> Layer<S> for Journald
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: Context<'_, S>,
+    ) {
+        self.normal.on_new_span(attrs, id, ctx);
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: Context<'_, S>,
+    ) {
+        self.normal.on_record(id, values, ctx);
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        if event.metadata().target() == CRITICAL_TARGET {
+            self.critical.on_event(event, ctx);
+        } else {
+            self.normal.on_event(event, ctx);
+        }
+    }
 }
 
 /// Whether stderr logs carry ANSI colour: only a terminal shows it (escape codes would litter a

@@ -77,7 +77,7 @@ pub fn assess(entry: &Entry, windows: &Windows, now: OffsetDateTime) -> Assessme
     if cert.not_before > now {
         problems.push(format!(
             "not valid before {} (clock skew, or issued in the future)",
-            crate::report::rfc3339(cert.not_before)
+            crate::timefmt::rfc3339(cert.not_before)
         ));
     }
     let status = if residual <= 0 {

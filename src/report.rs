@@ -10,22 +10,7 @@ use crate::inventory::{Entry, Inventory, KeyPairEntry, KubeletInfo, Origin};
 use crate::pki::cert::{KeyAlgorithm, San};
 use crate::pki::layout::{Component, Layout};
 use crate::policy::{self, Status, Windows};
-
-/// RFC 3339 in UTC, seconds precision (what `not_before`/`not_after` carry).
-pub fn rfc3339(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
-    t.format(&fmt).unwrap_or_else(|_| t.to_string())
-}
-
-/// kubeadm's EXPIRES column: `Nov 23, 2027 18:30 UTC`.
-pub fn kubeadm_time(t: OffsetDateTime) -> String {
-    let fmt =
-        time::macros::format_description!("[month repr:short] [day], [year] [hour]:[minute] UTC");
-    t.to_offset(time::UtcOffset::UTC)
-        .format(&fmt)
-        .unwrap_or_else(|_| t.to_string())
-}
+use crate::timefmt::{kubeadm_time, rfc3339};
 
 /// One certificate as `check -o json` prints it.
 #[derive(Debug, Clone, Serialize)]

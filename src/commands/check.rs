@@ -8,20 +8,9 @@ use time::OffsetDateTime;
 use super::{Outcome, load_settings};
 use crate::cli::{NodeArgs, Output};
 use crate::config::Settings;
-use crate::inventory::{self, Inventory};
+use crate::inventory::Inventory;
 use crate::policy::Windows;
 use crate::report::CheckReport;
-use crate::root::Root;
-
-/// Scans the node the settings describe.
-pub fn inventory(settings: &Settings) -> Inventory {
-    let root = Root::new(&settings.root);
-    inventory::scan(&inventory::Request {
-        root: &root,
-        layouts: settings.layout.layouts(),
-        extra_paths: &settings.inventory.extra_paths,
-    })
-}
 
 /// The status windows of the settings.
 pub fn windows(settings: &Settings) -> Windows {
@@ -34,7 +23,7 @@ pub fn windows(settings: &Settings) -> Windows {
 /// Runs `certrotd check`.
 pub fn run(node: &NodeArgs, output: Output, now: OffsetDateTime) -> Outcome {
     let settings = load_settings(node)?;
-    let inv = inventory(&settings);
+    let inv = Inventory::for_settings(&settings);
     let report = CheckReport::new(settings.root.clone(), &inv, &windows(&settings), now);
     // The inventory is not needed past this point, and freeing ten thousand certificates one by
     // one costs more than the process's exit does.

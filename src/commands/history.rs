@@ -39,6 +39,7 @@ pub fn to_table(records: &[HistoryRecord]) -> String {
                 r.finished_at.clone().unwrap_or_else(|| "-".to_owned()),
                 r.node.clone(),
                 list(&r.certificates),
+                components(r),
                 r.reason.clone().unwrap_or_else(|| "-".to_owned()),
             ]
         })
@@ -53,9 +54,25 @@ pub fn to_table(records: &[HistoryRecord]) -> String {
             "FINISHED",
             "NODE",
             "CERTIFICATES",
+            "COMPONENTS",
             "REASON",
         ],
         &rows,
     );
     out
+}
+
+/// What happened to each consumer: "etcd reloaded, kubelet restarted", or "-".
+fn components(r: &HistoryRecord) -> String {
+    let words: Vec<String> = r
+        .reloaded
+        .iter()
+        .map(|c| format!("{c} reloaded"))
+        .chain(r.restarted.iter().map(|c| format!("{c} restarted")))
+        .collect();
+    if words.is_empty() {
+        "-".to_owned()
+    } else {
+        words.join(", ")
+    }
 }

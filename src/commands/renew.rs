@@ -6,17 +6,18 @@ use std::process::ExitCode;
 
 use time::OffsetDateTime;
 
-use super::check::inventory;
 use super::recover::{dirs, join, lock_and_recover};
 use super::{EXIT_CONFIG, Failure, Outcome, load_settings};
 use crate::cli::RenewArgs;
-use crate::report::{rfc3339, table};
+use crate::inventory::Inventory;
+use crate::report::table;
 use crate::root::Root;
 use crate::rotation::execute::{self, Report};
 use crate::rotation::journal::{self, Journal};
 use crate::rotation::plan::{self, Install, Item, Plan, PlanOptions};
 use crate::rotation::select::{self, SelectError};
 use crate::rotation::{Context, Selection, StateDirs, Unguarded};
+use crate::timefmt::rfc3339;
 
 /// Runs `certrotd renew`.
 pub fn run(args: &RenewArgs, now: OffsetDateTime) -> Outcome {
@@ -40,7 +41,7 @@ pub fn run(args: &RenewArgs, now: OffsetDateTime) -> Outcome {
         Some(lock_and_recover(&root, &state, &settings)?)
     };
 
-    let inv = inventory(&settings);
+    let inv = Inventory::for_settings(&settings);
     let selected = select::select(&inv, &selection).map_err(usage)?;
     let plan = plan::make(&inv, &selected, &root, &opts, now);
     print!("{}", describe(&plan, &root, args.dry_run));

@@ -126,7 +126,7 @@ pub fn to_table(report: &StatusReport) -> String {
                 c.not_after
                     .as_deref()
                     .and_then(parse_time)
-                    .map(crate::report::kubeadm_time)
+                    .map(crate::timefmt::kubeadm_time)
                     .unwrap_or_else(|| "-".to_owned()),
                 c.residual_seconds
                     .map(format_residual)

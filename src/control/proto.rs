@@ -277,6 +277,13 @@ pub struct HistoryRecord {
     /// certificates had expired, so the cluster could not be up.
     #[serde(default)]
     pub recovery: bool,
+    /// The components that picked up the new certificates by themselves, proved by what they
+    /// serve (or, for what nothing can probe, by the reload table), and were not restarted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reloaded: Vec<String>,
+    /// The components that were restarted onto the new certificates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restarted: Vec<String>,
 }
 
 /// Where a rotation stands, serialised as the word.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use crate::control::proto::RetryStatus;
-use crate::report::rfc3339;
+use crate::timefmt::rfc3339;
 
 /// The retry state after failed renewals.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

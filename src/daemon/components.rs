@@ -134,13 +134,13 @@ pub fn strategy(settings: &Settings, root: &Root, component: Component) -> Optio
     let r = &settings.restart;
     match component {
         Component::KubeApiserver | Component::KubeControllerManager | Component::KubeScheduler => {
-            r.static_pods
+            r.static_pods.map(Strategy::from)
         }
         // kubeadm's stacked etcd is a static pod; an external etcd is a unit.
         Component::Etcd => {
             let manifest = root.join(format!("{}/etcd.yaml", crate::restart::MANIFESTS_DIR));
             if manifest.exists() {
-                r.static_pods
+                r.static_pods.map(Strategy::from)
             } else {
                 r.units.then_some(Strategy::Unit)
             }

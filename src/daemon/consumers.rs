@@ -120,7 +120,7 @@ pub(super) enum Serving {
 
 pub(super) async fn inventory(env: &Env<'_>) -> Result<Inventory, String> {
     let settings = env.settings.clone();
-    spawn_blocking(move || crate::commands::check::inventory(&settings))
+    spawn_blocking(move || Inventory::for_settings(&settings))
         .await
         .map_err(|e| format!("inventory after install: {e}"))
 }

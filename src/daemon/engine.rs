@@ -31,7 +31,7 @@ pub(super) async fn make_plan(
         let recovered = recover_locked(&root, &state, &settings, &Unguarded, now)?;
         record_quarantined(&history, &settings.node_name, &recovered, now);
         still_open(&recovered)?;
-        let inv = crate::commands::check::inventory(&settings);
+        let inv = crate::inventory::Inventory::for_settings(&settings);
         let selected = select::select(&inv, &sel).map_err(|e| e.to_string())?;
         let opts = PlanOptions {
             key_policy: settings.renew.key_policy,

@@ -25,11 +25,13 @@ pub mod engine;
 pub mod failure;
 pub mod handler;
 pub mod liveness;
+pub mod metered;
 pub mod mode;
 pub mod node;
 pub mod notify;
 pub mod peers;
 pub mod recovery;
+pub mod reload;
 pub mod resume;
 pub mod rotate;
 pub mod shutdown;
@@ -167,6 +169,7 @@ pub async fn serve(settings: Settings, edges: Edges) -> anyhow::Result<()> {
         lease: d.peers.shared(),
     });
     let control = Control::spawn(listener, socket_path, Arc::clone(&shared));
+    let metrics_server = metered::MetricsServer::start(&d).await?;
     // The inventory first: it is what says which files to watch.
     d.refresh();
     let mut watched = d.watched();
@@ -212,6 +215,10 @@ pub async fn serve(settings: Settings, edges: Edges) -> anyhow::Result<()> {
         let now = d.clock.now();
         let retry_pending = d.backoff.waiting(now).is_some();
         if !retry_pending && let Some(plan) = recovery::needed(&d.inventory, now) {
+            // Announced first: once renewed, nothing expired is left to announce, and the journal
+            // would never say which certificates had expired.
+            let expired = d.decide(now);
+            d.announce(&expired);
             let req = Request {
                 selection: Selection {
                     types: Vec::new(),
@@ -301,6 +308,9 @@ pub async fn serve(settings: Settings, edges: Edges) -> anyhow::Result<()> {
         }
     }
     control.stop(&mut d).await;
+    if let Some(m) = metrics_server {
+        m.stop().await;
+    }
     Ok(())
 }
 
@@ -318,6 +328,7 @@ fn why_due(d: &Decision) -> String {
 /// After a turn: backs off after a failure (when `back_off`), starts afresh after a success, and
 /// returns whether a rotation was left open.
 fn settle(d: &mut Daemon, turned: Turned, back_off: bool) -> bool {
+    d.metered_turn(&turned);
     let now = d.clock.now();
     let mut failure = None;
     let mut left_open = false;

@@ -36,6 +36,8 @@ pub enum Step {
     HealthGate,
     /// Backing up and installing the new files.
     Install,
+    /// Waiting for one component to serve its new certificates by itself (no restart).
+    Reload(Component),
     /// Restarting one component.
     Restart(Component),
     /// Proving the components serve their new certificates and are healthy.
@@ -52,6 +54,7 @@ impl Step {
             Step::Obtain => "obtain",
             Step::HealthGate => "health-gate",
             Step::Install => "install",
+            Step::Reload(_) => "reload",
             Step::Restart(_) => "restart",
             Step::Verify => "verify",
             Step::Rollback => "rollback",
@@ -71,6 +74,7 @@ impl fmt::Display for Step {
             Step::Obtain => f.write_str("obtaining certificates from the remote CA"),
             Step::HealthGate => f.write_str("checking the components are healthy"),
             Step::Install => f.write_str("installing"),
+            Step::Reload(c) => write!(f, "waiting for {c} to serve its new certificates by itself"),
             Step::Restart(c) => write!(f, "restarting {c}"),
             Step::Verify => f.write_str("proving the new certificates are served"),
             Step::Rollback => f.write_str("rolling back"),
@@ -215,7 +219,7 @@ impl fmt::Display for Mode {
             Mode::BackingOff { until } => write!(
                 f,
                 "backing off after a failed rotation until {}",
-                crate::report::rfc3339(*until)
+                crate::timefmt::rfc3339(*until)
             ),
             Mode::Stopping { why } => write!(f, "stopping ({why})"),
         }

@@ -24,9 +24,9 @@ use crate::decide::{self, Decision, Policy, Threshold};
 use crate::events;
 use crate::history::History;
 use crate::inventory::Inventory;
-use crate::report::rfc3339;
 use crate::root::Root;
 use crate::rotation::{StateDirs, Unguarded, lock};
+use crate::timefmt::rfc3339;
 
 /// Notices kept for `certrotd status`.
 const NOTICES_KEPT: usize = 50;
@@ -71,6 +71,8 @@ pub struct Daemon {
     fixed_components: bool,
     /// A lease given at start (tests), used instead of the one `[lease]` configures.
     pub fixed_lease: Option<Arc<dyn crate::lease::Lease>>,
+    /// What Prometheus reads (`[metrics]`; fixed at start, a reload does not move it).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Daemon {
@@ -116,7 +118,9 @@ impl Daemon {
         let fixed_components = components.is_some();
         let components =
             components.unwrap_or_else(|| Arc::new(NodeComponents::new(&settings, &root)));
+        let metrics = super::metered::metrics(&settings);
         Ok(Daemon {
+            metrics,
             history,
             last_rotation,
             peers: Peers::default(),
@@ -160,6 +164,7 @@ impl Daemon {
     /// the loop's next decision starts from the mode it is really in) and shows the mode.
     pub fn go(&mut self, to: Mode) {
         let line = to.to_string();
+        let name = to.name();
         let moved = self
             .machine
             .lock()
@@ -168,6 +173,7 @@ impl Daemon {
             .is_ok();
         if moved {
             self.live.pulse.beat(line, IDLE_BOUND);
+            self.metrics.mode(name, self.clock.now());
         }
     }
 
@@ -189,7 +195,7 @@ impl Daemon {
 
     /// Reads the node's certificates again.
     pub fn refresh(&mut self) {
-        self.inventory = crate::commands::check::inventory(&self.settings);
+        self.inventory = Inventory::for_settings(&self.settings);
     }
 
     /// Files changed: read the node again, and say which certificates someone else replaced.
@@ -200,11 +206,7 @@ impl Daemon {
             .iter()
             .map(|e| (e.name.clone(), e.cert.as_ref().map(|c| c.serial.clone())))
             .collect();
-        let req = crate::inventory::Request {
-            root: &self.root,
-            layouts: self.settings.layout.layouts(),
-            extra_paths: &self.settings.inventory.extra_paths,
-        };
+        let req = crate::inventory::Request::for_settings(&self.root, &self.settings);
         self.inventory.refresh(&req, paths);
         let mut replaced = false;
         for e in &self.inventory.entries {
@@ -268,6 +270,7 @@ impl Daemon {
                 &n.name,
                 &path,
                 n.not_after,
+                n.threshold,
                 &n.message,
             );
             self.announced
@@ -316,10 +319,12 @@ impl Daemon {
             self.live.pulse.beat(report.summary.clone(), IDLE_BOUND);
         }
         self.live.show();
-        *shared.status.write().unwrap_or_else(|e| e.into_inner()) = StatusReport {
+        let report = StatusReport {
             retry: self.backoff.status(),
             ..report
         };
+        self.metered_status(&report, now);
+        *shared.status.write().unwrap_or_else(|e| e.into_inner()) = report;
     }
 
     /// After a failed rotation: wait before trying again, longer after each failure, and tell

@@ -19,8 +19,8 @@ use crate::control::proto::HistoryRecord;
 use crate::inventory::Inventory;
 use crate::lease::credentials::Credentials;
 use crate::lease::{self, Held, Lease, LeaseError, NodeSummary, Want};
-use crate::report::rfc3339;
 use crate::root::Root;
+use crate::timefmt::rfc3339;
 
 /// How often an idle node republishes its summary: half a request a minute, on top of the lease
 /// refreshing the summary's TTL (the budget is two a minute).

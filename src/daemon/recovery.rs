@@ -38,7 +38,7 @@ pub fn needed(inv: &Inventory, now: OffsetDateTime) -> Option<RecoveryPlan> {
         }
         expired_at.push(format!(
             "{name} expired {}",
-            crate::report::rfc3339(cert.not_after)
+            crate::timefmt::rfc3339(cert.not_after)
         ));
     }
     // Every etcd leaf: the healthcheck client proves the restarted member, and the API server's

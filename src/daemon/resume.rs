@@ -13,10 +13,10 @@ use crate::control::proto::{HistoryRecord, HistoryState};
 use crate::events;
 use crate::history::History;
 use crate::lease::Held;
-use crate::report::rfc3339;
 use crate::root::Root;
 use crate::rotation::journal::{Journal, Phase};
 use crate::rotation::{Context, Guard, StateDirs, lock, recover};
+use crate::timefmt::rfc3339;
 
 /// Finishes the rotations a crash, SIGKILL or a lost lease left open: those history still shows
 /// as Initiated. First their files are made all-old or all-new (recovery, now with the lease as

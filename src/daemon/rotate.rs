@@ -21,16 +21,17 @@ use super::consumers::{Installed, Serving, health_gate, prove_all, restart_all};
 use super::engine::{consumers, install, make_plan, roll_back};
 use super::failure::RotationFailure;
 use super::mode::Step;
+use super::reload::reload_or_restart;
 pub use super::resume::{interrupted, record_quarantined, recover_locked, resume};
 use crate::config::Settings;
 use crate::control::proto::{HistoryRecord, HistoryState, RotationProgress};
 use crate::events;
 use crate::history::History;
 use crate::lease::{Held, Lease};
-use crate::report::rfc3339;
 use crate::root::Root;
 use crate::rotation::plan::Plan;
 use crate::rotation::{Selection, StateDirs};
+use crate::timefmt::rfc3339;
 
 /// What to rotate and why.
 #[derive(Debug, Clone)]
@@ -258,13 +259,15 @@ fn closed_without_record(
             disruptive_to: None,
             fencing_token: None,
             recovery: false,
+            reloaded: Vec::new(),
+            restarted: Vec::new(),
         },
         failure: Some(failure),
     }
 }
 
-/// Everything after the install: restart the consumers and prove they serve the new
-/// certificates; otherwise roll back, restart again and prove they serve the old ones. Finishes
+/// Everything after the install: let the consumers reload by themselves where they can, restart
+/// the others (see [`super::reload`]), and prove they serve the new certificates; otherwise roll back, restart again and prove they serve the old ones. Finishes
 /// the record, or leaves it open when the lease is lost before a restart.
 pub(super) async fn restart_and_prove(
     env: &Env<'_>,
@@ -274,13 +277,7 @@ pub(super) async fn restart_and_prove(
     mut record: HistoryRecord,
 ) -> Finished {
     let names = record.certificates.clone();
-    let outcome = match restart_all(env, id, &names, &installed.consumers, lease).await {
-        Ok(()) => {
-            step(env, id, &names, Step::Verify);
-            prove_all(env, installed, Serving::Renewed).await
-        }
-        Err(e) => Err(e),
-    };
+    let outcome = reload_or_restart(env, id, installed, lease, &mut record).await;
     let failure = match outcome {
         Ok(()) => {
             record.disruptive_to = Some(rfc3339(env.clock.now()));

@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 use crate::control::proto::{CertStatus, DaemonInfo, LeaseStatus, RotationProgress, StatusReport};
 use crate::decide::{Decision, NextAction};
 use crate::inventory::Inventory;
-use crate::report::rfc3339;
+use crate::timefmt::rfc3339;
 
 /// Everything status is made from.
 pub struct Inputs<'a> {

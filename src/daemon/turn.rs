@@ -19,9 +19,9 @@ use super::shutdown::Shutdown;
 use crate::config::Settings;
 use crate::control::proto::{HistoryState, LeaseStatus};
 use crate::lease::{Held, Lease};
-use crate::report::rfc3339;
 use crate::rotation::obtain::{self, Obtained};
 use crate::rotation::plan::Plan;
+use crate::timefmt::rfc3339;
 
 /// How a turn ended.
 #[derive(Debug)]
@@ -60,6 +60,7 @@ pub fn bound(settings: &Settings, step: &Step) -> Duration {
     match step {
         Step::Restart(_) => settings.restart.job_timeout + MARGIN,
         Step::Verify => settings.probe.timeout + MARGIN,
+        Step::Reload(_) => settings.restart.reload_period + MARGIN,
         // Backups, key generation and atomic writes of a node's files: seconds; a remote CA's
         // answers are bounded by its own timeouts.
         Step::Plan | Step::Obtain | Step::Install | Step::HealthGate => {

@@ -10,7 +10,7 @@
 //! that works from anywhere, including from inside another runtime's blocking task.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +29,6 @@ use tokio_rustls::TlsConnector;
 use rcgen::PublicKeyData as _;
 
 use super::{IssueError, Issued, check, csr};
-use crate::config::RemoteCa;
 use crate::pki::cert::Cert;
 use crate::pki::pem;
 use crate::pki::secret::SecretBytes;
@@ -42,6 +41,20 @@ const MAX_ANSWER: usize = 1024 * 1024;
 const MIN_KEY_BYTES: usize = 16;
 /// How much of an unexpected answer an error quotes.
 const QUOTE: usize = 200;
+
+/// Where a cfssl server is and how to reach it, as `[issuer]` says (built from its table in
+/// [`super`]), so this file does not depend on the configuration's shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    /// The server's base URL.
+    pub url: String,
+    /// The hex auth key's path.
+    pub auth_key_file: PathBuf,
+    /// The server's CA bundle (`None`: plain http).
+    pub ca_bundle: Option<PathBuf>,
+    /// Connect and answer timeout.
+    pub timeout: Duration,
+}
 
 /// A cfssl server and the credentials to ask it.
 pub struct CfsslClient {
@@ -78,7 +91,8 @@ pub struct SignRequest<'a> {
 impl CfsslClient {
     /// Opens the configuration of `remote` (its paths resolved on the node already): reads the
     /// auth key and the CA bundle. Errors name the file, never its contents.
-    pub fn open(remote: &RemoteCa) -> Result<CfsslClient, IssueError> {
+    pub fn open(remote: impl Into<Remote>) -> Result<CfsslClient, IssueError> {
+        let remote: Remote = remote.into();
         let err = |m: String| IssueError::Remote(format!("cfssl {}: {m}", remote.url));
         let uri: hyper::Uri = remote
             .url
@@ -144,7 +158,7 @@ impl CfsslClient {
             "signed by {} (profile {:?}), valid until {}",
             self.describe(),
             req.profile,
-            crate::report::rfc3339(new.not_after)
+            crate::timefmt::rfc3339(new.not_after)
         ));
         Ok(Issued {
             der: new.der,

@@ -112,20 +112,20 @@ pub fn answer(
     if new.not_before > now + SKEW {
         diffs.push(format!(
             "it is valid only from {}",
-            crate::report::rfc3339(new.not_before)
+            crate::timefmt::rfc3339(new.not_before)
         ));
     }
     if new.not_after <= now {
         diffs.push(format!(
             "it expired at {}",
-            crate::report::rfc3339(new.not_after)
+            crate::timefmt::rfc3339(new.not_after)
         ));
     }
     if new.not_after > ca.not_after {
         diffs.push(format!(
             "it outlives its CA ({} > {})",
-            crate::report::rfc3339(new.not_after),
-            crate::report::rfc3339(ca.not_after)
+            crate::timefmt::rfc3339(new.not_after),
+            crate::timefmt::rfc3339(ca.not_after)
         ));
     }
     if diffs.is_empty() {

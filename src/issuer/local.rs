@@ -62,14 +62,14 @@ impl Issuer for LocalCa {
                 IssueError::Template(format!(
                     "validity {} from {} is past the last date a certificate can hold",
                     crate::duration::format(req.validity),
-                    crate::report::rfc3339(req.now)
+                    crate::timefmt::rfc3339(req.now)
                 ))
             })?;
         let not_after = if wanted > self.cert.not_after {
             notes.push(format!(
                 "lifetime clamped to the CA {}'s NotAfter {} (a certificate cannot outlive its CA)",
                 self.name,
-                crate::report::rfc3339(self.cert.not_after)
+                crate::timefmt::rfc3339(self.cert.not_after)
             ));
             self.cert.not_after
         } else {
@@ -79,7 +79,7 @@ impl Issuer for LocalCa {
             return Err(IssueError::Ca(format!(
                 "the CA {} has expired ({}); renew the CA first",
                 self.name,
-                crate::report::rfc3339(self.cert.not_after)
+                crate::timefmt::rfc3339(self.cert.not_after)
             )));
         }
         let changes = Changes {

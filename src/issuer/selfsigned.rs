@@ -59,7 +59,7 @@ pub fn regenerate(req: &SelfSignedRequest<'_>) -> Result<Regenerated, IssueError
             IssueError::Template(format!(
                 "validity {} from {} is past the last date a certificate can hold",
                 crate::duration::format(req.validity),
-                crate::report::rfc3339(req.now)
+                crate::timefmt::rfc3339(req.now)
             ))
         })?;
     let ts = req.now.unix_timestamp();

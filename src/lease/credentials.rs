@@ -171,8 +171,8 @@ pub fn load(
             }
             format!(
                 "not valid now (valid {} to {})",
-                crate::report::rfc3339(cert.not_before),
-                crate::report::rfc3339(cert.not_after)
+                crate::timefmt::rfc3339(cert.not_before),
+                crate::timefmt::rfc3339(cert.not_after)
             )
         }
         Err(LeaseError::Credentials { error, .. }) if error == "file not found" => error,
@@ -239,7 +239,7 @@ fn mint(
             ca_key_path,
             &format!(
                 "cannot mint a client certificate: the etcd CA expired at {}",
-                crate::report::rfc3339(ca.not_after)
+                crate::timefmt::rfc3339(ca.not_after)
             ),
         ));
     }

@@ -26,7 +26,6 @@ use tokio::time::{Instant, timeout, timeout_at};
 use super::credentials::Credentials;
 use super::record::{ClusterView, HolderRecord, NodeSummary, QueueEntry, Record as _, rfc3339};
 use super::{BoxFuture, Held, Lease, LeaseError, Want, queue};
-use crate::config::LeaseSettings;
 
 mod fence;
 
@@ -39,6 +38,20 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a node's summary outlives its daemon, at least. Refreshed every third of it, which
 /// is what an idle node costs etcd: one keep-alive every 100 s.
 const MIN_SUMMARY_TTL: Duration = Duration::from_secs(300);
+
+/// What the etcd lease is told by the `[lease]` table (built from it in [`super`]), so this file
+/// does not depend on the configuration's shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdOptions {
+    /// etcd's client URLs.
+    pub endpoints: Vec<String>,
+    /// The cluster's name: keys live under `/certrotd/<cluster>/`.
+    pub cluster: String,
+    /// How many nodes may be in a disruptive step at once.
+    pub slots: u32,
+    /// How long a slot outlives its holder's last keep-alive.
+    pub ttl: Duration,
+}
 
 /// A task aborted when dropped, so a forgotten [`Held`] stops renewing its lease.
 #[derive(Debug)]
@@ -94,10 +107,11 @@ impl EtcdLease {
     /// client certificate) with one read, so a bad credential is reported now, not at the first
     /// rotation.
     pub async fn connect(
-        settings: &LeaseSettings,
+        options: impl Into<EtcdOptions>,
         node: &str,
         credentials: Credentials,
     ) -> Result<EtcdLease, LeaseError> {
+        let settings: EtcdOptions = options.into();
         let endpoints = settings.endpoints.clone();
         let connect_error = |error: String| LeaseError::Connect {
             endpoints: endpoints.join(","),

@@ -209,6 +209,17 @@ pub async fn open_with(
     })
 }
 
+impl From<&crate::config::LeaseSettings> for etcd::EtcdOptions {
+    fn from(lease: &crate::config::LeaseSettings) -> Self {
+        etcd::EtcdOptions {
+            endpoints: lease.endpoints.clone(),
+            cluster: lease.cluster.clone(),
+            slots: lease.slots,
+            ttl: lease.ttl,
+        }
+    }
+}
+
 /// The node's role from its inventory: etcd member if it holds etcd server/peer certificates,
 /// control plane if it holds the apiserver's, worker otherwise. Judged by which component reads
 /// each leaf, so RKE2's and k3s's trees count as kubeadm's names do; CA certificates say nothing

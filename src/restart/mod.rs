@@ -4,6 +4,7 @@
 pub mod manifest;
 pub mod pod_uid;
 pub mod probe;
+pub mod reload;
 pub mod static_pod;
 pub mod systemd;
 
@@ -25,7 +26,7 @@ use systemd::{JobOutcome, Systemd, SystemdError};
 pub const MANIFESTS_DIR: &str = "/etc/kubernetes/manifests";
 /// How long a restart job may take before certrotd stops waiting by default. Generous: the kubelet
 /// and etcd take a while to stop, and a job that is merely slow is not a failed one.
-pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(120);
+pub use crate::config::DEFAULT_JOB_TIMEOUT;
 
 /// How a component is restarted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -37,6 +38,15 @@ pub enum Strategy {
     KillScope,
     /// Annotate the static pod's manifest; the kubelet recreates the pod.
     Manifest,
+}
+
+impl From<crate::config::StaticPodRestart> for Strategy {
+    fn from(choice: crate::config::StaticPodRestart) -> Self {
+        match choice {
+            crate::config::StaticPodRestart::KillScope => Strategy::KillScope,
+            crate::config::StaticPodRestart::Manifest => Strategy::Manifest,
+        }
+    }
 }
 
 impl fmt::Display for Strategy {

@@ -344,9 +344,9 @@ fn check_cert(
     if new.not_before > now + crate::issuer::CLOCK_SKEW || new.not_after <= now {
         return Err(fail(format!(
             "it is not valid at its time of issue {} (valid {} to {})",
-            crate::report::rfc3339(now),
-            crate::report::rfc3339(new.not_before),
-            crate::report::rfc3339(new.not_after)
+            crate::timefmt::rfc3339(now),
+            crate::timefmt::rfc3339(new.not_before),
+            crate::timefmt::rfc3339(new.not_after)
         )));
     }
     Ok(new)

@@ -511,7 +511,7 @@ fn still_valid(ca: &Entry, cert: &Cert, now: OffsetDateTime) -> Result<(), Decis
         return Err(Decision::Refuse(format!(
             "its CA {} expired at {}; rotate the CA first",
             ca.name,
-            crate::report::rfc3339(cert.not_after)
+            crate::timefmt::rfc3339(cert.not_after)
         )));
     }
     Ok(())

@@ -118,7 +118,7 @@ fn leaf_of(blocks: &[Block], now: OffsetDateTime) -> Result<Option<Cert>, String
     {
         return Err(format!(
             "its certificate expired at {}",
-            crate::report::rfc3339(c.not_after)
+            crate::timefmt::rfc3339(c.not_after)
         ));
     }
     Ok(leaf)

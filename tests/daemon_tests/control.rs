@@ -98,6 +98,8 @@ fn record(id: &str, state: HistoryState) -> HistoryRecord {
         disruptive_to: None,
         fencing_token: Some(7),
         recovery: false,
+        reloaded: Vec::new(),
+        restarted: Vec::new(),
     }
 }
 

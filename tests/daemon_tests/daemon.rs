@@ -356,7 +356,7 @@ impl EtcdUnit {
     /// The probe and health settings pointing at this etcd, and restarts through this manager.
     fn drop_in(&self, probe_timeout: &str) -> String {
         format!(
-            "[restart]\nstatic_pods = \"none\"\nunits = true\ndbus_address = \"{}\"\njob_timeout = \"30s\"\n\n\
+            "[restart]\nstatic_pods = \"none\"\nunits = true\ndbus_address = \"{}\"\njob_timeout = \"30s\"\nprefer_reload = false\n\n\
              [probe]\ntimeout = \"{probe_timeout}\"\n\n\
              [probe.endpoints]\netcd = [{{ host = \"127.0.0.1\", port = {}, serves = \"etcd-server\" }}, \
              {{ host = \"127.0.0.1\", port = {}, serves = \"etcd-peer\" }}]\n\n\

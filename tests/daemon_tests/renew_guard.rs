@@ -8,7 +8,6 @@ use crate::support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use certrotd::commands::check::inventory;
 use certrotd::config::{self, LoadOptions, Settings};
 use certrotd::pki::encode::KeySpec;
 use certrotd::pki::layout::Layout;
@@ -54,7 +53,7 @@ fn rotate(node: &Node, guard: &dyn Guard) -> (String, Result<execute::Report, Ro
     let root = Root::new(&s.root);
     let state = StateDirs::new(&root, &s.state_dir).unwrap();
     let _lock = lock::acquire(&state).unwrap();
-    let inv = inventory(&s);
+    let inv = certrotd::inventory::Inventory::for_settings(&s);
     let selection = Selection {
         types: vec![RotationType::All],
         certs: vec![],

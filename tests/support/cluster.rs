@@ -244,6 +244,9 @@ impl Drop for PeerNode {
 pub struct Cluster {
     /// The nodes.
     pub nodes: Vec<PeerNode>,
+    /// `[restart] prefer_reload` as [`Cluster::configure`] writes it: `false` unless a test
+    /// sets it, so the tests that count restarts see every member restarted.
+    pub prefer_reload: bool,
 }
 
 /// The etcd CA of a node's PKI directory.
@@ -306,7 +309,10 @@ impl Cluster {
         for node in &nodes {
             node.reissue(ETCD_LEAVES, &first_pki, at, leaf_ttl);
         }
-        let cluster = Cluster { nodes };
+        let cluster = Cluster {
+            nodes,
+            prefer_reload: false,
+        };
         for node in &cluster.nodes {
             cluster.write_etcd_unit(node).await;
         }
@@ -436,13 +442,14 @@ impl Cluster {
             .join(", ");
         for node in &self.nodes {
             let text = format!(
-                "[restart]\nstatic_pods = \"none\"\nunits = true\ndbus_address = \"{bus}\"\njob_timeout = \"30s\"\n\n\
+                "[restart]\nstatic_pods = \"none\"\nunits = true\ndbus_address = \"{bus}\"\njob_timeout = \"30s\"\nprefer_reload = {prefer_reload}\n\n\
                  [probe]\ntimeout = \"30s\"\n\n\
                  [probe.endpoints]\netcd = [{{ host = \"127.0.0.1\", port = {client}, serves = \"etcd-server\" }}, \
                  {{ host = \"127.0.0.1\", port = {peer}, serves = \"etcd-peer\" }}]\n{kubelet_tls}\n\
                  [probe.health]\netcd = \"127.0.0.1:{client}\"\n{kubelet_health}\n\
                  [lease]\nbackend = \"etcd\"\nendpoints = [{endpoints}]\ncluster = \"peers-test\"\nttl = \"{ttl}\"\n\n{extra}",
                 bus = node.manager.bus_address(),
+                prefer_reload = self.prefer_reload,
                 client = node.spec.client_port,
                 peer = node.spec.peer_port,
                 kubelet_tls = node.kubelet.map_or(String::new(), |(tls, _)| format!(

@@ -10,13 +10,22 @@
 //!   `inaccessible/` (the nodes PID 1 creates at boot), which a manager running as root mounts
 //!   over what ProtectHome=, ProtectKernelTunables= and ProtectKernelLogs= hide: without them a
 //!   unit using those options fails with status 226/NAMESPACE;
-//! * it runs in a cgroup subtree of its own (`/<temp dir name>/init.scope` in every hierarchy). A
+//! * it runs in a cgroup subtree of its own (`/<temp dir name>/init.scope` in every hierarchy; the
+//!   name ends in `.slice`, so that journald, which names a process's unit from its cgroup path
+//!   skipping the slices, finds `_SYSTEMD_UNIT=certrotd.service` for the manager's units). A
 //!   manager takes the cgroup it starts in, minus `/init.scope`, as the root of everything it
 //!   manages: started from the host's `/init.scope` it would claim the whole machine (every host
 //!   process shows up in its `init.scope`), and parallel managers would share `/app.slice`;
 //! * the bus is started by the manager itself, from a `dbus.socket` and `dbus.service` written into
 //!   its configuration: a manager only puts its API on a bus once its own `dbus.socket` and
 //!   `dbus.service` units run. A `dbus-daemon` started beside it is never used.
+//!
+//! * optionally ([`UserManager::start_with_journald`]) a real `systemd-journald` runs as one of
+//!   its units: the namespace has the test's own directory on `/run/log` (journald keeps its
+//!   volatile journal in `/run/log/journal`, read from outside with `journalctl -D`) and a
+//!   `journald.conf.d` drop-in in the `/run/systemd` tmpfs (volatile storage, no forwarding, no
+//!   kernel log), and journald creates its sockets in `/run/systemd/journal`, where the units'
+//!   logs (native protocol and stdout streams) arrive.
 //!
 //! Drop stops the manager with SIGTERM (a user manager then stops all its units and exits), kills
 //! by PID whatever is left in its cgroups, and removes them.
@@ -35,6 +44,13 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Candidates for the manager binary (Debian has both; others only one).
 const SYSTEMD_BINARIES: &[&str] = &["/lib/systemd/systemd", "/usr/lib/systemd/systemd"];
+/// Candidates for the journal daemon.
+const JOURNALD_BINARIES: &[&str] = &[
+    "/lib/systemd/systemd-journald",
+    "/usr/lib/systemd/systemd-journald",
+];
+/// The journal daemon's unit in a manager started with it.
+pub const JOURNALD_UNIT: &str = "test-journald.service";
 
 /// Runs in the new mount namespace, then becomes the manager (same PID, so it can be stopped by
 /// the PID the test holds).
@@ -49,6 +65,13 @@ install -m 0000 /dev/null /run/systemd/inaccessible/reg
 mknod -m 0000 /run/systemd/inaccessible/chr c 0 0
 mknod -m 0000 /run/systemd/inaccessible/blk b 0 0
 mkfifo -m 0000 /run/systemd/inaccessible/fifo
+if [ -n "$CERTROTD_JOURNAL_DIR" ]; then
+  mkdir -p /run/log
+  mount --bind "$CERTROTD_JOURNAL_DIR" /run/log
+  mkdir /run/systemd/journald.conf.d
+  printf '[Journal]\nStorage=volatile\nReadKMsg=no\nForwardToSyslog=no\nForwardToKMsg=no\nForwardToConsole=no\nForwardToWall=no\nRateLimitIntervalSec=0\n' \
+    > /run/systemd/journald.conf.d/certrotd-test.conf
+fi
 exec "$CERTROTD_SYSTEMD" --user
 "#;
 
@@ -65,6 +88,59 @@ impl UserManager {
     /// Starts a manager and waits until it answers on its bus; panics with the reason (and the
     /// manager's output) when it cannot.
     pub async fn start() -> UserManager {
+        Self::start_inner(false).await
+    }
+
+    /// Starts a manager, and a real systemd-journald as its unit [`JOURNALD_UNIT`] before any
+    /// other: every unit started afterwards logs to it. Read it with [`UserManager::journalctl`].
+    pub async fn start_with_journald() -> UserManager {
+        let journald = JOURNALD_BINARIES
+            .iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or_else(|| {
+                panic!("no systemd-journald at {JOURNALD_BINARIES:?}: install systemd (make deps)")
+            });
+        find_program("journalctl").expect("journalctl not found: install systemd (make deps)");
+        let manager = Self::start_inner(true).await;
+        // Type=notify: the start job ends when journald has its sockets and says READY=1.
+        manager
+            .write_unit(
+                JOURNALD_UNIT,
+                &format!(
+                    "[Unit]\nDescription=the test's systemd-journald\n\n[Service]\nType=notify\n\
+                     ExecStart={journald}\nStandardOutput=null\n"
+                ),
+            )
+            .await;
+        manager.start_unit(JOURNALD_UNIT).await;
+        manager
+    }
+
+    /// Where the journald of [`UserManager::start_with_journald`] keeps its journal files, for
+    /// `journalctl -D`.
+    pub fn journal_dir(&self) -> PathBuf {
+        self.dir.path().join("log/journal")
+    }
+
+    /// `journalctl -D <journal dir> --no-pager ARGS`; panics when it fails, returns stdout.
+    pub fn journalctl(&self, args: &[&str]) -> String {
+        let out = Command::new("journalctl")
+            .arg("-D")
+            .arg(self.journal_dir())
+            .arg("--no-pager")
+            .args(args)
+            .output()
+            .expect("run journalctl");
+        assert!(
+            out.status.success(),
+            "journalctl {args:?}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    async fn start_inner(journald: bool) -> UserManager {
         assert!(
             nix::unistd::geteuid().is_root(),
             "the systemd test harness must run as root: it mounts a tmpfs in a mount namespace and creates cgroups"
@@ -85,10 +161,18 @@ impl UserManager {
 
         let dir = tempfile::Builder::new()
             .prefix("certrotd-systemd-")
+            .suffix(".slice")
             .tempdir()
             .expect("create the manager's temp dir");
         let d = dir.path();
-        for sub in ["runtime", "config/systemd/user", "data", "state", "cache"] {
+        for sub in [
+            "runtime",
+            "config/systemd/user",
+            "data",
+            "state",
+            "cache",
+            "log",
+        ] {
             std::fs::create_dir_all(d.join(sub)).expect("create manager dirs");
         }
         set_mode(&d.join("runtime"), 0o700);
@@ -113,7 +197,8 @@ impl UserManager {
         )
         .expect("write dbus.service");
 
-        // The temp dir's name is unique on this machine, and already says whose it is.
+        // The temp dir's name is unique on this machine, already says whose it is, and is a
+        // slice's name (see the module's documentation).
         let name = d.file_name().expect("temp dir name").to_owned();
         let mut cgroups = Vec::new();
         let mut procs = Vec::new();
@@ -160,6 +245,14 @@ impl UserManager {
             .env("SYSTEMD_LOG_LEVEL", "info")
             .env("CERTROTD_SYSTEMD", systemd)
             .env("CERTROTD_CGROUP_PROCS", procs.join(" "))
+            .env(
+                "CERTROTD_JOURNAL_DIR",
+                if journald {
+                    d.join("log").into_os_string()
+                } else {
+                    std::ffi::OsString::new()
+                },
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup manager.log"))
             .stderr(log)

@@ -39,12 +39,20 @@ pub struct Builder {
     restart_delay: Duration,
     failing_proofs: Vec<(Component, usize)>,
     before_start: Option<BeforeStart>,
+    prefer_reload: bool,
 }
 
 impl Builder {
     /// The lease is not granted until the test opens it.
     pub fn lease_closed(mut self) -> Self {
         self.lease_closed = true;
+        self
+    }
+
+    /// `[restart] prefer_reload = true` (the tests otherwise pin `false`, so they count every
+    /// consumer's restart).
+    pub fn prefer_reload(mut self) -> Self {
+        self.prefer_reload = true;
         self
     }
 
@@ -77,11 +85,12 @@ impl Builder {
         };
         let written = now - time::Duration::try_from(LEAF_TTL).unwrap() + LEFT;
         let sb = sandbox::write(&tmp.path().join("node"), &opts, written).unwrap();
-        let settings = config::load(&LoadOptions {
+        let mut settings = config::load(&LoadOptions {
             config: Some(&sb.config_path),
             root: None,
         })
         .unwrap();
+        settings.restart.prefer_reload = self.prefer_reload;
         if let Some(f) = self.before_start {
             f(&settings);
         }

@@ -320,3 +320,46 @@ async fn a_corrupt_journal_does_not_keep_due_certificates_from_being_renewed() {
         "{records:#?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_consumer_that_reloads_by_itself_is_proved_and_not_restarted() {
+    let n = Builder::default().prefer_reload().start().await;
+    n.until("success", 10 * MINUTE, latest_is(HistoryState::Success))
+        .await;
+    let r = &n.history()[0];
+    let consumers = n.consumers(&r.id);
+    // etcd re-reads its server and peer certificates, the kubelet its serving certificate (the
+    // table), and their proofs passed within the reload period: neither is restarted. The API
+    // server is given its etcd client certificate, which nothing shows it re-reads: restarted.
+    let by_itself = [Component::Etcd, Component::Kubelet];
+    assert_eq!(r.reloaded, ["etcd", "kubelet"], "{r:#?}");
+    for c in by_itself {
+        assert!(!n.log.restarts().contains(&c), "{:?}", n.log.restarts());
+        let restarting = format!("restarting {c}");
+        assert!(!confirms(&n).iter().any(|(s, _)| *s == restarting));
+    }
+    assert!(n.log.restarts().contains(&Component::KubeApiserver));
+    let restarted: Vec<String> = consumers
+        .iter()
+        .filter(|c| !by_itself.contains(c))
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(r.restarted, restarted);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_consumer_that_does_not_serve_its_new_certificate_in_time_is_restarted() {
+    let n = Builder::default()
+        .prefer_reload()
+        .failing_proofs(Component::Etcd, 1)
+        .start()
+        .await;
+    n.until("success", 10 * MINUTE, latest_is(HistoryState::Success))
+        .await;
+    let r = &n.history()[0];
+    assert_eq!(r.reloaded, ["kubelet"], "{r:#?}");
+    assert!(r.restarted.contains(&"etcd".to_owned()), "{r:#?}");
+    assert!(n.log.restarts().contains(&Component::Etcd));
+    // Restarted after its lease confirmation, as every restart.
+    assert!(confirms(&n).iter().any(|(s, _)| s == "restarting etcd"));
+}

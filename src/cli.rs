@@ -234,7 +234,7 @@ pub enum ConfigAction {
 }
 
 /// `certrotd run --help` (and its man page): how to read what the daemon wrote to the journal.
-/// The examples are the ones tests/journald.rs runs against a real journald.
+/// The examples are the ones tests/daemon_tests/journald.rs runs against a real journald.
 fn journal_help() -> String {
     use crate::events::ids;
     format!(

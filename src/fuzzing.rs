@@ -1,5 +1,5 @@
 //! One entry point per parser that reads what others wrote, for the fuzz targets (`fuzz/`) and the
-//! corpus replay test (`tests/fuzz_corpus.rs`), so both drive the daemon's own parsers with the
+//! corpus replay test (`tests/node_tests/fuzz_corpus.rs`), so both drive the daemon's own parsers with the
 //! same checks.
 //!
 //! Each function takes raw bytes, runs the parser the daemon runs on them and, when the input is

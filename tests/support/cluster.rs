@@ -7,7 +7,6 @@
 //!
 //! The judges are independent of the code under test: `etcdctl endpoint health` for quorum,
 //! `openssl verify` for the certificates, and the daemons' history files read from disk.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

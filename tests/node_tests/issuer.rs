@@ -3,9 +3,8 @@
 //! `openssl verify`, and differs from the old one only in serial, validity and key.
 // Helpers outside #[test] functions panic on purpose too (clippy's allow-unwrap-in-tests
 // covers only #[test] bodies).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -4,9 +4,8 @@
 //! formats, the kubelet's symlink swap, dry runs, refusals, restore, the lock and backup pruning.
 // Helpers outside #[test] functions panic on purpose too (clippy's allow-unwrap-in-tests
 // covers only #[test] bodies).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};

@@ -12,9 +12,8 @@
 //!
 //! The rolling rotations print their measurements (failed writes, the longest gap between
 //! successful writes, leader elections by the Raft term) for the closing note.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;

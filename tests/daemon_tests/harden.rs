@@ -1,8 +1,7 @@
 //! Hardening that shows from outside: signers matched by the issuer Name's DER (as Go matches
 //! them), and the daemon's memory kept out of reach (not dumpable) from its first instant.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::process::CommandExt as _;

@@ -3,9 +3,8 @@
 //! and etcd restarted, nothing listening, and a chain from another CA. In-process servers stand in
 //! where only they can: a TLS 1.2 server refusing our client certificate, and the API server's and
 //! kubelet's HTTP answers.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

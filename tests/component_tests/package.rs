@@ -7,9 +7,8 @@
 //! The .deb and .rpm themselves (lintian, rpm queries, install/upgrade/purge with dpkg in a
 //! debootstrapped Debian root) are checked by scripts/test-package.sh, which `make test` runs
 //! after `cargo test`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -22,11 +21,12 @@ use support::systemd::UserManager;
 
 const BIN: &str = env!("CARGO_BIN_EXE_certrotd");
 /// The unit the packages install.
-const UNIT: &str = include_str!("../packaging/systemd/certrotd.service");
+const UNIT: &str = include_str!("../../packaging/systemd/certrotd.service");
 /// The drop-in for the manifest restart strategy the packages ship as an example.
-const MANIFEST_DROP_IN: &str = include_str!("../packaging/systemd/examples/manifest-strategy.conf");
+const MANIFEST_DROP_IN: &str =
+    include_str!("../../packaging/systemd/examples/manifest-strategy.conf");
 /// The drop-in for extra_paths the packages ship as an example.
-const EXTRA_PATHS_DROP_IN: &str = include_str!("../packaging/systemd/examples/extra-paths.conf");
+const EXTRA_PATHS_DROP_IN: &str = include_str!("../../packaging/systemd/examples/extra-paths.conf");
 /// The subcommands the README documents; the man pages must cover them (and any added later).
 const DOCUMENTED: &[&str] = &[
     "check", "config", "renew", "restore", "recover", "run", "status", "rotate", "history",

@@ -2,7 +2,6 @@
 //! way the kubelet swaps `kubelet-client-current.pem`, delete and re-create, a directory that
 //! appears later; neighbours, reads and an idle watch report nothing. The latency from a change
 //! to its report is measured against the daemon's 50 ms target.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
 use std::os::unix::fs::symlink;

@@ -6,9 +6,7 @@
 //! Real cfssl and the real daemon loop, in process; the lease is a gate the test opens, and the
 //! daemon's clock jumps twenty minutes ahead while it waits, as a long queue would.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};

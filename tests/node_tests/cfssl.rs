@@ -5,9 +5,8 @@
 //! server that is down refused with clear errors and no file changed; answers that were altered
 //! (another subject or SANs, a CA other than the old one's, a lifetime no longer than the old
 //! one's) refused by a tiny real HTTP server that answers with such certificates.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

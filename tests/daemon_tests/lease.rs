@@ -2,9 +2,8 @@
 //! oversubscribed under contention, the fair order, a dead holder's slot freed by the TTL, a lost
 //! keep-alive failing the guard, a stopped member tolerated, cancel-safety, credentials minted
 //! when the node's client certificate expired, and clear errors for bad credentials/endpoints.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -11,9 +11,8 @@
 //! the socket; a certificate renewed by someone else seen by the watcher and not fought.
 //!
 //! The failure, stop and crash tests arm failpoints: `cargo test --features failpoints`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -5,9 +5,8 @@
 //! key; sets without their CA keys are left alone, in kubeadm's words.
 // Helpers outside #[test] functions panic on purpose too (clippy's allow-unwrap-in-tests
 // covers only #[test] bodies).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 

@@ -2,9 +2,8 @@
 //! nothing panics, nothing is written, and the rest of the node is still inventoried.
 // Helpers outside #[test] functions panic on purpose too (clippy's allow-unwrap-in-tests
 // covers only #[test] bodies).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;

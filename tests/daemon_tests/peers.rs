@@ -12,9 +12,8 @@
 //! members cannot talk) brought back by the daemons alone.
 //!
 //! The kill test arms a failpoint: `cargo test --features failpoints`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -3,9 +3,8 @@
 //! the renewed certificates on both ports, and accepts the renewed apiserver-etcd-client.
 // Helpers outside #[test] functions panic on purpose too (clippy's allow-unwrap-in-tests
 // covers only #[test] bodies).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::net::TcpListener;
 use std::path::Path;

@@ -2,9 +2,8 @@
 //! redirected to a file or a pipe (`make run > log`) carries no colour escapes.
 // Helpers outside #[test] functions panic on purpose too (clippy's allow-unwrap-in-tests
 // covers only #[test] bodies).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

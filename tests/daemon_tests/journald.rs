@@ -21,9 +21,8 @@
 //! rotation restarts over D-Bus. The second rotation is made to fail once (a failpoint), so the
 //! failure and its retry are in the journal too. Run with `cargo test --features failpoints
 //! --test journald`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

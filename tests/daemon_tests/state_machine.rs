@@ -14,9 +14,8 @@
 //! certificate), and the history file read from disk.
 //!
 //! The lease-lost test arms a failpoint: `cargo test --features failpoints --test state_machine`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,7 +41,7 @@ const TTL: &str = "3s";
 const DUE: Duration = Duration::from_secs(2 * 86400);
 const YEAR: Duration = Duration::from_secs(365 * 86400);
 /// The unit the packages install.
-const UNIT: &str = include_str!("../packaging/systemd/certrotd.service");
+const UNIT: &str = include_str!("../../packaging/systemd/certrotd.service");
 const BIN: &str = env!("CARGO_BIN_EXE_certrotd");
 /// Where the lease's slot keys live (`cluster = "peers-test"` in the harness's drop-in).
 const SLOTS: &str = "/certrotd/peers-test/slots/";

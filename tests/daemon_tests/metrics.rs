@@ -5,9 +5,8 @@
 //! `certrotd check -o json` lists, with the same expiry. The exporter-compatible labels are
 //! compared, label by label, with values derived independently (openssl, the kubeconfig's YAML)
 //! for the real kubeadm fixtures.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read as _, Write as _};

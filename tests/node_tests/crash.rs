@@ -8,15 +8,12 @@
 //! Needs the `failpoints` feature (`cargo test --features failpoints`; `make test` passes it).
 // Helpers outside #[test] functions panic on purpose too (clippy's allow-unwrap-in-tests
 // covers only #[test] bodies).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
 
 #[cfg(not(feature = "failpoints"))]
 #[test]
 fn crash_tests_need_the_failpoints_feature() {
     panic!(
-        "tests/crash.rs injects crashes through failpoints, which this build lacks: \
+        "tests/node_tests/crash.rs injects crashes through failpoints, which this build lacks: \
          run `cargo test --features failpoints` (make test does)"
     );
 }

@@ -1,9 +1,8 @@
 //! Bounds on what the outside can make certrotd spend: `status --cluster` reads etcd (a real
 //! one) at most once per cache window however many clients ask, and a duration in the
 //! configuration too long for date arithmetic is a named configuration error, not a panic.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;

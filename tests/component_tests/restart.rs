@@ -1,7 +1,7 @@
 //! Restarting components against a real systemd manager over D-Bus (tests/support/systemd.rs), and
 //! the manifest strategy on real files.
 
-mod support;
+use crate::support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;

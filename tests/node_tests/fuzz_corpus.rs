@@ -1,7 +1,6 @@
 //! Replays every file of the fuzz corpora (`fuzz/corpus/<target>/`) through the entry points the
 //! fuzz targets call (`certrotd::fuzzing`), so that an input a fuzzer once found, or a seed,
 //! that crashes a parser again fails `make test` without nightly or cargo-fuzz.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

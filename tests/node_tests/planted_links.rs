@@ -7,9 +7,8 @@
 //! These tests need root (to plant files owned by another user and to make device nodes), which
 //! `make test` has.
 // Helpers outside #[test] functions panic on purpose too.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _, symlink};
 use std::path::{Path, PathBuf};
@@ -29,7 +28,7 @@ const RELATIVE_STOLEN: &str = "../../../var/tmp/stolen.key";
 fn need_root() {
     assert!(
         nix::unistd::geteuid().is_root(),
-        "tests/planted_links.rs plants files owned by another user: run it as root (make test does)"
+        "tests/node_tests/planted_links.rs plants files owned by another user: run it as root (make test does)"
     );
 }
 

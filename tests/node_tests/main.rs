@@ -22,4 +22,6 @@ mod issuer;
 mod planted_links;
 mod renew;
 mod renew_fixtures;
+mod renew_session;
 mod sandbox;
+mod wire_golden;

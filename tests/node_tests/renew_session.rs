@@ -2,9 +2,8 @@
 //! by type that cannot be renewed are left out and named (exit 1), like externally managed ones
 //! are skipped, and the rest is renewed; a certificate named with `--cert` that cannot be renewed
 //! is still refused, with nothing changed.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use certrotd::sandbox::SandboxOptions;
 use support::renewal::*;

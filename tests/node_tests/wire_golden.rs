@@ -5,9 +5,8 @@
 //!
 //! `GOLDEN_BLESS=1` rewrites the expected files (only ever on purpose, with the change that
 //! warrants it explained in the commit).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -50,7 +50,7 @@ bench: deps
 
 ## fuzz: every fuzz target (fuzz/fuzz_targets) for FUZZ_SECONDS each, one after the other on one
 ## core (nightly toolchain; cargo-fuzz is installed if missing). Not part of `make test`, which
-## replays the corpora (tests/fuzz_corpus.rs). New inputs go to fuzz/target/corpus/<target>,
+## replays the corpora (tests/node_tests/fuzz_corpus.rs). New inputs go to fuzz/target/corpus/<target>,
 ## failures to fuzz/artifacts/<target>; a summary per target ends the run.
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= $(basename $(notdir $(wildcard fuzz/fuzz_targets/*.rs)))

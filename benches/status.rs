@@ -14,8 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use certrotd::control::client;
+use certrotd::control::frame;
 use certrotd::control::proto::{
-    self, CertStatus, DaemonInfo, HistoryRecord, LeaseStatus, Request, Response, StatusReport,
+    CertStatus, DaemonInfo, HistoryRecord, LeaseStatus, Request, Response, StatusReport,
 };
 use certrotd::control::server::{self, Handler, HandlerError, HandlerFuture};
 
@@ -186,7 +187,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("certrotd.sock");
     let report = node_status();
-    let frame = proto::encode(&Response::Status(report.clone()), proto::MAX_RESPONSE_BYTES)
+    let frame = frame::encode(&Response::Status(report.clone()), frame::MAX_RESPONSE_BYTES)
         .expect("encode");
 
     let (new_conn, kept_conn, stop, serving) = runtime.block_on(async {
@@ -210,10 +211,10 @@ fn main() {
         let mut kept_conn = Vec::with_capacity(REQUESTS);
         for _ in 0..REQUESTS {
             let t = Instant::now();
-            proto::write_request(&mut stream, &Request::Status, client::DEFAULT_TIMEOUT)
+            frame::write_request(&mut stream, &Request::Status, client::DEFAULT_TIMEOUT)
                 .await
                 .expect("write");
-            let response = proto::read_response(&mut stream, client::DEFAULT_TIMEOUT)
+            let response = frame::read_response(&mut stream, client::DEFAULT_TIMEOUT)
                 .await
                 .expect("read");
             kept_conn.push(t.elapsed());

@@ -20,7 +20,7 @@ if [ -z "$build_only" ]; then
 want etcd etcd-server
 want etcdctl etcd-client
 want cfssl golang-cfssl
-# The judge of the metrics (tests/metrics.rs): promtool, and a real server scraping a daemon.
+# The judge of the metrics (tests/daemon_tests/metrics.rs): promtool, and a real server scraping a daemon.
 want prometheus prometheus
 want promtool prometheus
 want openssl openssl
@@ -28,7 +28,7 @@ want dbus-daemon dbus
 want /lib/systemd/systemd systemd
 want setpriv util-linux
 want unshare util-linux
-# Packaging and its tests (make package, scripts/test-package.sh, tests/package.rs): the judges of
+# Packaging and its tests (make package, scripts/test-package.sh, tests/component_tests/package.rs): the judges of
 # the .deb and .rpm, a clean Debian root to install into, the man page renderers, the shells
 # whose completions are loaded, and dpkg-shlibdeps for the .deb's automatic Depends.
 want lintian lintian

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
+use crate::rotation::RotationType;
+
 /// certrotd keeps a Kubernetes node's certificates from ever expiring.
 #[derive(Debug, Parser)]
 #[command(name = "certrotd", version, about, propagate_version = true)]
@@ -174,6 +176,31 @@ pub enum GenerateWhat {
     },
 }
 
+/// A rotation type as the command line spells it: clap's adapter for the domain's
+/// [`RotationType`], which stays free of the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TypeArg {
+    /// apiserver, apiserver-kubelet-client, front-proxy-client and every kubeconfig but kubelet.conf.
+    KubernetesLeaf,
+    /// etcd-server, etcd-peer, etcd-healthcheck-client and apiserver-etcd-client.
+    EtcdLeaf,
+    /// kubelet.conf and the kubelet's client and serving certificates.
+    Kubelet,
+    /// Every leaf certificate on the node.
+    All,
+}
+
+impl From<TypeArg> for RotationType {
+    fn from(t: TypeArg) -> Self {
+        match t {
+            TypeArg::KubernetesLeaf => RotationType::KubernetesLeaf,
+            TypeArg::EtcdLeaf => RotationType::EtcdLeaf,
+            TypeArg::Kubelet => RotationType::Kubelet,
+            TypeArg::All => RotationType::All,
+        }
+    }
+}
+
 /// `certrotd renew …`
 #[derive(Debug, Clone, Args)]
 pub struct RenewArgs {
@@ -182,7 +209,7 @@ pub struct RenewArgs {
     pub node: NodeArgs,
     /// What to renew: kubernetes-leaf, etcd-leaf, kubelet or all (repeatable).
     #[arg(long = "type", value_enum, value_name = "TYPE")]
-    pub types: Vec<crate::rotation::RotationType>,
+    pub types: Vec<TypeArg>,
     /// A single certificate by the name `certrotd check` shows (repeatable).
     #[arg(long = "cert", value_name = "NAME")]
     pub certs: Vec<String>,
@@ -207,7 +234,7 @@ pub enum ConfigAction {
 }
 
 /// `certrotd run --help` (and its man page): how to read what the daemon wrote to the journal.
-/// The examples are the ones tests/journald.rs runs against a real journald.
+/// The examples are the ones tests/daemon_tests/journald.rs runs against a real journald.
 fn journal_help() -> String {
     use crate::events::ids;
     format!(

@@ -1,5 +1,5 @@
 //! One entry point per parser that reads what others wrote, for the fuzz targets (`fuzz/`) and the
-//! corpus replay test (`tests/fuzz_corpus.rs`), so both drive the daemon's own parsers with the
+//! corpus replay test (`tests/node_tests/fuzz_corpus.rs`), so both drive the daemon's own parsers with the
 //! same checks.
 //!
 //! Each function takes raw bytes, runs the parser the daemon runs on them and, when the input is
@@ -187,10 +187,11 @@ pub fn manifest(data: &[u8]) -> bool {
 }
 
 /// Control protocol frames: the bytes as a stream of request frames and of response frames
-/// ([`crate::control::proto::read_request`], [`crate::control::proto::read_response`]), and as
+/// ([`crate::control::frame::read_request`], [`crate::control::frame::read_response`]), and as
 /// the body of one well-framed request. What is read must encode and read back the same.
 pub fn control(data: &[u8]) -> bool {
-    use crate::control::proto::{self, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, Request, Response};
+    use crate::control::frame::{self, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
+    use crate::control::proto::{Request, Response};
     const T: Duration = Duration::from_secs(5);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -203,24 +204,24 @@ pub fn control(data: &[u8]) -> bool {
         framed.extend_from_slice(data);
         for stream in [data, framed.as_slice()] {
             let mut reader = stream;
-            while let Ok(request) = proto::read_request(&mut reader, T).await {
+            while let Ok(request) = frame::read_request(&mut reader, T).await {
                 let _ = (request.changes_state(), request.name());
-                let frame = proto::encode(&request, MAX_REQUEST_BYTES)
+                let frame = frame::encode(&request, MAX_REQUEST_BYTES)
                     .expect("a request read encodes within the cap");
-                let again: Request = proto::read_request(&mut frame.as_slice(), T)
+                let again: Request = frame::read_request(&mut frame.as_slice(), T)
                     .await
                     .expect("an encoded request reads back");
                 assert_eq!(again, request);
                 accepted = true;
             }
             let mut reader = stream;
-            while let Ok(response) = proto::read_response(&mut reader, T).await {
+            while let Ok(response) = frame::read_response(&mut reader, T).await {
                 let frame =
-                    proto::encode(&response, MAX_RESPONSE_BYTES).expect("a response read encodes");
-                let again: Response = proto::read_response(&mut frame.as_slice(), T)
+                    frame::encode(&response, MAX_RESPONSE_BYTES).expect("a response read encodes");
+                let again: Response = frame::read_response(&mut frame.as_slice(), T)
                     .await
                     .expect("an encoded response reads back");
-                let twice = proto::encode(&again, MAX_RESPONSE_BYTES).expect("encodes again");
+                let twice = frame::encode(&again, MAX_RESPONSE_BYTES).expect("encodes again");
                 assert_eq!(twice, frame);
                 accepted = true;
             }

@@ -43,6 +43,24 @@ impl std::fmt::Display for Status {
     }
 }
 
+impl std::str::FromStr for Status {
+    type Err = String;
+
+    /// The status a word (as [`Status`]'s `Display` writes it) names.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            Status::Ok,
+            Status::Notify,
+            Status::Renew,
+            Status::Expired,
+            Status::Invalid,
+        ]
+        .into_iter()
+        .find(|st| st.to_string() == s)
+        .ok_or_else(|| format!("unknown certificate status {s:?}"))
+    }
+}
+
 /// The windows before NotAfter that change a certificate's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Windows {

@@ -12,7 +12,6 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
 use time::OffsetDateTime;
 
 use super::phase::Phase;
@@ -23,24 +22,18 @@ pub const THIRTEEN_MONTHS: Duration = Duration::from_secs(395 * 86_400);
 pub const TEN_YEARS: Duration = Duration::from_secs(3650 * 86_400);
 
 /// The `[ca]` settings.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaSettings {
     /// The least time `TrustBoth` lasts once started.
-    #[serde(with = "humantime_serde")]
     pub dwell_trust_both: Duration,
     /// The least time `IssueNew` lasts.
-    #[serde(with = "humantime_serde")]
     pub dwell_issue_new: Duration,
     /// The least time `DistrustOld` lasts before `Completed`.
-    #[serde(with = "humantime_serde")]
     pub dwell_distrust_old: Duration,
     /// Start a rotation when the CA expires within this; `None`: the earlier of 13 months
     /// before expiry and half its lifetime.
-    #[serde(with = "humantime_serde")]
     pub rotate_before: Option<Duration>,
     /// The new CA's lifetime.
-    #[serde(with = "humantime_serde")]
     pub validity: Duration,
 }
 
@@ -76,17 +69,6 @@ impl CaSettings {
             dwell_distrust_old: table.dwell_distrust_old,
             rotate_before: table.rotate_before,
             validity: table.validity,
-        }
-    }
-
-    /// Reads the `[ca]` table of a configuration (absent: the defaults).
-    pub fn from_table(table: Option<&toml::Value>) -> Result<CaSettings, String> {
-        match table {
-            None => Ok(CaSettings::default()),
-            Some(v) => v
-                .clone()
-                .try_into()
-                .map_err(|e: toml::de::Error| format!("[ca]: {}", e.message())),
         }
     }
 
@@ -138,23 +120,6 @@ mod tests {
             ..s
         };
         assert_eq!(fixed.due_from(from, two), two - time::Duration::days(1));
-    }
-
-    #[test]
-    fn the_table_reads_durations_and_refuses_unknown_keys() {
-        let v: toml::Value =
-            toml::from_str("dwell_issue_new = \"0s\"\nvalidity = \"365d\"").unwrap();
-        let s = CaSettings::from_table(Some(&v)).unwrap();
-        assert_eq!(s.dwell(Phase::IssueNew), Duration::ZERO);
-        assert_eq!(s.dwell(Phase::TrustBoth), Duration::from_secs(600));
-        assert_eq!(s.validity, Duration::from_secs(365 * 86_400));
-        let bad: toml::Value = toml::from_str("dwel_issue_new = \"0s\"").unwrap();
-        assert!(
-            CaSettings::from_table(Some(&bad))
-                .unwrap_err()
-                .contains("dwel_issue_new")
-        );
-        assert_eq!(CaSettings::from_table(None).unwrap(), CaSettings::default());
     }
 
     #[test]

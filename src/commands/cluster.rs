@@ -11,9 +11,8 @@ use time::format_description::well_known::Rfc3339;
 use super::Outcome;
 use super::status::{ask, unexpected};
 use crate::cli::{ClientArgs, Output};
-use crate::control::proto::{Request, Response};
+use crate::control::proto::{ClusterView, Request, Response};
 use crate::duration::format_residual;
-use crate::lease::ClusterView;
 use crate::report::table;
 
 /// Runs `certrotd status --cluster`.
@@ -48,7 +47,7 @@ pub fn to_table(view: &ClusterView, now: OffsetDateTime) -> String {
         .map(|n| {
             vec![
                 n.node.clone(),
-                n.role.map_or("-", |r| r.as_str()).to_owned(),
+                n.role.clone().unwrap_or_else(|| "-".to_owned()),
                 n.earliest_expiry
                     .as_deref()
                     .map(|t| format!("{t} ({})", relative(t, now)))
@@ -110,7 +109,7 @@ pub fn to_table(view: &ClusterView, now: OffsetDateTime) -> String {
                 vec![
                     (i + 1).to_string(),
                     q.node.clone(),
-                    q.role.as_str().to_owned(),
+                    q.role.clone(),
                     q.earliest_expiry.clone(),
                     format!("{} ago", age(&q.since, now)),
                 ]
@@ -150,7 +149,7 @@ fn relative(text: &str, now: OffsetDateTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::{HolderRecord, NodeSummary, QueueEntry, Role};
+    use crate::control::proto::{NodeSummary, QueuedNode, SlotHolder};
 
     #[test]
     fn the_table_shows_nodes_holders_and_the_queue_in_order() {
@@ -158,7 +157,7 @@ mod tests {
         let view = ClusterView {
             cluster: "prod".into(),
             slots: 1,
-            holders: vec![HolderRecord {
+            holders: vec![SlotHolder {
                 slot: 0,
                 node: "cp2".into(),
                 rotation_id: "20260501T095930Z-abcdef".into(),
@@ -167,22 +166,22 @@ mod tests {
                 fencing_token: 42,
             }],
             queue: vec![
-                QueueEntry {
+                QueuedNode {
                     node: "cp3".into(),
-                    role: Role::EtcdMember,
+                    role: "etcd-member".into(),
                     earliest_expiry: "2026-05-03T00:00:00Z".into(),
                     since: "2026-05-01T09:59:00Z".into(),
                 },
-                QueueEntry {
+                QueuedNode {
                     node: "w1".into(),
-                    role: Role::Worker,
+                    role: "worker".into(),
                     earliest_expiry: "2026-05-02T00:00:00Z".into(),
                     since: "2026-05-01T09:58:00Z".into(),
                 },
             ],
             nodes: vec![NodeSummary {
                 node: "cp1".into(),
-                role: Some(Role::EtcdMember),
+                role: Some("etcd-member".into()),
                 earliest_expiry: Some("2027-05-01T10:00:00Z".into()),
                 state: "idle".into(),
                 last_rotation: Some("20260501T090000Z-123456 Success".into()),

@@ -7,9 +7,9 @@ use super::{Failure, Outcome, load_settings};
 use crate::cli::NodeArgs;
 use crate::config::Settings;
 use crate::root::Root;
-use crate::rotation::lock::{self, RotationLock};
-use crate::rotation::recover::{self, Action, Recovered};
-use crate::rotation::{Context, StateDirs, Unguarded};
+use crate::rotation::recover::{Action, Recovered};
+use crate::rotation::session::Session;
+use crate::rotation::{StateDirs, Unguarded};
 
 /// The node root and state directories the settings describe.
 pub fn dirs(settings: &Settings) -> Result<(Root, StateDirs), Failure> {
@@ -24,21 +24,16 @@ pub fn dirs(settings: &Settings) -> Result<(Root, StateDirs), Failure> {
     Ok((root, state))
 }
 
-/// Takes the rotation lock, recovers every unfinished rotation, prints what was done, and returns
-/// the lock (held until dropped).
+/// Opens a rotation session (the lock), recovers every unfinished rotation, prints what was
+/// done, and returns the session (the lock held until it is dropped).
 pub fn lock_and_recover(
     root: &Root,
     state: &StateDirs,
     settings: &Settings,
-) -> Result<RotationLock, Failure> {
-    let lock = lock::acquire(state)?;
-    let ctx = Context {
-        root,
-        state,
-        backups_keep: settings.renew.backups_keep,
-        guard: &Unguarded,
-    };
-    let recovered = recover::recover(&ctx)?;
+    now: time::OffsetDateTime,
+) -> Result<Session, Failure> {
+    let session = Session::open(root, state, settings.renew.backups_keep)?;
+    let recovered = session.recover(&Unguarded, now)?;
     print_recovered(&recovered);
     if let Some(r) = recovered
         .iter()
@@ -50,7 +45,7 @@ pub fn lock_and_recover(
         )
         .into());
     }
-    Ok(lock)
+    Ok(session)
 }
 
 /// Tells the operator what recovery did (what went wrong on stderr).
@@ -112,15 +107,9 @@ pub fn join<T: std::fmt::Display>(items: &[T]) -> String {
 pub fn run(node: &NodeArgs) -> Outcome {
     let settings = load_settings(node)?;
     let (root, state) = dirs(&settings)?;
-    let lock = lock::acquire(&state)?;
-    let ctx = Context {
-        root: &root,
-        state: &state,
-        backups_keep: settings.renew.backups_keep,
-        guard: &Unguarded,
-    };
-    let recovered = recover::recover(&ctx)?;
-    drop(lock);
+    let session = Session::open(&root, &state, settings.renew.backups_keep)?;
+    let recovered = session.recover(&Unguarded, time::OffsetDateTime::now_utc())?;
+    drop(session);
     if recovered.is_empty() {
         println!("no interrupted rotation: nothing to recover");
     }

@@ -15,8 +15,9 @@ use crate::root::Root;
 use crate::rotation::execute::{self, Report};
 use crate::rotation::journal::{self, Journal};
 use crate::rotation::plan::{self, Install, Item, Plan, PlanOptions};
-use crate::rotation::select::{self, SelectError};
-use crate::rotation::{Context, Selection, StateDirs, Unguarded};
+use crate::rotation::select::SelectError;
+use crate::rotation::session;
+use crate::rotation::{Selection, StateDirs, Unguarded};
 use crate::timefmt::rfc3339;
 
 /// Runs `certrotd renew`.
@@ -24,7 +25,7 @@ pub fn run(args: &RenewArgs, now: OffsetDateTime) -> Outcome {
     let settings = load_settings(&args.node)?;
     let (root, state) = dirs(&settings)?;
     let selection = Selection {
-        types: args.types.clone(),
+        types: args.types.iter().map(|&t| t.into()).collect(),
         certs: args.certs.clone(),
     };
     let opts = PlanOptions {
@@ -34,22 +35,21 @@ pub fn run(args: &RenewArgs, now: OffsetDateTime) -> Outcome {
         issuer: settings.issuer.clone(),
     };
     // A dry run reads only: no lock, no recovery (which writes); it says what recovery would face.
-    let _lock = if args.dry_run {
+    let session = if args.dry_run {
         print_unfinished(&state);
         None
     } else {
-        Some(lock_and_recover(&root, &state, &settings)?)
+        Some(lock_and_recover(&root, &state, &settings, now)?)
     };
 
     let inv = Inventory::for_settings(&settings);
-    let selected = select::select(&inv, &selection).map_err(usage)?;
-    let plan = plan::make(&inv, &selected, &root, &opts, now);
+    let plan = session::plan(&inv, &selection, &root, &opts, now).map_err(usage)?;
     print!("{}", describe(&plan, &root, args.dry_run));
 
     if !plan.refused.is_empty() {
         return Err(anyhow::anyhow!(
-            "refusing to renew {}; nothing was changed (narrow the selection with --type/--cert, \
-             or fix what is named above)",
+            "refusing to renew {}, named with --cert; nothing was changed (fix what is named \
+             above, or leave it out of the selection)",
             plan.refused
                 .iter()
                 .map(|r| r.name.as_str())
@@ -58,32 +58,35 @@ pub fn run(args: &RenewArgs, now: OffsetDateTime) -> Outcome {
         )
         .into());
     }
-    if plan.items.is_empty() {
-        println!("nothing to renew");
-        return Ok(ExitCode::SUCCESS);
-    }
-    if args.dry_run {
-        println!(
-            "\ndry run: nothing was changed; rotation would restart: {}",
-            restart_list(
-                &plan
-                    .items
-                    .iter()
-                    .flat_map(|i| i.consumers.clone())
-                    .collect::<Vec<_>>()
-            )
+    // Selected by type but broken: the rest is renewed, and the exit code says not everything was.
+    let exit = if plan.unrenewable.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "not renewed (they cannot be, see above): {}; renew them with --cert once fixed \
+             (or --force where offered)",
+            plan.unrenewable
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
-        return Ok(ExitCode::SUCCESS);
-    }
-    let ctx = Context {
-        root: &root,
-        state: &state,
-        backups_keep: settings.renew.backups_keep,
-        guard: &Unguarded,
+        ExitCode::from(1)
     };
-    let report = execute::run(&ctx, &plan)?;
+    let Some(session) = session.filter(|_| !plan.items.is_empty() && !args.dry_run) else {
+        if plan.items.is_empty() {
+            println!("nothing to renew");
+        } else {
+            println!(
+                "\ndry run: nothing was changed; rotation would restart: {}",
+                restart_list(&plan.consumers())
+            );
+        }
+        return Ok(exit);
+    };
+    let report = execute::run(&session.context(&Unguarded), &plan)?;
     print!("{}", done(&report, &root));
-    Ok(ExitCode::SUCCESS)
+    Ok(exit)
 }
 
 fn usage(e: SelectError) -> Failure {
@@ -195,6 +198,9 @@ pub fn describe(plan: &Plan, root: &Root, dry_run: bool) -> String {
     }
     for s in &plan.skipped {
         let _ = writeln!(out, "skipped {}: {}", s.name, s.reason);
+    }
+    for r in &plan.unrenewable {
+        let _ = writeln!(out, "NOT RENEWED {}: {}", r.name, r.reason);
     }
     for r in &plan.refused {
         let _ = writeln!(out, "REFUSED {}: {}", r.name, r.reason);

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use super::recover::{dirs, join, lock_and_recover};
 use super::{EXIT_CONFIG, Failure, Outcome, load_settings};
 use crate::cli::NodeArgs;
+use crate::rotation::Unguarded;
 use crate::rotation::recover;
-use crate::rotation::{Context, Unguarded};
 use crate::store;
 
 /// Runs `certrotd restore`.
@@ -17,14 +17,8 @@ pub fn run(node: &NodeArgs, id: &str) -> Outcome {
     })?;
     let settings = load_settings(node)?;
     let (root, state) = dirs(&settings)?;
-    let _lock = lock_and_recover(&root, &state, &settings)?;
-    let ctx = Context {
-        root: &root,
-        state: &state,
-        backups_keep: settings.renew.backups_keep,
-        guard: &Unguarded,
-    };
-    let restored = recover::restore(&ctx, id)?;
+    let session = lock_and_recover(&root, &state, &settings, time::OffsetDateTime::now_utc())?;
+    let restored = recover::restore(&session.context(&Unguarded), id)?;
     let show = |p: &std::path::Path| {
         root.node_path(p)
             .unwrap_or_else(|| p.to_owned())

@@ -13,8 +13,9 @@ use time::format_description::well_known::Rfc3339;
 use super::{Failure, Outcome, load_settings};
 use crate::cli::{ClientArgs, Output};
 use crate::control::client::{self, ClientError};
-use crate::control::proto::{ErrorKind, Request, Response, StatusReport};
+use crate::control::proto::{CertStatus, ErrorKind, Request, Response, StatusReport};
 use crate::duration::format_residual;
+use crate::policy::Status;
 use crate::report::table;
 
 /// Exit code when the daemon cannot be reached (not running, no permission, no answer).
@@ -91,11 +92,20 @@ pub fn run(client: &ClientArgs, output: Output) -> Outcome {
             serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?
         ),
     }
-    Ok(if report.certificates.iter().any(|c| c.needs_attention()) {
+    Ok(if report.certificates.iter().any(needs_attention) {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Whether `certrotd status` exits 1 for this certificate: the domain's rule
+/// ([`Status::needs_attention`], as `certrotd check` applies it) on the word the daemon sent. A
+/// word this client does not know (a newer daemon's) counts: better a false alarm than silence.
+fn needs_attention(c: &CertStatus) -> bool {
+    c.status
+        .parse::<Status>()
+        .map_or(true, Status::needs_attention)
 }
 
 /// The status as people read it: a header, one row per certificate, then the rotation, the

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, DurationText, Sources, Val, days, duration, over};
+use super::layer::{ConfigError, DurationText, Sources, Val, over};
+use super::renew::days;
+use crate::duration;
 
 /// `[ca]`: the least time each phase of a CA rotation lasts, when a CA is due, a new CA's
 /// lifetime.

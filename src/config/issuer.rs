@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, DurationText, Sources, Val, check_node_path, over};
+use super::layer::{ConfigError, DurationText, Sources, Val, over};
+use super::validate::check_node_path;
 use crate::duration;
 
 /// Who signs: the CA key on the node, or a cfssl server.

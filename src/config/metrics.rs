@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, Sources, Val, check_node_path, over};
+use super::layer::{ConfigError, Sources, Val, over};
+use super::validate::check_node_path;
 
 /// The port `listen = "on"` serves on (loopback only).
 pub const DEFAULT_PORT: u16 = 9864;

@@ -10,7 +10,8 @@ use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::proto::{self, ErrorKind, Response};
+use super::frame;
+use super::proto::{ErrorKind, Response};
 
 /// How long a refusal ("too many connections") may take to write before the connection is simply
 /// closed: the accept loop waits for it, so it must be short.
@@ -131,5 +132,5 @@ pub(super) async fn refuse_connection(stream: &mut UnixStream, peer: Peer, why: 
         kind: ErrorKind::Busy,
         message: format!("connection refused: {why}"),
     };
-    let _ = proto::write_response(stream, &refusal, REFUSAL_TIMEOUT).await;
+    let _ = frame::write_response(stream, &refusal, REFUSAL_TIMEOUT).await;
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio::time::Instant;
 
-use super::proto::{self, FrameError, Request, Response};
+use super::frame::{self, FrameError};
+use super::proto::{Request, Response};
 
 /// How long the client commands wait for the daemon, connection included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -75,10 +76,10 @@ pub async fn request(
             source,
         };
         // The deadline bounds the whole exchange; the frame timeouts only need to be no shorter.
-        proto::write_request(&mut stream, &request, timeout)
+        frame::write_request(&mut stream, &request, timeout)
             .await
             .map_err(exchange_err)?;
-        proto::read_response(&mut stream, timeout)
+        frame::read_response(&mut stream, timeout)
             .await
             .map_err(exchange_err)
     };

@@ -35,7 +35,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, watch};
 
 use super::admission::{Peer, PerUid, Slot, admit, refuse_connection};
-use super::proto::{self, ErrorKind, FrameError, HistoryRecord, Request, Response, StatusReport};
+use super::frame::{self, FrameError};
+use super::proto::{self, ErrorKind, HistoryRecord, Request, Response, StatusReport};
 
 /// Mode of the socket's directory when [`bind`] has to create it: others must be able to reach
 /// the socket, whose own mode then decides who may connect.
@@ -68,7 +69,7 @@ pub trait Handler: Send + Sync {
     /// Re-reads the configuration; a bad one is refused and the old one kept.
     fn reload(&self) -> HandlerFuture<'_, ()>;
     /// The cluster as the lease sees it. A handler without a lease says so.
-    fn cluster(&self) -> HandlerFuture<'_, crate::lease::ClusterView> {
+    fn cluster(&self) -> HandlerFuture<'_, proto::ClusterView> {
         Box::pin(async {
             Err(HandlerError::failed(
                 "this daemon has no lease to show the cluster from",
@@ -467,7 +468,7 @@ async fn connection(
 ) {
     loop {
         let read = tokio::select! {
-            read = proto::read_request(&mut stream, options.read_timeout) => read,
+            read = frame::read_request(&mut stream, options.read_timeout) => read,
             _ = stopped.wait_for(|stop| *stop) => return,
         };
         let request = match read {
@@ -493,7 +494,7 @@ async fn connection(
                 return;
             }
         };
-        if let Err(e) = proto::write_response(&mut stream, &response, options.write_timeout).await {
+        if let Err(e) = frame::write_response(&mut stream, &response, options.write_timeout).await {
             // Too large to encode means nothing was sent yet: the client can still be told.
             let too_large = matches!(e, FrameError::TooLarge { .. }).then(|| e.to_string());
             tracing::debug!(
@@ -507,7 +508,7 @@ async fn connection(
                     kind: ErrorKind::Failed,
                     message: format!("the answer is too large to send: {why}"),
                 };
-                let _ = proto::write_response(&mut stream, &tell, options.write_timeout).await;
+                let _ = frame::write_response(&mut stream, &tell, options.write_timeout).await;
             }
             return;
         }
@@ -569,7 +570,7 @@ async fn refuse_frame(
         kind: ErrorKind::BadRequest,
         message: format!("request refused: {e}"),
     };
-    let _ = proto::write_response(stream, &refusal, options.write_timeout).await;
+    let _ = frame::write_response(stream, &refusal, options.write_timeout).await;
 }
 
 async fn answer(request: Request, peer: Peer, handler: &dyn Handler) -> Response {

@@ -10,8 +10,9 @@ use crate::history::History;
 use crate::lease::Held;
 use crate::pki::layout::Component;
 use crate::rotation::execute::{self, Report};
-use crate::rotation::plan::{self, Plan, PlanOptions};
-use crate::rotation::{Context, Guard, RotationError, Selection, Unguarded, lock, recover, select};
+use crate::rotation::plan::{Plan, PlanOptions};
+use crate::rotation::session::{self, Session};
+use crate::rotation::{Context, Guard, RotationError, Selection, Unguarded, recover};
 
 /// Plans under the rotation lock, after finishing or rolling back anything a crash left.
 pub(super) async fn make_plan(
@@ -27,21 +28,25 @@ pub(super) async fn make_plan(
     );
     let history = History::for_settings(&settings);
     spawn_blocking(move || {
-        let _lock = lock::acquire(&state).map_err(|e| format!("{e:#}"))?;
-        let recovered = recover_locked(&root, &state, &settings, &Unguarded, now)?;
+        let session = Session::open(&root, &state, settings.renew.backups_keep)
+            .map_err(|e| format!("{e:#}"))?;
+        let recovered = recover_locked(&session, &Unguarded, now)?;
         record_quarantined(&history, &settings.node_name, &recovered, now);
         still_open(&recovered)?;
         let inv = crate::inventory::Inventory::for_settings(&settings);
-        let selected = select::select(&inv, &sel).map_err(|e| e.to_string())?;
         let opts = PlanOptions {
             key_policy: settings.renew.key_policy,
             validity: settings.renew.validity,
             force: false,
             issuer: settings.issuer.clone(),
         };
-        let plan = plan::make(&inv, &selected, &root, &opts, now);
+        let plan = session::plan(&inv, &sel, &root, &opts, now).map_err(|e| e.to_string())?;
         if let Some(r) = plan.refused.first() {
             return Err(format!("refused to renew {}: {}", r.name, r.reason));
+        }
+        for r in &plan.unrenewable {
+            // Left out, as `certrotd renew` leaves it: the rest is renewed.
+            tracing::warn!(rotation_id = %plan.id, "not renewing {}: {}", r.name, r.reason);
         }
         if plan.items.is_empty() {
             return Err("nothing to renew".to_owned());
@@ -78,14 +83,8 @@ pub(super) async fn under_lock<T: Send + 'static>(
 ) -> Result<T, RotationError> {
     let (settings, root, state) = (env.settings.clone(), env.root.clone(), env.state.clone());
     spawn_blocking(move || {
-        let _lock = lock::acquire(&state)?;
-        let ctx = Context {
-            root: &root,
-            state: &state,
-            backups_keep: settings.renew.backups_keep,
-            guard: guard.as_ref(),
-        };
-        step(&ctx)
+        let session = Session::open(&root, &state, settings.renew.backups_keep)?;
+        step(&session.context(guard.as_ref()))
     })
     .await
     .map_err(|e| RotationError::Io {
@@ -96,12 +95,5 @@ pub(super) async fn under_lock<T: Send + 'static>(
 }
 
 pub(super) fn consumers(plan: &Plan) -> Vec<Component> {
-    let mut c: Vec<Component> = plan
-        .items
-        .iter()
-        .flat_map(|i| i.consumers.iter().copied())
-        .collect();
-    c.sort();
-    c.dedup();
-    c
+    plan.consumers()
 }

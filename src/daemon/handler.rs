@@ -13,10 +13,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::rotate::Progress;
-use crate::control::proto::{HistoryRecord, StatusReport};
+use super::status::Report;
+use crate::control::proto::{self, HistoryRecord, StatusReport};
 use crate::control::server::{Handler, HandlerError, HandlerFuture};
 use crate::history::History;
 use crate::lease::{ClusterView, Lease};
+
 use crate::rotation::{RotationType, Selection};
 
 /// What the loop is asked to do.
@@ -52,7 +54,7 @@ impl Command {
 #[derive(Debug)]
 pub struct Shared {
     /// The last status the loop built.
-    pub status: RwLock<StatusReport>,
+    pub status: RwLock<Report>,
     /// The rotation in progress (live, so status shows its step while the loop is busy).
     pub progress: Progress,
     /// Activity records.
@@ -153,7 +155,7 @@ impl Handler for DaemonHandler {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
-            Ok(s)
+            Ok(s.to_wire())
         })
     }
 
@@ -161,13 +163,7 @@ impl Handler for DaemonHandler {
         Box::pin(async move {
             let types = types
                 .iter()
-                .map(|t| {
-                    <RotationType as clap::ValueEnum>::from_str(t, true).map_err(|_| {
-                        HandlerError::bad_request(format!(
-                            "unknown rotation type {t:?} (kubernetes-leaf, etcd-leaf, kubelet, all)"
-                        ))
-                    })
-                })
+                .map(|t| t.parse::<RotationType>().map_err(HandlerError::bad_request))
                 .collect::<Result<Vec<_>, _>>()?;
             if types.is_empty() && certs.is_empty() {
                 return Err(HandlerError::bad_request("name a --type or a --cert"));
@@ -181,7 +177,8 @@ impl Handler for DaemonHandler {
             {
                 return Err(HandlerError::busy(format!(
                     "rotation {} is in progress ({})",
-                    p.id, p.step
+                    p.id,
+                    p.step.name()
                 )));
             }
             let (reply, rx) = oneshot::channel();
@@ -208,12 +205,12 @@ impl Handler for DaemonHandler {
             tokio::task::spawn_blocking(move || history.read(limit))
                 .await
                 .map_err(|e| HandlerError::failed(e.to_string()))?
-                .map(|r| r.records)
+                .map(|r| r.records.iter().map(|r| r.to_wire()).collect())
                 .map_err(|e| HandlerError::failed(format!("{e:#}")))
         })
     }
 
-    fn cluster(&self) -> HandlerFuture<'_, ClusterView> {
+    fn cluster(&self) -> HandlerFuture<'_, proto::ClusterView> {
         Box::pin(async move {
             let lease = self.0.lease.get().ok_or_else(|| {
                 HandlerError::failed("the lease is not open yet (is etcd reachable?)")
@@ -223,6 +220,7 @@ impl Handler for DaemonHandler {
                 .views()
                 .get(lease.as_ref(), VIEW_TIMEOUT)
                 .await
+                .map(|view| view.to_wire())
                 .map_err(HandlerError::failed)
         })
     }

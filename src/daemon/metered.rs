@@ -8,9 +8,10 @@ use time::OffsetDateTime;
 
 use super::node::Daemon;
 use super::rotate::Finished;
+use super::status::Report;
 use super::turn::Turned;
 use crate::config::Settings;
-use crate::control::proto::{HistoryState, StatusReport};
+use crate::history::State;
 use crate::metrics::{Metrics, Outcome, server};
 
 /// The metrics `settings` configure.
@@ -26,10 +27,16 @@ pub fn metrics(settings: &Settings) -> Metrics {
 impl Daemon {
     /// A status was published at `now`: the series follow it, and the textfile is rewritten if
     /// anything it shows changed.
-    pub fn metered_status(&self, report: &StatusReport, now: OffsetDateTime) {
+    pub fn metered_status(&self, report: &Report, now: OffsetDateTime) {
         let root = self.settings.root.as_path();
         self.metrics
-            .observe(&self.inventory, root, report, self.last_rotation.as_ref());
+            // The metrics read the protocol's words: converted here, at the daemon's edge.
+            .observe(
+                &self.inventory,
+                root,
+                &report.to_wire(),
+                self.last_rotation.as_ref().map(|r| r.to_wire()).as_ref(),
+            );
         if let Err(e) = self.metrics.write_textfile(now) {
             tracing::warn!("{e}");
         }
@@ -44,14 +51,12 @@ impl Daemon {
                 for f in finished {
                     let outcome = match f {
                         Finished::LeftOpen { .. } => Outcome::LeftOpen,
-                        Finished::Closed { record, .. }
-                            if record.state == HistoryState::Success =>
-                        {
+                        Finished::Closed { record, .. } if record.state == State::Success => {
                             Outcome::Success
                         }
                         Finished::Closed { .. } => Outcome::Failed,
                     };
-                    self.metrics.rotation(outcome, Some(f.record()));
+                    self.metrics.rotation(outcome, Some(&f.record().to_wire()));
                 }
             }
         }

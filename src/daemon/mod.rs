@@ -54,7 +54,6 @@ pub use clock::{Clock, SharedClock, SystemClock, TokioClock};
 pub use shutdown::{Shutdown, Trigger};
 
 use crate::config::{self, ConfigError, LoadOptions, Settings};
-use crate::control::proto::StatusReport;
 use crate::decide::Decision;
 use crate::events;
 use crate::rotation::Selection;
@@ -162,7 +161,7 @@ pub async fn serve(settings: Settings, edges: Edges) -> anyhow::Result<()> {
     d.fixed_lease = lease;
     let (tx, mut commands) = mpsc::channel(16);
     let shared = Arc::new(Shared {
-        status: RwLock::new(StatusReport::default()),
+        status: RwLock::new(status::Report::default()),
         progress: d.progress.clone(),
         history: RwLock::new(d.history.clone()),
         commands: tx,

@@ -19,13 +19,14 @@ use super::peers::{self, Peers};
 use super::rotate::Progress;
 use super::status;
 use crate::config::{self, Settings};
-use crate::control::proto::{DaemonInfo, HistoryRecord, LeaseStatus, StatusReport};
+use crate::control::proto::{DaemonInfo, LeaseStatus};
 use crate::decide::{self, Decision, Policy, Threshold};
 use crate::events;
 use crate::history::History;
+use crate::history::Record;
 use crate::inventory::Inventory;
 use crate::root::Root;
-use crate::rotation::{StateDirs, Unguarded, lock};
+use crate::rotation::{StateDirs, Unguarded};
 use crate::timefmt::rfc3339;
 
 /// Notices kept for `certrotd status`.
@@ -62,7 +63,7 @@ pub struct Daemon {
     /// The lease shared with the other nodes, and the node's summary for them.
     pub peers: Peers,
     /// The last rotation finished, for the node's summary.
-    pub last_rotation: Option<HistoryRecord>,
+    pub last_rotation: Option<Record>,
     /// The time.
     pub clock: SharedClock,
     /// The components rotations restart and prove.
@@ -293,7 +294,7 @@ impl Daemon {
     fn inputs<'a>(
         &'a self,
         d: &'a Decision,
-        progress: Option<&'a crate::control::proto::RotationProgress>,
+        progress: Option<&'a status::Underway>,
     ) -> status::Inputs<'a> {
         status::Inputs {
             node: &self.settings.node_name,
@@ -319,7 +320,7 @@ impl Daemon {
             self.live.pulse.beat(report.summary.clone(), IDLE_BOUND);
         }
         self.live.show();
-        let report = StatusReport {
+        let report = status::Report {
             retry: self.backoff.status(),
             ..report
         };
@@ -455,8 +456,9 @@ fn recover_at_start(
     settings: &Settings,
     now: OffsetDateTime,
 ) -> Result<Vec<crate::rotation::recover::Recovered>, String> {
-    let _lock = lock::acquire(state).map_err(|e| format!("{e:#}"))?;
-    super::rotate::recover_locked(root, state, settings, &Unguarded, now)
+    let session = crate::rotation::session::Session::open(root, state, settings.renew.backups_keep)
+        .map_err(|e| format!("{e:#}"))?;
+    super::rotate::recover_locked(&session, &Unguarded, now)
 }
 
 /// The configuration files of `settings`, as status shows them.

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::Settings;
-use crate::control::proto::HistoryRecord;
+use crate::history::Record;
 use crate::inventory::Inventory;
 use crate::lease::credentials::Credentials;
 use crate::lease::{self, Held, Lease, LeaseError, NodeSummary, Want};
@@ -447,7 +447,7 @@ pub fn summary(
     node: &str,
     inv: &Inventory,
     state: &str,
-    last: Option<&HistoryRecord>,
+    last: Option<&Record>,
     now: OffsetDateTime,
 ) -> NodeSummary {
     NodeSummary {
@@ -460,7 +460,7 @@ pub fn summary(
                 "{} {:?} {}",
                 r.id,
                 r.state,
-                r.finished_at.as_deref().unwrap_or(&r.started_at)
+                rfc3339(r.finished_at.unwrap_or(r.started_at))
             )
         }),
         updated: rfc3339(now),

@@ -14,8 +14,8 @@ use super::failure::RotationFailure;
 use super::mode::Step;
 use super::rotate::{Env, step};
 use crate::config::RestartSettings;
-use crate::control::proto::HistoryRecord;
 use crate::events;
+use crate::history::Record;
 use crate::lease::Held;
 use crate::pki::layout::Component;
 use crate::restart::reload::reload_of;
@@ -51,7 +51,7 @@ pub(super) async fn reload_or_restart(
     id: &str,
     installed: &Installed,
     lease: &Held,
-    record: &mut HistoryRecord,
+    record: &mut Record,
 ) -> Result<(), RotationFailure> {
     let names = record.certificates.clone();
     let inv = inventory(env)

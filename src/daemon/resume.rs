@@ -8,15 +8,13 @@ use tokio::task::spawn_blocking;
 use super::consumers::{Installed, inventory};
 use super::failure::RotationFailure;
 use super::rotate::{Env, Finished, finish, leave_open, restart_and_prove, restart_onto_disk};
-use crate::config::Settings;
-use crate::control::proto::{HistoryRecord, HistoryState};
 use crate::events;
 use crate::history::History;
+use crate::history::{Record, State};
 use crate::lease::Held;
-use crate::root::Root;
 use crate::rotation::journal::{Journal, Phase};
-use crate::rotation::{Context, Guard, StateDirs, lock, recover};
-use crate::timefmt::rfc3339;
+use crate::rotation::session::Session;
+use crate::rotation::{Guard, recover};
 
 /// Finishes the rotations a crash, SIGKILL or a lost lease left open: those history still shows
 /// as Initiated. First their files are made all-old or all-new (recovery, now with the lease as
@@ -54,16 +52,16 @@ pub async fn resume(env: &Env<'_>, lease: &Held) -> Vec<Finished> {
                     record.reason.as_deref().unwrap_or("rotation")
                 ));
                 // The disruption this start causes: the restarts and proof, under its own lease.
-                record.disruptive_from = Some(rfc3339(env.clock.now()));
+                record.disruptive_from = Some(env.clock.now());
                 record.disruptive_to = None;
                 let installed = Installed::from_journal(&j, &inv);
                 restart_and_prove(env, &id, &installed, lease, record).await
             }
             Ok(Some(j)) if j.phase == Phase::RolledBack && j.installed_anything() => {
-                record.disruptive_from = Some(rfc3339(env.clock.now()));
+                record.disruptive_from = Some(env.clock.now());
                 let installed = Installed::from_journal(&j, &inv);
                 let after = restart_onto_disk(env, &id, &names, &installed, lease).await;
-                record.disruptive_to = Some(rfc3339(env.clock.now()));
+                record.disruptive_to = Some(env.clock.now());
                 match after {
                     Ok(()) => finish(env, record, Some(RotationFailure::InterruptedRolledBack)),
                     Err(f) if f.leaves_open() => leave_open(env, record, f),
@@ -102,12 +100,12 @@ pub async fn resume(env: &Env<'_>, lease: &Held) -> Vec<Finished> {
 }
 
 /// The rotations history shows as Initiated: started, never finished.
-pub fn interrupted(history: &History) -> Vec<HistoryRecord> {
+pub fn interrupted(history: &History) -> Vec<Record> {
     match history.read(None) {
         Ok(h) => h
             .records
             .into_iter()
-            .filter(|r| r.state == HistoryState::Initiated)
+            .filter(|r| r.state == State::Initiated)
             .collect(),
         Err(e) => {
             tracing::warn!("reading history for interrupted rotations: {e:#}");
@@ -121,19 +119,11 @@ pub fn interrupted(history: &History) -> Vec<HistoryRecord> {
 /// could not recover stays open (`Action::Failed`), one whose journal cannot be trusted is
 /// quarantined (`Action::Quarantined`), and the others go on either way.
 pub fn recover_locked(
-    root: &Root,
-    state: &StateDirs,
-    settings: &Settings,
+    session: &Session,
     guard: &dyn Guard,
     now: OffsetDateTime,
 ) -> Result<Vec<recover::Recovered>, String> {
-    let ctx = Context {
-        root,
-        state,
-        backups_keep: settings.renew.backups_keep,
-        guard,
-    };
-    let recovered = recover::recover_at(&ctx, now).map_err(|e| format!("{e:#}"))?;
+    let recovered = session.recover(guard, now).map_err(|e| format!("{e:#}"))?;
     for r in &recovered {
         tracing::warn!(rotation_id = %r.id, "recovered interrupted rotation {}: {:?}", r.id, r.action);
     }
@@ -163,7 +153,7 @@ pub fn record_quarantined(
             .map(|h| h.records.iter().any(|x| x.id == r.id))
             .unwrap_or(false);
         let recorded = if known {
-            history.update(&r.id, HistoryState::Failed, Some(why), now)
+            history.update(&r.id, State::Failed, Some(why), now)
         } else {
             history
                 .start(
@@ -173,7 +163,7 @@ pub fn record_quarantined(
                     Some("quarantined by recovery".into()),
                     now,
                 )
-                .and_then(|_| history.update(&r.id, HistoryState::Failed, Some(why), now))
+                .and_then(|_| history.update(&r.id, State::Failed, Some(why), now))
         };
         if let Err(e) = recorded {
             tracing::error!("recording quarantined rotation {} in history: {e:#}", r.id);
@@ -205,8 +195,9 @@ pub(super) async fn recover_guarded(env: &Env<'_>, lease: &Held) -> Result<(), S
     let now = env.clock.now();
     let history = History::for_settings(&settings);
     spawn_blocking(move || {
-        let _lock = lock::acquire(&state).map_err(|e| format!("{e:#}"))?;
-        let recovered = recover_locked(&root, &state, &settings, &lease, now)?;
+        let session = Session::open(&root, &state, settings.renew.backups_keep)
+            .map_err(|e| format!("{e:#}"))?;
+        let recovered = recover_locked(&session, &lease, now)?;
         record_quarantined(&history, &settings.node_name, &recovered, now);
         still_open(&recovered)
     })

@@ -23,15 +23,15 @@ use super::failure::RotationFailure;
 use super::mode::Step;
 use super::reload::reload_or_restart;
 pub use super::resume::{interrupted, record_quarantined, recover_locked, resume};
+use super::status::Underway;
 use crate::config::Settings;
-use crate::control::proto::{HistoryRecord, HistoryState, RotationProgress};
 use crate::events;
 use crate::history::History;
+use crate::history::{Record, State};
 use crate::lease::{Held, Lease};
 use crate::root::Root;
 use crate::rotation::plan::Plan;
 use crate::rotation::{Selection, StateDirs};
-use crate::timefmt::rfc3339;
 
 /// What to rotate and why.
 #[derive(Debug, Clone)]
@@ -49,7 +49,7 @@ pub struct Request {
 }
 
 /// The rotation in progress, shared with `certrotd status`.
-pub type Progress = Arc<Mutex<Option<RotationProgress>>>;
+pub type Progress = Arc<Mutex<Option<Underway>>>;
 
 /// The lease a rotation runs under: `None` for a recovery, which has none.
 #[derive(Clone, Copy)]
@@ -99,14 +99,14 @@ pub enum Finished {
     /// Closed in history as Success (no failure) or Failed.
     Closed {
         /// Its final record.
-        record: HistoryRecord,
+        record: Record,
         /// Why it failed.
         failure: Option<RotationFailure>,
     },
     /// Stopped half-way by a lost lease: history keeps it Initiated and the next turn finishes it.
     LeftOpen {
         /// Its record, still Initiated.
-        record: HistoryRecord,
+        record: Record,
         /// What stopped it.
         failure: RotationFailure,
     },
@@ -114,7 +114,7 @@ pub enum Finished {
 
 impl Finished {
     /// Its record.
-    pub fn record(&self) -> &HistoryRecord {
+    pub fn record(&self) -> &Record {
         match self {
             Finished::Closed { record, .. } | Finished::LeftOpen { record, .. } => record,
         }
@@ -163,7 +163,7 @@ pub(super) fn record_not_started(env: &Env<'_>, req: &Request, why: &str, now: O
         .and_then(|_| {
             env.history.update(
                 &id,
-                HistoryState::Failed,
+                State::Failed,
                 Some(RotationFailure::NotStarted(why.to_owned()).to_string()),
                 now,
             )
@@ -221,11 +221,11 @@ pub async fn run_planned(env: &Env<'_>, req: Request, plan: Plan, lease: Held) -
         // Nothing was installed: the rotation is over, and the next turn plans afresh.
         return finish(env, record, Some(failure));
     }
-    record.disruptive_from = Some(rfc3339(env.clock.now()));
+    record.disruptive_from = Some(env.clock.now());
     let report = match install(env, plan.clone(), lease.clone()).await {
         Ok(r) => r,
         Err(e) => {
-            record.disruptive_to = Some(rfc3339(env.clock.now()));
+            record.disruptive_to = Some(env.clock.now());
             let failure = RotationFailure::Install(e);
             if failure.leaves_open() {
                 return leave_open(env, record, failure);
@@ -247,13 +247,13 @@ fn closed_without_record(
 ) -> Finished {
     let failure = RotationFailure::NotStarted(format!("recording it in history failed: {why}"));
     Finished::Closed {
-        record: HistoryRecord {
+        record: Record {
             id: id.to_owned(),
             node: node.to_owned(),
             certificates,
-            state: HistoryState::Failed,
-            started_at: rfc3339(now),
-            finished_at: Some(rfc3339(now)),
+            state: State::Failed,
+            started_at: now,
+            finished_at: Some(now),
             reason: Some(failure.to_string()),
             disruptive_from: None,
             disruptive_to: None,
@@ -274,13 +274,13 @@ pub(super) async fn restart_and_prove(
     id: &str,
     installed: &Installed,
     lease: &Held,
-    mut record: HistoryRecord,
+    mut record: Record,
 ) -> Finished {
     let names = record.certificates.clone();
     let outcome = reload_or_restart(env, id, installed, lease, &mut record).await;
     let failure = match outcome {
         Ok(()) => {
-            record.disruptive_to = Some(rfc3339(env.clock.now()));
+            record.disruptive_to = Some(env.clock.now());
             for (name, path, cert) in &installed.renewed {
                 events::rotated(&record.node, id, name, path, cert.not_after);
             }
@@ -289,12 +289,12 @@ pub(super) async fn restart_and_prove(
         // A restart that did not happen for want of the lease: the new files stay (they are
         // valid), and the next holder restarts and proves.
         Err(f) if f.leaves_open() => {
-            record.disruptive_to = Some(rfc3339(env.clock.now()));
+            record.disruptive_to = Some(env.clock.now());
             return leave_open(env, record, f);
         }
         Err(f) => f,
     };
-    record.disruptive_to = Some(rfc3339(env.clock.now()));
+    record.disruptive_to = Some(env.clock.now());
     if record.recovery {
         // The previous certificates are expired: putting them back cannot bring anything up.
         // Most likely the member is waiting for peers that are still recovering.
@@ -320,7 +320,7 @@ pub(super) async fn restart_and_prove(
                     cause,
                     after: Box::new(after),
                 };
-                record.disruptive_to = Some(rfc3339(env.clock.now()));
+                record.disruptive_to = Some(env.clock.now());
                 return leave_open(env, record, failure);
             }
             Err(after) => RotationFailure::RolledBackUnproved {
@@ -329,7 +329,7 @@ pub(super) async fn restart_and_prove(
             },
         },
     };
-    record.disruptive_to = Some(rfc3339(env.clock.now()));
+    record.disruptive_to = Some(env.clock.now());
     finish(env, record, Some(result))
 }
 
@@ -354,11 +354,11 @@ pub(super) fn step(env: &Env<'_>, id: &str, names: &[String], step: Step) {
     let started_at = p
         .as_ref()
         .filter(|p| p.id == id)
-        .map(|p| p.started_at.clone())
-        .unwrap_or_else(|| rfc3339(now));
-    *p = Some(RotationProgress {
+        .map(|p| p.started_at)
+        .unwrap_or(now);
+    *p = Some(Underway {
         id: id.to_owned(),
-        step: step.name().to_owned(),
+        step,
         started_at,
         certificates: names.to_vec(),
     });
@@ -383,17 +383,17 @@ pub(super) async fn confirm(
 /// Records the end of a rotation and clears the progress.
 pub(super) fn finish(
     env: &Env<'_>,
-    mut record: HistoryRecord,
+    mut record: Record,
     failure: Option<RotationFailure>,
 ) -> Finished {
     *env.progress.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    record.finished_at = Some(rfc3339(env.clock.now()));
+    record.finished_at = Some(env.clock.now());
     match &failure {
-        None => record.state = HistoryState::Success,
+        None => record.state = State::Success,
         Some(f) => {
             let reason = f.to_string();
             events::rotation_failed(&record.node, &record.id, &record.certificates, &reason);
-            record.state = HistoryState::Failed;
+            record.state = State::Failed;
             record.reason = Some(reason);
         }
     }
@@ -404,15 +404,11 @@ pub(super) fn finish(
 }
 
 /// Keeps a rotation open: history says Initiated, with why it stopped; the next turn finishes it.
-pub(super) fn leave_open(
-    env: &Env<'_>,
-    mut record: HistoryRecord,
-    failure: RotationFailure,
-) -> Finished {
+pub(super) fn leave_open(env: &Env<'_>, mut record: Record, failure: RotationFailure) -> Finished {
     *env.progress.lock().unwrap_or_else(|e| e.into_inner()) = None;
     let reason = format!("{failure}; the next turn with the lease finishes it");
     tracing::warn!(rotation_id = %record.id, "rotation {} left open: {reason}", record.id);
-    record.state = HistoryState::Initiated;
+    record.state = State::Initiated;
     record.reason = Some(reason);
     if let Err(e) = env.history.append(&record) {
         tracing::error!("recording rotation {} in history: {e:#}", record.id);

@@ -17,7 +17,8 @@ use super::peers;
 use super::rotate::{self, Env, Fence, Finished, Request};
 use super::shutdown::Shutdown;
 use crate::config::Settings;
-use crate::control::proto::{HistoryState, LeaseStatus};
+use crate::control::proto::LeaseStatus;
+use crate::history::State;
 use crate::lease::{Held, Lease};
 use crate::rotation::obtain::{self, Obtained};
 use crate::rotation::plan::Plan;
@@ -286,7 +287,7 @@ impl Daemon {
                 self.peers.invalidate(source);
             }
             let record = f.record();
-            if record.state == HistoryState::Success {
+            if record.state == State::Success {
                 // The lease's client certificate may be among those just renewed (or was
                 // minted because it had expired): the next use reconnects with what is on disk.
                 self.peers.reset();

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::control::proto;
+
 /// Where a node stands in the fair order (etcd members first, then other control planes, then
 /// workers), as Rancher orders its nodes: etcd's quorum is the most fragile thing to disrupt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -112,6 +114,50 @@ pub struct ClusterView {
     pub nodes: Vec<NodeSummary>,
 }
 
+impl ClusterView {
+    /// As the control protocol carries it (`certrotd status --cluster`).
+    pub fn to_wire(&self) -> proto::ClusterView {
+        proto::ClusterView {
+            cluster: self.cluster.clone(),
+            slots: self.slots,
+            holders: self
+                .holders
+                .iter()
+                .map(|h| proto::SlotHolder {
+                    slot: h.slot,
+                    node: h.node.clone(),
+                    rotation_id: h.rotation_id.clone(),
+                    since: h.since.clone(),
+                    step: h.step.clone(),
+                    fencing_token: h.fencing_token,
+                })
+                .collect(),
+            queue: self
+                .queue
+                .iter()
+                .map(|q| proto::QueuedNode {
+                    node: q.node.clone(),
+                    role: q.role.as_str().to_owned(),
+                    earliest_expiry: q.earliest_expiry.clone(),
+                    since: q.since.clone(),
+                })
+                .collect(),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| proto::NodeSummary {
+                    node: n.node.clone(),
+                    role: n.role.map(|r| r.as_str().to_owned()),
+                    earliest_expiry: n.earliest_expiry.clone(),
+                    state: n.state.clone(),
+                    last_rotation: n.last_rotation.clone(),
+                    updated: n.updated.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// A record as the lease store holds it: one JSON value per key. Reading goes through
 /// [`Record::from_json`] alone, so the fuzz targets ([`crate::fuzzing`]) read what peers wrote
 /// exactly as the lease does.
@@ -158,5 +204,44 @@ mod tests {
         )
         .unwrap();
         assert_eq!(e.role, Role::EtcdMember);
+    }
+
+    #[test]
+    fn the_wire_view_is_the_lease_view_byte_for_byte() {
+        // `certrotd status --cluster -o json` printed the lease's own view before the protocol
+        // had its types: the conversion must not change a byte of it.
+        let view = ClusterView {
+            cluster: "prod".into(),
+            slots: 2,
+            holders: vec![HolderRecord {
+                slot: 1,
+                node: "cp2".into(),
+                rotation_id: "20260501T095930Z-abcdef".into(),
+                since: "2026-05-01T09:59:30Z".into(),
+                step: "restart".into(),
+                fencing_token: 42,
+            }],
+            queue: vec![QueueEntry {
+                node: "w1".into(),
+                role: Role::Worker,
+                earliest_expiry: "2026-05-02T00:00:00Z".into(),
+                since: "2026-05-01T09:58:00Z".into(),
+            }],
+            nodes: vec![
+                NodeSummary {
+                    node: "cp1".into(),
+                    role: Some(Role::EtcdMember),
+                    earliest_expiry: Some("2027-05-01T10:00:00Z".into()),
+                    state: "idle".into(),
+                    last_rotation: Some("x Success 2026-05-01T09:00:00Z".into()),
+                    updated: "2026-05-01T09:59:00Z".into(),
+                },
+                NodeSummary::default(),
+            ],
+        };
+        assert_eq!(
+            serde_json::to_string_pretty(&view).unwrap(),
+            serde_json::to_string_pretty(&view.to_wire()).unwrap()
+        );
     }
 }

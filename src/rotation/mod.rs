@@ -27,6 +27,7 @@ pub mod plan;
 pub mod recheck;
 pub mod recover;
 pub mod select;
+pub mod session;
 pub mod stage;
 
 use std::fmt;
@@ -35,7 +36,8 @@ use std::path::{Path, PathBuf};
 use crate::root::Root;
 
 /// The rotation types operators know from the commercial platforms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
+// The command line's adapter is `cli::TypeArg`; the control protocol carries the names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RotationType {
     /// apiserver, apiserver-kubelet-client, front-proxy-client and every kubeconfig but kubelet.conf.
     KubernetesLeaf,
@@ -79,6 +81,30 @@ impl RotationType {
             RotationType::Kubelet => &["kubelet.conf", "kubelet-client-current", "kubelet-serving"],
             RotationType::All => &[],
         }
+    }
+}
+
+impl RotationType {
+    /// Every type, in the order help texts list them.
+    pub const ALL: [RotationType; 4] = [
+        RotationType::KubernetesLeaf,
+        RotationType::EtcdLeaf,
+        RotationType::Kubelet,
+        RotationType::All,
+    ];
+}
+
+impl std::str::FromStr for RotationType {
+    type Err = String;
+
+    /// The type a name as typed on the command line (any case) names.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RotationType::ALL
+            .into_iter()
+            .find(|t| t.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                format!("unknown rotation type {s:?} (kubernetes-leaf, etcd-leaf, kubelet, all)")
+            })
     }
 }
 

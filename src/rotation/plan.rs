@@ -45,13 +45,32 @@ pub struct Plan {
     pub items: Vec<Item>,
     /// Selected but left alone, as kubeadm leaves them (externally managed).
     pub skipped: Vec<Verdict>,
-    /// Selected but impossible: a rotation with refusals does not start.
+    /// Selected by type but impossible to renew (a corrupt kubeconfig, a key that does not
+    /// match): left out so the rest is renewed, and named; `certrotd renew` exits 1.
+    pub unrenewable: Vec<Verdict>,
+    /// Named with `--cert` but impossible: the operator asked for exactly this, so a rotation
+    /// with refusals does not start.
     pub refused: Vec<Verdict>,
     /// Things worth saying about the selection.
     pub notes: Vec<String>,
     /// The remote CA's certificates, when they were obtained before the rotation (the daemon
     /// does so before taking the lease); otherwise the build asks the CA itself.
     pub obtained: Option<std::sync::Arc<super::obtain::Obtained>>,
+}
+
+impl Plan {
+    /// Every component that reads a certificate of the plan, each once, in order: what is
+    /// restarted after it is installed.
+    pub fn consumers(&self) -> Vec<crate::pki::layout::Component> {
+        let mut c: Vec<_> = self
+            .items
+            .iter()
+            .flat_map(|i| i.consumers.iter().copied())
+            .collect();
+        c.sort();
+        c.dedup();
+        c
+    }
 }
 
 /// Why a certificate is not renewed.
@@ -311,6 +330,7 @@ pub fn make(
         validity: opts.validity,
         items: Vec::new(),
         skipped: Vec::new(),
+        unrenewable: Vec::new(),
         refused: Vec::new(),
         notes: selected.notes.clone(),
         obtained: None,
@@ -323,10 +343,17 @@ pub fn make(
                 name: t.names[0].clone(),
                 reason,
             }),
-            Err(Decision::Refuse(reason)) => plan.refused.push(Verdict {
-                name: t.names[0].clone(),
-                reason,
-            }),
+            Err(Decision::Refuse(reason)) => {
+                let verdict = Verdict {
+                    name: t.names[0].clone(),
+                    reason,
+                };
+                if t.explicit {
+                    plan.refused.push(verdict);
+                } else {
+                    plan.unrenewable.push(verdict);
+                }
+            }
         }
     }
     plan

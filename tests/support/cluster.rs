@@ -7,7 +7,6 @@
 //!
 //! The judges are independent of the code under test: `etcdctl endpoint health` for quorum,
 //! `openssl verify` for the certificates, and the daemons' history files read from disk.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -164,6 +163,9 @@ impl PeerNode {
             .read(None)
             .unwrap()
             .records
+            .iter()
+            .map(|r| r.to_wire())
+            .collect()
     }
 
     /// `etcdctl endpoint health` against this member with its healthcheck client.

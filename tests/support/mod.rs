@@ -1,5 +1,5 @@
 //! Shared test harness: node roots from fixtures and sandboxes, and openssl as an independent judge.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod cfssl;
 pub mod cluster;

@@ -15,8 +15,8 @@ use tokio::time::Instant;
 
 use super::{Edges, Shutdown, TokioClock, Trigger};
 use crate::config::{self, LoadOptions, Settings};
-use crate::control::proto::HistoryRecord;
 use crate::history::History;
+use crate::history::Record;
 use crate::pki::encode::KeySpec;
 use crate::pki::layout::Component;
 use crate::sandbox::{self, SandboxOptions};
@@ -146,7 +146,7 @@ pub struct Node {
 
 impl Node {
     /// History, newest first.
-    pub fn history(&self) -> Vec<HistoryRecord> {
+    pub fn history(&self) -> Vec<Record> {
         History::for_settings(&self.settings)
             .read(None)
             .unwrap()

@@ -3,25 +3,21 @@
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::fakes::{Event, FakeComponents, Timeline, fingerprint};
 use super::{Builder, Node};
-use crate::control::proto::{HistoryState, Request, Response, StatusReport};
+use crate::control::proto::{Request, Response, StatusReport};
 use crate::daemon::liveness::Liveness;
 use crate::daemon::mode::Step;
 use crate::daemon::notify::Notifier;
 use crate::daemon::{components::Components, turn};
+use crate::history::State;
 use crate::pki::layout::Component;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-fn latest_is(state: HistoryState) -> impl Fn(&Node) -> bool {
+fn latest_is(state: State) -> impl Fn(&Node) -> bool {
     move |n| n.history().first().is_some_and(|r| r.state == state)
-}
-
-fn at(rfc3339: &str) -> OffsetDateTime {
-    OffsetDateTime::parse(rfc3339, &Rfc3339).unwrap()
 }
 
 async fn status(n: &Node) -> StatusReport {
@@ -68,7 +64,7 @@ async fn a_due_rotation_waits_for_the_lease_then_confirms_it_before_every_disrup
     let s = status(&n).await;
     assert!(s.lease.held, "{:?}", s.lease);
     assert_eq!(s.rotation.map(|r| r.step).as_deref(), Some("restart"));
-    n.until("success", 10 * MINUTE, latest_is(HistoryState::Success))
+    n.until("success", 10 * MINUTE, latest_is(State::Success))
         .await;
 
     let r = &n.history()[0];
@@ -142,7 +138,7 @@ async fn a_lease_lost_between_restarts_leaves_the_rotation_open_until_the_next_t
         consumers[..1],
         "the second restart must not happen"
     );
-    assert_eq!(r.state, HistoryState::Initiated);
+    assert_eq!(r.state, State::Initiated);
     let reason = r.reason.unwrap_or_default();
     assert!(
         reason.contains(&format!("restarting {}", consumers[1])),
@@ -154,13 +150,13 @@ async fn a_lease_lost_between_restarts_leaves_the_rotation_open_until_the_next_t
     // paces it; an open rotation does not wait out a backoff first).
     n.lease.fail_confirms_from(None);
     n.lease.open();
-    n.until("resumed", 2 * MINUTE, latest_is(HistoryState::Success))
+    n.until("resumed", 2 * MINUTE, latest_is(State::Success))
         .await;
     let done = &n.history()[0];
     assert_eq!((done.id.as_str(), n.history().len()), (r.id.as_str(), 1));
     assert_eq!(done.fencing_token, Some(2));
-    let left = at(r.disruptive_to.as_deref().unwrap());
-    let resumed = at(done.disruptive_from.as_deref().unwrap());
+    let left = r.disruptive_to.unwrap();
+    let resumed = done.disruptive_from.unwrap();
     assert!(
         resumed - left < n.settings.issuer.retry_initial / 2,
         "{left} {resumed}"
@@ -177,8 +173,7 @@ async fn a_failed_proof_rolls_back_then_backs_off_before_trying_again() {
         .start()
         .await;
     let before = fingerprint(&n.witness);
-    n.until("failed", MINUTE, latest_is(HistoryState::Failed))
-        .await;
+    n.until("failed", MINUTE, latest_is(State::Failed)).await;
     let failed = n.history()[0].clone();
     let reason = failed.reason.clone().unwrap_or_default();
     assert!(
@@ -208,14 +203,10 @@ async fn a_failed_proof_rolls_back_then_backs_off_before_trying_again() {
     assert_eq!(n.log.restarts().len(), 2 * consumers.len());
     n.until("retried", initial, |n| n.history().len() == 2)
         .await;
-    n.until(
-        "retried successfully",
-        MINUTE,
-        latest_is(HistoryState::Success),
-    )
-    .await;
+    n.until("retried successfully", MINUTE, latest_is(State::Success))
+        .await;
     let retry = &n.history()[0];
-    let pause = at(&retry.started_at) - at(failed.finished_at.as_deref().unwrap());
+    let pause = retry.started_at - failed.finished_at.unwrap();
     assert!(
         pause >= initial / 2 && pause <= initial + Duration::from_secs(5),
         "{pause}"
@@ -235,11 +226,7 @@ async fn a_stop_while_waiting_for_the_lease_is_prompt_and_leaves_nothing() {
     n.stop();
     n.join(Duration::from_secs(1)).await.unwrap();
     assert_eq!(fingerprint(&n.witness), before, "nothing installed");
-    assert!(
-        n.history()
-            .iter()
-            .all(|r| r.state != HistoryState::Initiated)
-    );
+    assert!(n.history().iter().all(|r| r.state != State::Initiated));
     // The pending acquire was given up, so it leaves no queue entry behind.
     assert_eq!(n.log.events(), [Event::AcquireDropped]);
     assert!(!n.settings.in_root(&n.settings.control.socket).exists());
@@ -255,7 +242,7 @@ async fn a_stop_during_a_rotation_waits_for_its_end() {
     assert!(!n.stopped(), "stopped half-way through a rotation");
     n.join(30 * MINUTE).await.unwrap();
     let r = &n.history()[0];
-    assert_eq!(r.state, HistoryState::Success, "{r:?}");
+    assert_eq!(r.state, State::Success, "{r:?}");
     assert_eq!(n.log.restarts(), n.consumers(&r.id));
     assert_eq!(n.log.count(&Event::Released(1)), 1);
 }
@@ -305,7 +292,7 @@ async fn a_corrupt_journal_does_not_keep_due_certificates_from_being_renewed() {
         })
         .start()
         .await;
-    n.until("renewed", 5 * MINUTE, latest_is(HistoryState::Success))
+    n.until("renewed", 5 * MINUTE, latest_is(State::Success))
         .await;
     assert!(!n.stopped());
     // The bad journal was moved aside and its rotation recorded Failed, naming it.
@@ -313,7 +300,7 @@ async fn a_corrupt_journal_does_not_keep_due_certificates_from_being_renewed() {
     assert_eq!(std::fs::read_dir(&quarantine).unwrap().count(), 1);
     let records = n.history();
     assert!(
-        records.iter().any(|r| r.state == HistoryState::Failed
+        records.iter().any(|r| r.state == State::Failed
             && r.reason
                 .as_deref()
                 .is_some_and(|x| x.contains("quarantine"))),
@@ -324,7 +311,7 @@ async fn a_corrupt_journal_does_not_keep_due_certificates_from_being_renewed() {
 #[tokio::test(start_paused = true)]
 async fn a_consumer_that_reloads_by_itself_is_proved_and_not_restarted() {
     let n = Builder::default().prefer_reload().start().await;
-    n.until("success", 10 * MINUTE, latest_is(HistoryState::Success))
+    n.until("success", 10 * MINUTE, latest_is(State::Success))
         .await;
     let r = &n.history()[0];
     let consumers = n.consumers(&r.id);
@@ -354,7 +341,7 @@ async fn a_consumer_that_does_not_serve_its_new_certificate_in_time_is_restarted
         .failing_proofs(Component::Etcd, 1)
         .start()
         .await;
-    n.until("success", 10 * MINUTE, latest_is(HistoryState::Success))
+    n.until("success", 10 * MINUTE, latest_is(State::Success))
         .await;
     let r = &n.history()[0];
     assert_eq!(r.reloaded, ["kubelet"], "{r:#?}");

@@ -800,11 +800,14 @@ async fn a_crash_mid_rotation_is_finished_by_the_next_start() {
         assert_eq!(cert(&s, name).status, "ok");
     }
     node.assert_usable(API_LEAVES);
+    // The files are rolled forward before the socket answers; the record is closed once the
+    // resumed rotation has taken the lease and proved its consumers, a moment later.
+    let record = finished_rotation(&socket, TIMEOUT).await;
     let records = history(&node.socket()).await;
     assert_eq!(records.len(), 1, "{records:#?}");
-    assert_eq!(records[0].id, interrupted[0].id);
-    assert_eq!(records[0].state, HistoryState::Success, "{records:#?}");
-    let reason = records[0].reason.as_deref().unwrap_or_default();
+    assert_eq!(record.id, interrupted[0].id);
+    assert_eq!(record.state, HistoryState::Success, "{records:#?}");
+    let reason = record.reason.as_deref().unwrap_or_default();
     assert!(
         reason.contains("interrupted after installing, finished by the next start"),
         "{reason}"

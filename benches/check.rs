@@ -17,6 +17,10 @@ use certrotd::root::Root;
 use certrotd::sandbox::{self, SandboxOptions};
 use time::OffsetDateTime;
 
+#[allow(dead_code)]
+#[path = "support/mod.rs"]
+mod support;
+
 const RUNS: usize = 15;
 
 fn main() {
@@ -46,7 +50,7 @@ fn main() {
     let _ = std::fs::remove_dir_all(&tree);
     let n = 10_000;
     let t0 = Instant::now();
-    write_tree(&tree, n, now);
+    support::write_tree(&tree, n, now);
     eprintln!("(generated {n} certificates in {:.1?})", t0.elapsed());
     let config = tree.join("certrotd.toml");
     std::fs::write(
@@ -158,41 +162,4 @@ fn cert_files(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
-}
-
-/// A CA and `n` leaves signed by it, as separate files under tree/certs.
-fn write_tree(tree: &Path, n: usize, now: OffsetDateTime) {
-    let certs = tree.join("certs");
-    std::fs::create_dir_all(&certs).expect("mkdir");
-    let ca_key =
-        rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
-            .expect("ca key");
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "bench-ca");
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.not_before = now - time::Duration::days(1);
-    ca.not_after = now + time::Duration::days(3650);
-    let ca_cert = ca.self_signed(&ca_key).expect("ca");
-    std::fs::write(certs.join("ca.crt"), ca_cert.pem()).expect("write");
-    let issuer = rcgen::Issuer::new(ca, &ca_key);
-    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
-    std::thread::scope(|s| {
-        let chunk = n.div_ceil(2);
-        for part in 0..2 {
-            let (issuer, leaf_key, certs) = (&issuer, &leaf_key, &certs);
-            s.spawn(move || {
-                for i in (part * chunk)..((part + 1) * chunk).min(n) {
-                    let mut p = rcgen::CertificateParams::new(vec![format!("svc-{i}.example")])
-                        .expect("params");
-                    p.distinguished_name
-                        .push(rcgen::DnType::CommonName, format!("svc-{i}"));
-                    p.not_before = now - time::Duration::days(1);
-                    p.not_after = now + time::Duration::days(30 + (i % 400) as i64);
-                    let c = p.signed_by(leaf_key, issuer).expect("sign");
-                    std::fs::write(certs.join(format!("svc-{i:05}.crt")), c.pem()).expect("write");
-                }
-            });
-        }
-    });
 }

@@ -8,7 +8,7 @@
 //!
 //! Run with `make bench` (or `cargo bench --bench daemon`). Exits non-zero when a target is missed.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,10 @@ use certrotd::control::client;
 use certrotd::control::proto::{Request, Response, StatusReport};
 use certrotd::sandbox::{self, SandboxOptions};
 use time::OffsetDateTime;
+
+#[allow(dead_code)]
+#[path = "support/mod.rs"]
+mod support;
 
 fn main() {
     let bin = env!("CARGO_BIN_EXE_certrotd");
@@ -49,14 +53,14 @@ fn main() {
 
     // Idle: let start-up settle, then measure.
     std::thread::sleep(Duration::from_secs(2));
-    let rss_kib = rss_kib(pid);
+    let rss_kib = support::rss_kib(pid);
     let idle_secs: u64 = std::env::var("CERTROTD_BENCH_IDLE_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
-    let before = context_switches(pid);
+    let before = support::context_switches(pid);
     std::thread::sleep(Duration::from_secs(idle_secs));
-    let switches = context_switches(pid) - before;
+    let switches = support::context_switches(pid) - before;
 
     // Status round trips through the socket, as `certrotd status` makes them.
     let mut times: Vec<Duration> = rt.block_on(async {
@@ -171,33 +175,4 @@ fn not_after(s: &StatusReport, name: &str) -> Option<String> {
         .iter()
         .find(|c| c.name == name)
         .and_then(|c| c.not_after.clone())
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
-
-/// Voluntary and involuntary context switches of every thread of `pid`.
-fn context_switches(pid: u32) -> u64 {
-    let tasks: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("tasks")
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    tasks
-        .iter()
-        .filter_map(|t| std::fs::read_to_string(t.join("status")).ok())
-        .flat_map(|s| {
-            s.lines()
-                .filter(|l| l.contains("ctxt_switches"))
-                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .collect::<Vec<_>>()
-        })
-        .sum()
 }

@@ -17,6 +17,10 @@ use certrotd::control::proto::{HistoryState, Request, Response};
 use certrotd::sandbox::{self, SandboxOptions};
 use time::OffsetDateTime;
 
+#[allow(dead_code)]
+#[path = "support/mod.rs"]
+mod support;
+
 const TARGET_KIB: u64 = 10 * 1024;
 
 fn main() {
@@ -47,7 +51,7 @@ fn main() {
         .expect("runtime");
     rt.block_on(wait_answering(&socket));
     std::thread::sleep(Duration::from_secs(2));
-    let at_start = rss_kib(pid);
+    let at_start = support::rss_kib(pid);
 
     let mut took = Vec::new();
     for i in 0..rotations {
@@ -57,7 +61,7 @@ fn main() {
     }
     // Idle again: the blocking pool's threads end after their keep-alive (10 s).
     std::thread::sleep(Duration::from_secs(12));
-    let after = rss_kib(pid);
+    let after = support::rss_kib(pid);
     let _ = child.kill();
     let _ = child.wait();
 
@@ -137,14 +141,4 @@ async fn rotate_all(socket: &Path, n: usize) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
 }

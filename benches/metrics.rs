@@ -13,7 +13,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,10 @@ use certrotd::metrics::x509;
 use certrotd::root::Root;
 use certrotd::sandbox::{self, SandboxOptions};
 use time::OffsetDateTime;
+
+#[allow(dead_code)]
+#[path = "support/mod.rs"]
+mod support;
 
 const CERTS: usize = 10_000;
 const SCRAPES: usize = 50;
@@ -34,7 +38,7 @@ fn main() {
     // 1. 10,000 certificates.
     let tree = tmp.path().join("tree");
     let t0 = Instant::now();
-    write_tree(&tree, CERTS, now);
+    support::write_tree(&tree, CERTS, now);
     eprintln!("(generated {CERTS} certificates in {:.1?})", t0.elapsed());
     let root = Root::new(&tree);
     let extra = vec!["/certs/*.crt".to_string()];
@@ -87,7 +91,7 @@ fn main() {
         .collect();
     times.sort();
     let p = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
-    let big_rss = rss_kib(daemon.0.id());
+    let big_rss = support::rss_kib(daemon.0.id());
     daemon.stop();
 
     // 2. The idle daemon on a kubeadm node, metrics on.
@@ -109,14 +113,14 @@ fn main() {
     let node_body = wait_for_series(&addr, 1);
     let pid = idle.0.id();
     std::thread::sleep(Duration::from_secs(2));
-    let rss = rss_kib(pid);
+    let rss = support::rss_kib(pid);
     let idle_secs: u64 = std::env::var("CERTROTD_BENCH_IDLE_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
-    let before = context_switches(pid);
+    let before = support::context_switches(pid);
     std::thread::sleep(Duration::from_secs(idle_secs));
-    let switches = context_switches(pid) - before;
+    let switches = support::context_switches(pid) - before;
     idle.stop();
 
     println!("\n| measure | value | target |");
@@ -244,72 +248,4 @@ impl Drop for Daemon {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
-
-/// Voluntary and involuntary context switches of every thread of `pid`.
-fn context_switches(pid: u32) -> u64 {
-    let tasks: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("tasks")
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    tasks
-        .iter()
-        .filter_map(|t| std::fs::read_to_string(t.join("status")).ok())
-        .flat_map(|s| {
-            s.lines()
-                .filter(|l| l.contains("ctxt_switches"))
-                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .collect::<Vec<_>>()
-        })
-        .sum()
-}
-
-/// A CA and `n` leaves signed by it, as separate files under tree/certs (as benches/check.rs).
-fn write_tree(tree: &Path, n: usize, now: OffsetDateTime) {
-    let certs = tree.join("certs");
-    std::fs::create_dir_all(&certs).expect("mkdir");
-    let ca_key =
-        rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
-            .expect("ca key");
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "bench-ca");
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.not_before = now - time::Duration::days(1);
-    ca.not_after = now + time::Duration::days(3650);
-    let ca_cert = ca.self_signed(&ca_key).expect("ca");
-    std::fs::write(certs.join("ca.crt"), ca_cert.pem()).expect("write");
-    let issuer = rcgen::Issuer::new(ca, &ca_key);
-    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
-    std::thread::scope(|s| {
-        let chunk = n.div_ceil(2);
-        for part in 0..2 {
-            let (issuer, leaf_key, certs) = (&issuer, &leaf_key, &certs);
-            s.spawn(move || {
-                for i in (part * chunk)..((part + 1) * chunk).min(n) {
-                    let mut p = rcgen::CertificateParams::new(vec![format!("svc-{i}.example")])
-                        .expect("params");
-                    p.distinguished_name
-                        .push(rcgen::DnType::CommonName, format!("svc-{i}"));
-                    p.distinguished_name
-                        .push(rcgen::DnType::OrganizationName, "bench");
-                    p.not_before = now - time::Duration::days(1);
-                    p.not_after = now + time::Duration::days(30 + (i % 400) as i64);
-                    let c = p.signed_by(leaf_key, issuer).expect("sign");
-                    std::fs::write(certs.join(format!("svc-{i:05}.crt")), c.pem()).expect("write");
-                }
-            });
-        }
-    });
 }

@@ -9,7 +9,8 @@
 //! - [`record`]: the cluster record (etcd, or the state directory) with compare-and-swap;
 //! - [`node`]: one node's idempotent step, its backups and its proof from disk;
 //! - [`coordinate`]: what the lease holder decides (advance, wait, roll back);
-//! - [`settings`]: the `[ca]` table.
+//! - [`settings`]: the `[ca]` table;
+//! - [`view`]: what the daemon knows of each track, for `ca status`.
 
 pub mod coordinate;
 pub mod drive;
@@ -21,6 +22,7 @@ pub mod record;
 pub mod settings;
 pub mod track;
 pub mod units;
+pub mod view;
 pub mod wrap;
 
 pub use phase::{Level, Phase};

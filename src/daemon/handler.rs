@@ -36,6 +36,24 @@ pub enum Command {
         /// Whether it was taken.
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// `certrotd ca rotate TRACK [--from DIR]`: start a CA rotation (the `Planned` record); the
+    /// reply carries the rotation id, or why not.
+    CaRotate {
+        /// Which CA.
+        track: crate::ca::Track,
+        /// The operator's new CA (`ca.crt` and `ca.key` in it); `None`: generate one.
+        from: Option<std::path::PathBuf>,
+        /// Where the id (or why not) goes.
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// `certrotd ca abort [TRACK]`: roll the open rotation back (every open one when `None`);
+    /// the reply says which tracks now roll back, from which phase.
+    CaAbort {
+        /// Which CA.
+        track: Option<crate::ca::Track>,
+        /// What was done (or why not).
+        reply: oneshot::Sender<Result<String, String>>,
+    },
 }
 
 impl Command {
@@ -46,6 +64,7 @@ impl Command {
         match self {
             Command::Rotate { reply, .. } => reply.is_closed(),
             Command::Reload { reply } => reply.is_closed(),
+            Command::CaRotate { reply, .. } | Command::CaAbort { reply, .. } => reply.is_closed(),
         }
     }
 }
@@ -63,6 +82,8 @@ pub struct Shared {
     pub commands: mpsc::Sender<Command>,
     /// The lease, once open: `status --cluster` is answered from it without the loop.
     pub lease: super::peers::SharedLease,
+    /// The CA tracks as the loop last read them: `ca status` is answered from it.
+    pub ca: RwLock<crate::ca::view::CaView>,
 }
 
 /// How long `status --cluster` waits for the lease's view before answering that it cannot.

@@ -166,6 +166,7 @@ pub async fn serve(settings: Settings, edges: Edges) -> anyhow::Result<()> {
         history: RwLock::new(d.history.clone()),
         commands: tx,
         lease: d.peers.shared(),
+        ca: Default::default(),
     });
     let control = Control::spawn(listener, socket_path, Arc::clone(&shared));
     let metrics_server = metered::MetricsServer::start(&d).await?;
@@ -297,6 +298,9 @@ pub async fn serve(settings: Settings, edges: Edges) -> anyhow::Result<()> {
                 Command::Reload { reply } => {
                     let r = reload_now(&mut d, &reload, &mut watcher, &shared);
                     let _ = reply.send(r);
+                }
+                Command::CaRotate { reply, .. } | Command::CaAbort { reply, .. } => {
+                    let _ = reply.send(Err("CA rotation is not driven by the daemon yet".into()));
                 }
             },
             Some(()) = next_hangup(&mut hangups) => {

@@ -114,6 +114,7 @@ fn cluster_views_are_read_from_etcd_once_per_window_whatever_the_number_of_clien
             history: RwLock::new(Arc::new(History::new(tmp.path().join("history.jsonl")))),
             commands,
             lease,
+            ca: Default::default(),
         };
         let socket = tmp.path().join("certrotd.sock");
         let listener = server::bind(&socket, 0o600, None).unwrap();

@@ -1633,6 +1633,7 @@ fn daemon_handler(
         history: std::sync::RwLock::new(Arc::new(History::new(dir.path().join("history.jsonl")))),
         commands,
         lease: Default::default(),
+        ca: Default::default(),
     };
     (Arc::new(DaemonHandler(Arc::new(shared))), inbox)
 }

@@ -207,12 +207,13 @@ impl Driver {
         conn: &Conn,
         clock: &(dyn Fn() -> OffsetDateTime + Send + Sync),
     ) -> Result<Tick, DriveError> {
-        let Some((r, _)) = conn.store.load(self.track).await? else {
+        let Some((mut r, v)) = conn.store.load(self.track).await? else {
             return Ok(Tick::Idle);
         };
         if r.phase.is_final() {
             return Ok(Tick::Final(r.phase));
         }
+        self.own_level(conn, &mut r, v, clock()).await?;
         let order = self.hooks.order(&r.members).await;
         let mine = r.phase != Phase::Planned
             && coordinate::next_member(&r, &order) == Some(self.node.as_str());
@@ -234,6 +235,40 @@ impl Driver {
         let result = self.under_lease(conn, &held, &order, clock).await;
         let _ = conn.lease.release(held).await;
         result
+    }
+
+    /// Writes this node's true level into the record when its files are below the level the
+    /// record shows for it in a forward phase: it put its step back while cut off from etcd
+    /// ([`super::lost`]), so the phase must wait for it to take the step again. Only its own
+    /// entry changes, by compare-and-swap; a conflict is left to the next turn.
+    async fn own_level(
+        &self,
+        conn: &Conn,
+        r: &mut CaRecord,
+        v: Version,
+        now: OffsetDateTime,
+    ) -> Result<(), DriveError> {
+        if !matches!(
+            r.phase,
+            Phase::TrustBoth | Phase::IssueNew | Phase::DistrustOld
+        ) {
+            return Ok(());
+        }
+        let Some(recorded) = r.nodes.get(&self.node) else {
+            return Ok(());
+        };
+        let Ok(proof) = node::prove(self.track, &self.pki, &r.old_fp, &r.new_fp) else {
+            return Ok(());
+        };
+        if proof.level >= recorded.level {
+            return Ok(());
+        }
+        let token = recorded.fencing_token;
+        coordinate::record_step(r, &self.node, &proof, token, now);
+        match conn.store.swap(Some(v), r).await {
+            Ok(_) | Err(RecordError::Conflict { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn under_lease(

@@ -211,7 +211,9 @@ impl Hooks for EtcdHooks {
                 }
             }
             let quorum = ms.len() / 2 + 1;
-            if healthy > quorum {
+            // A single member has no quorum to keep: its restart is an outage nothing avoids,
+            // so it is allowed once the member answers (or a one-node cluster never rotates).
+            if healthy > quorum || (ms.len() == 1 && healthy == 1) {
                 Ok(())
             } else {
                 Err(format!(

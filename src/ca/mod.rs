@@ -8,6 +8,7 @@
 //! - [`wrap`]: the new CA key, encrypted for the other control-plane nodes;
 //! - [`record`]: the cluster record (etcd, or the state directory) with compare-and-swap;
 //! - [`node`]: one node's idempotent step, its backups and its proof from disk;
+//! - [`lost`]: a node cut off from etcd after its own step puts the step back;
 //! - [`coordinate`]: what the lease holder decides (advance, wait, roll back);
 //! - [`notice`]: the `ca-rotation-due` notices, once per CA and stage;
 //! - [`settings`]: the `[ca]` table;
@@ -16,6 +17,7 @@
 pub mod coordinate;
 pub mod drive;
 pub mod etcd;
+pub mod lost;
 pub mod material;
 pub mod node;
 pub mod notice;

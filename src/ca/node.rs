@@ -283,6 +283,36 @@ pub fn step(input: &StepInput<'_>, phase: Phase) -> Result<Outcome, NodeError> {
     })
 }
 
+/// Puts this node's step to `level` back on its own (cut off from the cluster, see
+/// [`super::lost`]): restores the step's backup and proves the files one level down.
+pub fn put_back(
+    track: Track,
+    pki: &Path,
+    backups: &Path,
+    record: &CaRecord,
+    level: Level,
+) -> Result<Level, NodeError> {
+    let below = level.down().ok_or(NodeError::Jump {
+        track,
+        from: level,
+        to: level,
+    })?;
+    let id = backup_id(&record.rotation_id, level);
+    Backup::open(backups, &id)
+        .map_err(store_err(format!("opening backup {id}")))?
+        .restore()
+        .map_err(store_err(format!("restoring backup {id}")))?;
+    let proof = prove(track, pki, &record.old_fp, &record.new_fp)?;
+    if proof.level != below {
+        return Err(NodeError::Mixed {
+            track,
+            rotation: record.rotation_id.clone(),
+            why: format!("backup {id} put the files at {}, not {below}", proof.level),
+        });
+    }
+    Ok(below)
+}
+
 fn store_err(op: String) -> impl Fn(store::StoreError) -> NodeError {
     move |e| NodeError::Store {
         op: op.clone(),

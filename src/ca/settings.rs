@@ -8,6 +8,7 @@
 //! dwell_distrust_old = "0s"
 //! rotate_before = "395d"       # default: min(13 months before expiry, half the lifetime)
 //! validity = "3650d"           # a new CA's lifetime (kubeadm's 10 years)
+//! lost_etcd_rollback = "10m"   # a node cut off from etcd after its step puts the step back
 //! ```
 
 use std::time::Duration;
@@ -20,6 +21,9 @@ use super::phase::Phase;
 pub const THIRTEEN_MONTHS: Duration = Duration::from_secs(395 * 86_400);
 /// kubeadm's CA lifetime.
 pub const TEN_YEARS: Duration = Duration::from_secs(3650 * 86_400);
+
+/// The sandbox's `lost_etcd_rollback`: short, so a demo shows a node putting its step back.
+pub const SANDBOX_LOST_ETCD: Duration = Duration::from_secs(30);
 
 /// The `[ca]` settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +39,9 @@ pub struct CaSettings {
     pub rotate_before: Option<Duration>,
     /// The new CA's lifetime.
     pub validity: Duration,
+    /// How long a node that took its step may be cut off from etcd before it puts the step back
+    /// ([`super::lost`]).
+    pub lost_etcd_rollback: Duration,
 }
 
 impl Default for CaSettings {
@@ -45,6 +52,7 @@ impl Default for CaSettings {
             dwell_distrust_old: Duration::ZERO,
             rotate_before: None,
             validity: TEN_YEARS,
+            lost_etcd_rollback: Duration::from_secs(600),
         }
     }
 }
@@ -56,6 +64,7 @@ impl CaSettings {
             dwell_trust_both: Duration::ZERO,
             dwell_issue_new: Duration::ZERO,
             dwell_distrust_old: Duration::ZERO,
+            lost_etcd_rollback: SANDBOX_LOST_ETCD,
             ..CaSettings::default()
         }
     }
@@ -69,6 +78,7 @@ impl CaSettings {
             dwell_distrust_old: table.dwell_distrust_old,
             rotate_before: table.rotate_before,
             validity: table.validity,
+            lost_etcd_rollback: table.lost_etcd_rollback,
         }
     }
 

@@ -32,6 +32,10 @@ pub struct CaTable {
     /// A new CA's lifetime (kubeadm's 10 years).
     #[serde(with = "duration::human")]
     pub validity: Duration,
+    /// A node that took its step of an open rotation and then could not reach etcd for this
+    /// long puts that step back (its own files, from the step's backup).
+    #[serde(with = "duration::human")]
+    pub lost_etcd_rollback: Duration,
 }
 
 impl Default for CaTable {
@@ -42,6 +46,7 @@ impl Default for CaTable {
             dwell_distrust_old: Duration::ZERO,
             rotate_before: None,
             validity: days(3650),
+            lost_etcd_rollback: Duration::from_secs(600),
         }
     }
 }
@@ -61,6 +66,7 @@ pub(super) struct CaLayer {
     dwell_distrust_old: Option<Val<DurationText>>,
     rotate_before: Option<Val<DurationText>>,
     validity: Option<Val<DurationText>>,
+    lost_etcd_rollback: Option<Val<DurationText>>,
 }
 
 impl CaLayer {
@@ -70,6 +76,7 @@ impl CaLayer {
         over(&mut self.dwell_distrust_old, later.dwell_distrust_old, file);
         over(&mut self.rotate_before, later.rotate_before, file);
         over(&mut self.validity, later.validity, file);
+        over(&mut self.lost_etcd_rollback, later.lost_etcd_rollback, file);
     }
 
     pub(super) fn resolve(&self, sources: &Sources) -> Result<CaTable, ConfigError> {
@@ -98,6 +105,11 @@ impl CaLayer {
             )?,
             rotate_before,
             validity: sources.duration("ca.validity", &self.validity, d.validity)?,
+            lost_etcd_rollback: sources.duration(
+                "ca.lost_etcd_rollback",
+                &self.lost_etcd_rollback,
+                d.lost_etcd_rollback,
+            )?,
         })
     }
 }

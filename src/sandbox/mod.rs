@@ -311,6 +311,8 @@ fn certrotd_config(root: &Path, opts: &SandboxOptions) -> String {
     for key in ["dwell_trust_both", "dwell_issue_new", "dwell_distrust_old"] {
         let _ = writeln!(out, "{key} = \"0s\"");
     }
+    // A node cut off from etcd after its step puts it back soon (ca::lost).
+    let _ = writeln!(out, "lost_etcd_rollback = \"30s\"");
     out
 }
 

@@ -30,7 +30,7 @@ const YEAR: Duration = Duration::from_secs(365 * 86400);
 const TIMEOUT: Duration = Duration::from_secs(150);
 const STANDIN: &str = "kube-apiserver.service";
 
-fn pki(n: &PeerNode) -> PathBuf {
+pub(crate) fn pki(n: &PeerNode) -> PathBuf {
     n.sandbox.path("/etc/kubernetes/pki")
 }
 
@@ -41,7 +41,7 @@ fn standin_log(n: &PeerNode) -> PathBuf {
 /// The API-server stand-in: reads its etcd CA and client certificate once, at start (as the API
 /// server reads `--etcd-cafile` and `--etcd-certfile`), then writes `/standin/<node>/<start>-<n>`
 /// to its local member again and again, logging `<unix ms> <key>` for each acknowledged write.
-async fn start_standin(n: &PeerNode) {
+pub(crate) async fn start_standin(n: &PeerNode) {
     let p = pki(n);
     let script = n.work().join("standin.sh");
     let body = format!(
@@ -104,7 +104,7 @@ fn lease_settings(c: &Cluster) -> LeaseSettings {
     }
 }
 
-fn driver(c: &Cluster, n: &PeerNode) -> (Arc<Driver>, EtcdConnect) {
+pub(crate) fn driver(c: &Cluster, n: &PeerNode) -> (Arc<Driver>, EtcdConnect) {
     let hooks = EtcdHooks {
         pki: pki(n),
         endpoints: c.endpoints(),
@@ -403,7 +403,7 @@ async fn etcd_ca_is_rotated_to_completed_by_the_nodes_alone_with_no_write_lost()
 }
 
 /// The bytes of every file of the track on a node.
-fn track_files(n: &PeerNode, t: Track) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn track_files(n: &PeerNode, t: Track) -> Vec<(String, Vec<u8>)> {
     let mut rels = vec![t.ca_cert(), t.ca_key()];
     rels.extend(t.leaves().iter().map(|l| l.cert));
     rels.into_iter()

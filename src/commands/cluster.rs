@@ -187,6 +187,7 @@ mod tests {
                 last_rotation: Some("20260501T090000Z-123456 Success".into()),
                 updated: "2026-05-01T09:59:00Z".into(),
             }],
+            ca: Vec::new(),
         };
         let t = to_table(&view, now);
         assert!(t.contains("cluster prod (1 slot)"), "{t}");

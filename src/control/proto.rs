@@ -429,6 +429,19 @@ mod tests {
         );
         let r: Request = serde_json::from_str(r#"{"History":{}}"#).unwrap();
         assert_eq!(r, Request::History { limit: None });
+        assert_eq!(json(&Request::CaStatus), r#""CaStatus""#);
+        let r: Request = serde_json::from_str(r#"{"CaRotate":{"track":"etcd-ca"}}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::CaRotate {
+                track: "etcd-ca".into(),
+                from: None
+            }
+        );
+        assert!(r.changes_state() && !Request::CaStatus.changes_state());
+        let r: Request = serde_json::from_str(r#"{"CaAbort":{}}"#).unwrap();
+        assert_eq!(r, Request::CaAbort { track: None });
+        assert!(r.changes_state());
     }
 
     #[test]

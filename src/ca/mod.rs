@@ -10,7 +10,6 @@
 //! - [`node`]: one node's idempotent step, its backups and its proof from disk;
 //! - [`lost`]: a node cut off from etcd after its own step puts the step back;
 //! - [`coordinate`]: what the lease holder decides (advance, wait, roll back);
-//! - [`notice`]: the `ca-rotation-due` notices, once per CA and stage;
 //! - [`settings`]: the `[ca]` table;
 //! - [`view`]: what the daemon knows of each track, for `ca status`.
 
@@ -20,7 +19,6 @@ pub mod etcd;
 pub mod lost;
 pub mod material;
 pub mod node;
-pub mod notice;
 pub mod phase;
 pub mod record;
 pub mod settings;

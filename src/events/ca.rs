@@ -52,8 +52,9 @@ pub struct CaDue<'a> {
 
 /// A CA nears or entered `[ca] rotate_before`: when it expires and when its rotation starts.
 /// Warning some weeks before (an operator may want to provide the new CA with `--from`, or plan
-/// the dwell), notice (info) once due.
-pub fn ca_rotation_due(node: &str, due: &CaDue<'_>) {
+/// the dwell), notice (info) once due. `what`: the daemon's sentence for the operator (who
+/// starts the rotation, or why none does).
+pub fn ca_rotation_due(node: &str, due: &CaDue<'_>, what: &str) {
     let (track, stage) = (due.track, due.stage.as_str());
     let not_after = rfc3339(due.not_after);
     let due_from = rfc3339(due.due_from);
@@ -77,13 +78,12 @@ pub fn ca_rotation_due(node: &str, due: &CaDue<'_>) {
         Due::Soon => emit!(
             warn,
             severity = Severity::Warning.as_str(),
-            "CA {track} ({}) expires {not_after}; certrotd rotates it from {due_from} ([ca] rotate_before)",
+            "CA {track} ({}) expires {not_after}; due for rotation from {due_from}: {what}",
             due.subject
         ),
         Due::Now => emit!(
             info,
-            "CA {track} ({}) expires {not_after} and is due for rotation since {due_from}; \
-             the rotation starts",
+            "CA {track} ({}) expires {not_after}; due for rotation since {due_from}: {what}",
             due.subject
         ),
     }

@@ -155,7 +155,7 @@ fn a_due_notice_is_a_warning_before_and_a_notice_once_due_with_both_dates() {
         due_from: datetime!(2031-01-01 0:00 UTC),
         stage: Due::Soon,
     };
-    let seen = capture(|| ca_rotation_due("cp1", &due));
+    let seen = capture(|| ca_rotation_due("cp1", &due, "rotating"));
     let (level, f) = only(&seen);
     assert_eq!(level, tracing::Level::WARN);
     has(
@@ -171,8 +171,9 @@ fn a_due_notice_is_a_warning_before_and_a_notice_once_due_with_both_dates() {
         ],
     );
     due.stage = Due::Now;
-    let seen = capture(|| ca_rotation_due("cp1", &due));
+    let seen = capture(|| ca_rotation_due("cp1", &due, "rotating"));
     let (level, f) = only(&seen);
     assert_eq!(level, tracing::Level::INFO);
     has(f, &[("stage", "due"), ("due_from", "2031-01-01T00:00:00Z")]);
+    assert!(f["message"].ends_with(": rotating"), "{f:?}");
 }

@@ -38,6 +38,11 @@ pub trait Hooks: Send + Sync {
     /// Whether this node may disrupt its components now (etcd: every other member healthy, so
     /// the cluster keeps quorum while this one restarts).
     fn may_disrupt(&self) -> BoxFuture<'_, Result<(), String>>;
+    /// The client URL of this node's own etcd member, for the etcd-ca step's probe over TLS
+    /// ([`super::probe`]); `None` (the default): no member to probe.
+    fn member_url(&self) -> BoxFuture<'_, Option<String>> {
+        Box::pin(async { None })
+    }
 }
 
 /// A fresh lease and record store, with credentials read again from the disk (they change
@@ -405,7 +410,41 @@ impl Driver {
                 .await
                 .map_err(DriveError::Hook)?;
         }
+        self.probe(r, out.proof.level, clock()).await?;
         Ok(out.proof.level)
+    }
+
+    /// etcd-ca in a forward phase: the restarted member is asked over TLS with in-memory
+    /// clients of the new and the old CA, and must accept or refuse each as the level asks.
+    async fn probe(
+        &self,
+        r: &CaRecord,
+        level: Level,
+        now: OffsetDateTime,
+    ) -> Result<(), DriveError> {
+        if self.track != Track::EtcdCa
+            || !matches!(
+                r.phase,
+                Phase::TrustBoth | Phase::IssueNew | Phase::DistrustOld
+            )
+        {
+            return Ok(());
+        }
+        let Some(url) = self.hooks.member_url().await else {
+            return Ok(());
+        };
+        let seen =
+            super::probe::member(&url, &self.cluster, &self.pki, &self.backups, r, level, now)
+                .await
+                .map_err(|e| DriveError::Hook(format!("probe over TLS: {e}")))?;
+        tracing::info!(
+            track = %self.track,
+            node = %self.node,
+            "CA rotation {}: {url} at {level}: {}",
+            r.rotation_id,
+            seen.join(", ")
+        );
+        Ok(())
     }
 
     /// Writes this node's proved step into the record, reading it again on a conflict (another

@@ -149,6 +149,17 @@ impl EtcdJudge {
         ))
     }
 
+    /// The first client URL of this node's own member, as etcd lists it.
+    pub async fn member_url(&self) -> Result<String, String> {
+        let creds = disk_credentials(&self.pki)?;
+        members(&self.endpoints, &creds)
+            .await?
+            .into_iter()
+            .find(|(n, _, _)| *n == self.node)
+            .and_then(|(_, _, urls)| urls.into_iter().next())
+            .ok_or_else(|| format!("no member named {} with a client URL", self.node))
+    }
+
     /// The member names, as etcd lists them: every control-plane node of a stacked cluster.
     pub async fn member_names(&self) -> Result<Vec<String>, String> {
         let creds = disk_credentials(&self.pki)?;
@@ -269,5 +280,9 @@ impl Hooks for EtcdHooks {
 
     fn may_disrupt(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move { self.judge().may_disrupt().await })
+    }
+
+    fn member_url(&self) -> BoxFuture<'_, Option<String>> {
+        Box::pin(async move { self.judge().member_url().await.ok() })
     }
 }

@@ -9,6 +9,7 @@
 //! - [`record`]: the cluster record (etcd, or the state directory) with compare-and-swap;
 //! - [`node`]: one node's idempotent step, its backups and its proof from disk;
 //! - [`lost`]: a node cut off from etcd after its own step puts the step back;
+//! - [`probe`]: an etcd-ca step proved over TLS with in-memory clients of the new and old CA;
 //! - [`coordinate`]: what the lease holder decides (advance, wait, roll back);
 //! - [`settings`]: the `[ca]` table;
 //! - [`view`]: what the daemon knows of each track, for `ca status`.
@@ -20,6 +21,7 @@ pub mod lost;
 pub mod material;
 pub mod node;
 pub mod phase;
+pub mod probe;
 pub mod record;
 pub mod settings;
 pub mod track;

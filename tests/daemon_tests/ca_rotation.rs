@@ -610,3 +610,75 @@ async fn front_proxy_ca_on_a_single_node_with_the_local_backend_is_judged_by_an_
     assert_eq!(seen.last().unwrap().0, Phase::Completed, "{seen:?}");
     assert!(seen.iter().any(|s| s.1 == Level::IssueNew), "{seen:?}");
 }
+
+/// The etcd-ca step's proof over TLS (`ca::probe`): in-memory clients of the new and the old CA
+/// presented to the node's own member. The driver runs it after every forward step (a member
+/// that does not do what the level asks fails the step); here it is also asked for what the
+/// member must NOT do, so a probe that always passed would fail this test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_etcd_ca_step_is_proved_over_tls_with_clients_of_both_cas() {
+    use certrotd::ca::drive::Tick;
+    use certrotd::ca::probe;
+
+    let c = Cluster::new(1, OffsetDateTime::now_utc(), YEAR).await;
+    c.start_etcd().await;
+    c.wait_healthy(Duration::from_secs(60)).await;
+    let n = &c.nodes[0];
+    start_standin(n).await;
+    let (d, connect) = driver(&c, n);
+    let mut d = Arc::into_inner(d).unwrap();
+    d.settings.dwell_trust_both = Duration::from_secs(3600);
+    let url = format!("https://127.0.0.1:{}", n.spec.client_port);
+    let conn = connect.connect().await.unwrap();
+    let record = d
+        .start(
+            &conn,
+            None,
+            std::slice::from_ref(&n.name),
+            OffsetDateTime::now_utc(),
+        )
+        .await
+        .unwrap();
+    let mut ticks = Vec::new();
+    while !matches!(ticks.last(), Some(Tick::Stepped(Level::TrustBoth, None))) {
+        ticks.push(d.tick(&conn, &OffsetDateTime::now_utc).await.unwrap());
+        assert!(ticks.len() < 5, "{ticks:?}");
+    }
+    drop(conn);
+    let (p, b) = (pki(n), n.work().join("backups"));
+    let now = OffsetDateTime::now_utc;
+    // TrustBoth: both CAs' clients served; so a probe asking for the old one's refusal fails.
+    let seen = probe::member(&url, "ca-test", &p, &b, &record, Level::TrustBoth, now())
+        .await
+        .unwrap();
+    assert_eq!(seen, ["new-CA client accepted", "old-CA client accepted"]);
+    let err = probe::member(&url, "ca-test", &p, &b, &record, Level::DistrustOld, now())
+        .await
+        .unwrap_err();
+    assert!(err.contains("accepted a client of the old CA"), "{err}");
+
+    // On to Completed (each step probed by the driver itself).
+    d.settings.dwell_trust_both = Duration::ZERO;
+    let mut conn = connect.connect().await.unwrap();
+    loop {
+        match d.tick(&conn, &OffsetDateTime::now_utc).await {
+            Ok(Tick::Final(p)) => {
+                assert_eq!(p, Phase::Completed);
+                break;
+            }
+            Ok(t) => ticks.push(t),
+            Err(e) => panic!("{e}; after {ticks:?}"),
+        }
+        assert!(ticks.len() < 12, "{ticks:?}");
+        conn = connect.connect().await.unwrap();
+    }
+    // DistrustOld: the old CA's client (its key from the IssueNew step's backup) is refused.
+    let seen = probe::member(&url, "ca-test", &p, &b, &record, Level::DistrustOld, now())
+        .await
+        .unwrap();
+    assert_eq!(seen, ["new-CA client accepted", "old-CA client refused"]);
+    let err = probe::member(&url, "ca-test", &p, &b, &record, Level::IssueNew, now())
+        .await
+        .unwrap_err();
+    assert!(err.contains("refused a client of the old CA"), "{err}");
+}

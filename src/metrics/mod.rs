@@ -6,6 +6,7 @@
 //! each rotation's end), always with the time passed in; a scrape only reads what was fed, under
 //! a short lock, and never waits for the daemon's loop.
 
+pub mod ca;
 pub mod encode;
 pub mod own;
 pub mod server;

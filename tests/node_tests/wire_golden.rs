@@ -19,7 +19,7 @@ use certrotd::decide::{self, Policy};
 use certrotd::history::{History, State};
 use certrotd::inventory::Inventory;
 use certrotd::pki::layout::Component;
-use certrotd::policy::Windows;
+use certrotd::policy::Thresholds;
 use certrotd::report::CheckReport;
 use support::*;
 use time::OffsetDateTime;
@@ -87,7 +87,7 @@ fn normalized(root: &Path, json: String) -> Vec<u8> {
 fn check_json_is_unchanged() {
     let (root, inv) = node();
     let settings = Settings::default();
-    let windows = Windows {
+    let windows = Thresholds {
         notify_before: settings.policy.notify_before,
         renew_before: settings.policy.renew_before,
     };

@@ -267,6 +267,7 @@ async fn ca_rotate_reaches_the_loop_and_prints_the_id_it_replies() {
     assert_eq!((track, from), (Track::EtcdCa, None));
     reply.send(Ok("ca-2".into())).unwrap();
     let out = finished(run).await;
+    assert!(text(&out.stderr).contains("certrotd ca status"), "{out:?}");
     assert_eq!(
         (out.status.code(), text(&out.stdout)),
         (Some(0), "ca-2\n".into()),

@@ -44,8 +44,7 @@ fn capture(emit: impl FnOnce()) -> Vec<(tracing::Level, BTreeMap<String, String>
     let seen = Seen::default();
     let sub = tracing_subscriber::registry().with(Record(seen.clone()));
     tracing::subscriber::with_default(sub, emit);
-    let out = seen.lock().unwrap().clone();
-    out
+    seen.lock().unwrap().clone()
 }
 
 fn only(

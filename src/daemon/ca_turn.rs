@@ -393,14 +393,17 @@ impl Daemon {
             if track.is_some_and(|want| want != t) {
                 continue;
             }
-            let open = conn
-                .store
-                .load(t)
-                .await
-                .map_err(|e| e.to_string())?
-                .is_some_and(|(r, _)| !r.phase.is_final());
-            if !open && track.is_none() {
-                continue;
+            let last = conn.store.load(t).await.map_err(|e| e.to_string())?;
+            match (&last, track) {
+                (Some((r, _)), _) if !r.phase.is_final() => {}
+                (_, None) => continue,
+                (Some((r, _)), Some(_)) => {
+                    return Err(format!(
+                        "no {t} rotation is open: the last one, {}, is {}",
+                        r.rotation_id, r.phase
+                    ));
+                }
+                (None, Some(_)) => return Err(format!("no {t} rotation has been started")),
             }
             let to = self
                 .ca_driver(t)

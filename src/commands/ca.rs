@@ -178,7 +178,7 @@ fn rotation_detail(out: &mut String, r: &CaRotationStatus, now: OffsetDateTime) 
     let done = r.nodes.iter().filter(|n| n.done).count();
     let _ = writeln!(
         out,
-        "  rotation {}, phase {}{} ({done}/{} members at {})",
+        "  rotation {}, phase {}{}; {done}/{} members at {}",
         r.rotation_id,
         r.phase,
         if r.finished { " (finished)" } else { "" },
@@ -326,7 +326,10 @@ mod tests {
             .find(|l| l.trim_start().starts_with("cp2 "))
             .unwrap();
         assert!(cp2.contains(" no ") && cp2.contains('-'), "{cp2}");
-        assert!(t.contains("(1/2 members at trust-both)"), "{t}");
+        assert!(
+            t.contains("phase TrustBoth; 1/2 members at trust-both"),
+            "{t}"
+        );
         assert!(
             t.contains("  blocked: cp2 has not proved trust-both"),
             "{t}"

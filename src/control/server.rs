@@ -6,8 +6,8 @@
 //! (as mini-redis does), so tests run the real server in process.
 //!
 //! Who may do what is decided by the peer's credentials (`SO_PEERCRED`), never by anything the
-//! client says: reading (status, history) for anyone the socket's mode admits, changing state
-//! (rotate, reload) for root only.
+//! client says: reading (status, history, cluster, ca status) for anyone the socket's mode
+//! admits, changing state (rotate, reload, ca rotate, ca abort) for root only.
 //!
 //! Every client is bounded, and none can lock root out: each user but root holds at most
 //! [`ServerOptions::max_per_uid`] connections (more are refused at once), a connection that sends

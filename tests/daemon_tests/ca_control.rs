@@ -25,6 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 const T: Duration = Duration::from_secs(10);
+/// How long a client of a real daemon may wait.
+const LONG: Duration = Duration::from_secs(40);
 const NOBODY: u32 = 65534;
 /// What the record's wrapped key holds here: it must never reach a client.
 const WRAPPED: &str = "c2VjcmV0LXdyYXBwZWQta2V5LW5ldmVyLWluLWEtcmVwbHk";
@@ -88,6 +90,12 @@ impl Daemon {
 
 /// Starts the real `certrotd` binary with `args`, as root or dropped to nobody.
 fn cli(args: &[&str], as_nobody: bool) -> JoinHandle<Output> {
+    cli_within(args, as_nobody, T)
+}
+
+/// [`cli`] for a client that may wait up to `limit` (a real daemon's loop may be busy; the
+/// client's own bound is 30 s).
+fn cli_within(args: &[&str], as_nobody: bool, limit: Duration) -> JoinHandle<Output> {
     let bin = env!("CARGO_BIN_EXE_certrotd");
     let mut cmd = if as_nobody {
         let mut cmd = tokio::process::Command::new("setpriv");
@@ -103,7 +111,7 @@ fn cli(args: &[&str], as_nobody: bool) -> JoinHandle<Output> {
     };
     cmd.args(args).env("CERTROTD_LOG", "warn");
     tokio::spawn(async move {
-        tokio::time::timeout(T, cmd.output())
+        tokio::time::timeout(limit, cmd.output())
             .await
             .expect("the client answers in time")
             .unwrap()
@@ -267,6 +275,7 @@ async fn ca_rotate_reaches_the_loop_and_prints_the_id_it_replies() {
     assert_eq!((track, from), (Track::EtcdCa, None));
     reply.send(Ok("ca-2".into())).unwrap();
     let out = finished(run).await;
+    assert!(text(&out.stderr).contains("certrotd ca status"), "{out:?}");
     assert_eq!(
         (out.status.code(), text(&out.stdout)),
         (Some(0), "ca-2\n".into()),
@@ -598,4 +607,125 @@ async fn status_cluster_adds_the_ca_tracks_only_when_the_daemon_has_them() {
     let etcd = table.lines().find(|l| l.starts_with("etcd-ca")).unwrap();
     assert!(etcd.contains("IssueNew") && etcd.contains("1/2"), "{table}");
     d.stop().await;
+}
+
+/// The whole path on a real daemon: `certrotd sandbox` writes a node (its `[ca]` dwells zero),
+/// `certrotd run` serves it, and `ca rotate front-proxy-ca` through the CLI is carried to
+/// Completed by the daemon's own loop, as `ca status -o json` shows and the disk confirms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_daemon_rotates_front_proxy_ca_to_completed_when_asked_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("node");
+    let bin = env!("CARGO_BIN_EXE_certrotd");
+    let node_arg = node.to_str().unwrap();
+    let out = finished(cli_within(&["sandbox", "--dir", node_arg], false, LONG)).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let config = node.join("certrotd.toml");
+    let config = config.to_str().unwrap();
+    let _daemon = tokio::process::Command::new(bin)
+        .args(["run", "--config", config])
+        .env("CERTROTD_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let status = || async {
+        let out = finished(cli_within(
+            &["ca", "status", "-o", "json", "--config", config],
+            false,
+            LONG,
+        ))
+        .await;
+        (out.status.code() == Some(0))
+            .then(|| serde_json::from_slice::<CaStatusView>(&out.stdout).unwrap())
+    };
+    // Up once the socket answers and the first CA poll has read the tracks.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let before = loop {
+        if let Some(v) = status().await.filter(|v| v.as_of.is_some()) {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let fp = |v: &CaStatusView| {
+        let t = v
+            .tracks
+            .iter()
+            .find(|t| t.track == "front-proxy-ca")
+            .unwrap();
+        (
+            t.disk.as_ref().unwrap().fingerprint.clone(),
+            t.rotation.clone(),
+        )
+    };
+    let (old_fp, none) = fp(&before);
+    assert!(none.is_none(), "never rotated: {before:?}");
+
+    let out = finished(cli_within(
+        &["ca", "rotate", "front-proxy-ca", "--config", config],
+        false,
+        LONG,
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let id = text(&out.stdout).trim().to_owned();
+    assert!(!id.is_empty(), "{out:?}");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let (disk_fp, rotation) = loop {
+        if let Some(v) = status().await {
+            let (disk_fp, r) = fp(&v);
+            if let Some(r) = r.filter(|r| r.phase == "Completed") {
+                break (disk_fp, r);
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not Completed in 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(rotation.rotation_id, id);
+    assert_eq!(rotation.old_fingerprint, old_fp);
+    assert_ne!(rotation.new_fingerprint, old_fp);
+    assert_eq!(
+        disk_fp, rotation.new_fingerprint,
+        "the disk holds the new CA"
+    );
+    let phases: Vec<&str> = rotation.phases.iter().map(|m| m.phase.as_str()).collect();
+    assert_eq!(
+        phases,
+        [
+            "Planned",
+            "TrustBoth",
+            "IssueNew",
+            "DistrustOld",
+            "Completed"
+        ]
+    );
+    assert!(
+        rotation
+            .nodes
+            .iter()
+            .all(|n| n.done && n.level.as_deref() == Some("distrust-old"))
+    );
+    // The CA file holds the new CA alone.
+    let pem = fs::read_to_string(node.join("etc/kubernetes/pki/front-proxy-ca.crt")).unwrap();
+    assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 1, "{pem}");
+
+    // Nothing is open any more: an abort is refused, exit 1.
+    let out = finished(cli_within(
+        &["ca", "abort", "--config", config],
+        false,
+        LONG,
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("no CA rotation is open"),
+        "{out:?}"
+    );
 }

@@ -11,6 +11,7 @@
 //! - [`lost`]: a node cut off from etcd after its own step puts the step back;
 //! - [`probe`]: an etcd-ca step proved over TLS with in-memory clients of the new and old CA;
 //! - [`coordinate`]: what the lease holder decides (advance, wait, roll back);
+//! - [`notice`]: the `ca-rotation-due` notices, once per CA and stage;
 //! - [`settings`]: the `[ca]` table;
 //! - [`view`]: what the daemon knows of each track, for `ca status`.
 
@@ -20,6 +21,7 @@ pub mod etcd;
 pub mod lost;
 pub mod material;
 pub mod node;
+pub mod notice;
 pub mod phase;
 pub mod probe;
 pub mod record;

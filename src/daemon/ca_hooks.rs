@@ -92,4 +92,14 @@ impl Hooks for NodeHooks {
             }
         })
     }
+
+    /// etcd-ca's step is proved over TLS against this node's own member (`ca::probe`).
+    fn member_url(&self) -> BoxFuture<'_, Option<String>> {
+        Box::pin(async move {
+            match &self.etcd {
+                Some(judge) => judge.member_url().await.ok(),
+                None => None,
+            }
+        })
+    }
 }

@@ -28,7 +28,7 @@ use crate::ca::phase::Phase;
 use crate::ca::record::{CaRecord, EtcdStore, LocalStore, RecordStore};
 use crate::ca::settings::CaSettings;
 use crate::ca::view::{CaView, DiskCa, TrackView};
-use crate::ca::{Track, fingerprint, notice};
+use crate::ca::{Track, fingerprint, lost, notice};
 use crate::config::LeaseBackend;
 use crate::events::ca::Due;
 use crate::history::{Record, State};
@@ -38,8 +38,8 @@ use crate::pki::layout::KUBEADM_PKI;
 pub const POLL_OPEN: Duration = Duration::from_secs(1);
 /// How often they are read otherwise.
 pub const POLL_IDLE: Duration = Duration::from_secs(10);
-/// How often they are read after a read failed (etcd away): a bounded read every minute.
-pub const POLL_FAILED: Duration = Duration::from_secs(60);
+/// How often they are read after a read failed with no rotation known open (etcd away).
+pub const POLL_FAILED: Duration = Duration::from_secs(15);
 /// How long one read of the records may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one CA turn may take before the watchdog is starved: waiting for the lease, the
@@ -55,6 +55,10 @@ pub struct CaTurns {
     conn: Option<Conn>,
     /// The due notices given.
     notices: notice::Notices,
+    /// Whether the last poll that read every record found a rotation open.
+    was_open: bool,
+    /// Per track, since when etcd has been out of reach and the record last seen.
+    watches: std::collections::HashMap<Track, lost::Watch>,
     /// The last failed turn recorded in history, so a failure repeated at every poll (a quorum
     /// guard that holds, an unreachable member) is recorded once.
     last_failure: Option<String>,
@@ -187,6 +191,7 @@ impl Daemon {
         };
         let mut open = false;
         let mut failed = false;
+        let mut any_open = false;
         for track in tracks {
             let mut tv = self.disk_view(track);
             match self.ca_track_turn(track, &tv, shutdown).await {
@@ -200,6 +205,7 @@ impl Daemon {
                     }
                     if let Some(r) = &record {
                         open |= !r.phase.is_final();
+                        any_open |= !r.phase.is_final();
                         if tv.blockers.is_empty() && !r.phase.is_final() {
                             tv.blockers = crate::ca::coordinate::blockers(
                                 r,
@@ -221,7 +227,12 @@ impl Daemon {
             }
             view.tracks.push(tv);
         }
-        let every = match (open, failed) {
+        // A read that fails in the middle of a rotation is most often a member restarting
+        // (this node's or another's step): look again at once, or this node's turn waits.
+        if !failed {
+            self.ca.was_open = any_open;
+        }
+        let every = match (open || (failed && self.ca.was_open), failed) {
             (true, _) => POLL_OPEN,
             (false, true) => POLL_FAILED,
             // Only another node can open a rotation in etcd: look again now and then.
@@ -231,6 +242,7 @@ impl Daemon {
             (false, false) => self.ca_next_due(&view),
         };
         self.ca.next_poll = Some(Instant::now() + every);
+        self.metrics.ca(&view, &self.ca_settings());
         *shared.ca.write().unwrap_or_else(|e| e.into_inner()) = view;
     }
 
@@ -297,11 +309,40 @@ impl Daemon {
             let record = conn.store.load(track).await.map_err(|e| e.to_string())?;
             Ok::<_, String>((conn, record.map(|(r, _)| r)))
         };
-        let (conn, record) = tokio::time::timeout(READ_TIMEOUT, read)
+        let read = tokio::time::timeout(READ_TIMEOUT, read)
             .await
-            .map_err(|_| format!("reading the CA record: no answer within {READ_TIMEOUT:?}"))??;
+            .map_err(|_| format!("reading the CA record: no answer within {READ_TIMEOUT:?}"))
+            .and_then(|r| r);
+        let (conn, record) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                self.ca_lost(track).await;
+                return Err(e);
+            }
+        };
+        if let Some(w) = self.ca_watch(track)
+            && let Err(e) = w.reached(record.as_ref())
+        {
+            tracing::warn!("{track}: keeping the CA record last seen: {e}");
+        }
         match &record {
-            Some(r) if !r.phase.is_final() => self.ca_tick(track, &conn, r, shutdown).await,
+            Some(r) if !r.phase.is_final() => {
+                self.ca.was_open = true;
+                // A node whose CA is another one altogether (built apart from the others, not
+                // joined with their CA) cannot take any step: say so without taking the lease.
+                if let Some(disk) = &tv.disk
+                    && disk.fingerprint != r.old_fp
+                    && disk.fingerprint != r.new_fp
+                {
+                    return Err(format!(
+                        "this node's {track} ({}) is neither the old nor the new CA of rotation \
+                         {}: it cannot take part; give it the cluster's CA or run \
+                         `certrotd ca abort {track}`",
+                        disk.subject, r.rotation_id
+                    ));
+                }
+                self.ca_tick(track, &conn, r, shutdown).await
+            }
             _ => {
                 if let Some(disk) = &tv.disk
                     && self.ca_due(track, disk, record.as_ref())
@@ -313,6 +354,48 @@ impl Daemon {
                 }
                 Ok(Turn::Quiet(record))
             }
+        }
+    }
+
+    /// The lost-etcd watch of `track` (`None` with the records in the state directory: there
+    /// is no etcd to lose).
+    fn ca_watch(&mut self, track: Track) -> Option<&mut lost::Watch> {
+        if !self.ca_shared() {
+            return None;
+        }
+        let state = self.settings.in_root(&self.settings.state_dir);
+        let limit = self.ca_settings().lost_etcd_rollback;
+        Some(
+            self.ca
+                .watches
+                .entry(track)
+                .or_insert_with(|| lost::Watch::open(&state, track, limit)),
+        )
+    }
+
+    /// etcd could not be read: once this node has been cut off for longer than
+    /// `[ca] lost_etcd_rollback` after its own step, the step is put back.
+    async fn ca_lost(&mut self, track: Track) {
+        let driver = self.ca_driver(track);
+        let now = self.clock.now();
+        let Some(watch) = self.ca_watch(track) else {
+            return;
+        };
+        match watch.lost(&driver, now).await {
+            Ok(lost::Lost::RolledBack(level, failed)) => {
+                self.note(format!(
+                    "{track}: cut off from etcd after this node's step: its files are back at \
+                     {level}{}",
+                    if failed.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; restarts failed: {}", failed.join("; "))
+                    }
+                ));
+                self.refresh();
+            }
+            Ok(lost::Lost::Nothing | lost::Lost::Waiting(_)) => {}
+            Err(e) => tracing::warn!("{track}: putting this node's step back: {e}"),
         }
     }
 

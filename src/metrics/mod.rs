@@ -49,6 +49,8 @@ struct State {
     cache: x509::Cache,
     source_errors: BTreeMap<&'static str, u64>,
     own: own::Own,
+    /// The CA tracks as the daemon last read them, with the `[ca]` settings they are judged by.
+    ca: Option<(crate::ca::view::CaView, crate::ca::settings::CaSettings)>,
     /// What the textfile holds, so it is rewritten only on change.
     written: Option<String>,
 }
@@ -111,6 +113,13 @@ impl Metrics {
         }
     }
 
+    /// The CA tracks as the daemon's last CA poll read them.
+    pub fn ca(&self, view: &crate::ca::view::CaView, settings: &crate::ca::settings::CaSettings) {
+        if self.0.enabled {
+            self.state().ca = Some((view.clone(), settings.clone()));
+        }
+    }
+
     /// The exposition at `now`: what a scrape returns.
     pub fn render(&self, now: OffsetDateTime) -> String {
         let mut st = self.state();
@@ -128,6 +137,9 @@ impl Metrics {
             x509::render(&mut out, &st.x509, &errors, now.unix_timestamp());
         }
         st.own.render(&mut out, self.0.version);
+        if let Some((view, settings)) = &st.ca {
+            ca::render(&mut out, view, settings, now);
+        }
         out
     }
 

@@ -86,6 +86,9 @@ failpoints! {
     JournalRollingBack = "journal-rolling-back",
     /// The backup has been restored; the journal does not say rolled back yet.
     Restored = "restored",
+    /// A CA rotation step has written the node's files (up or down a level); nothing is proved,
+    /// recorded or restarted yet. Reached by the daemon-driven CA tests, not by a leaf rotation.
+    CaStepInstalled = "ca-step-installed",
 }
 
 /// The error a failpoint set to `error` makes its step fail with.

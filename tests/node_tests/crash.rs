@@ -746,7 +746,13 @@ mod armed {
         corrupt_staged_contents_roll_back_even_through_crashes();
         crash_inside_restore();
         let fired = FIRED.lock().unwrap().clone();
-        let all: BTreeSet<&str> = Failpoint::ALL.iter().map(|p| p.name()).collect();
+        // The CA rotation's failpoints are crashed at by the daemon-driven CA tests
+        // (tests/daemon_tests/ca_daemon.rs); a leaf rotation never reaches them.
+        let all: BTreeSet<&str> = Failpoint::ALL
+            .iter()
+            .map(|p| p.name())
+            .filter(|n| !n.starts_with("ca-"))
+            .collect();
         let missing: Vec<&&str> = all.difference(&fired).collect();
         assert!(missing.is_empty(), "never crashed at {missing:?}");
     }

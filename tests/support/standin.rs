@@ -394,3 +394,59 @@ impl QuorumWatch {
         *self.worst.lock().unwrap()
     }
 }
+
+/// The kubelet stand-in's units: a path unit watching the API server's static pod manifest, and
+/// the service it starts, which restarts the API server stand-in — as the kubelet recreates a
+/// static pod whose manifest changed (what `[restart] static_pods = "manifest"` relies on).
+const KUBELET_PATH: &str = "kubelet-standin.path";
+
+/// `[restart]` for the CA tests: the API server and controller manager are static pods restarted
+/// through their manifests (the kubelet stand-in does the rest); etcd is a unit (see
+/// [`etcd_as_unit`]).
+pub const MANIFEST_RESTARTS: &str = "[restart]\nstatic_pods = \"manifest\"\n";
+
+/// Makes the node's etcd an external one, run as a unit: without its static pod manifest, the
+/// daemon restarts `etcd.service` rather than annotating a manifest no kubelet reads.
+pub fn etcd_as_unit(n: &PeerNode) {
+    let _ = std::fs::remove_file(n.sandbox.path("/etc/kubernetes/manifests/etcd.yaml"));
+}
+
+/// Starts the kubelet stand-in (see [`KUBELET_PATH`]) and proves it: a rewrite of the manifest
+/// (renamed over it, as certrotd writes) restarts the API server stand-in.
+pub async fn start_kubelet_standin(n: &PeerNode) {
+    let manifest = n
+        .sandbox
+        .path("/etc/kubernetes/manifests/kube-apiserver.yaml");
+    n.manager
+        .write_unit(
+            "kubelet-standin.service",
+            &format!(
+                "[Service]\nType=oneshot\nEnvironment=DBUS_SESSION_BUS_ADDRESS={bus}\n\
+                 ExecStart={systemctl} --user restart --no-block {STANDIN}\n",
+                bus = n.manager.bus_address(),
+                systemctl = which("systemctl").display(),
+            ),
+        )
+        .await;
+    n.manager
+        .write_unit(
+            KUBELET_PATH,
+            &format!(
+                "[Path]\nPathChanged={}\nUnit=kubelet-standin.service\n",
+                manifest.display()
+            ),
+        )
+        .await;
+    n.manager.start_unit(KUBELET_PATH).await;
+    let before = standin_starts(n);
+    let text = std::fs::read(&manifest).unwrap();
+    let tmp = manifest.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &manifest).unwrap();
+    super::wait_for(
+        "the kubelet stand-in restarting the API server stand-in",
+        Duration::from_secs(20),
+        || async { (standin_starts(n) > before).then_some(()) },
+    )
+    .await;
+}

@@ -143,6 +143,7 @@ fn stop_daemons(c: &mut Cluster) {
 /// A three-member cluster, healthy, with a writing stand-in on every node, configured with
 /// `ca` (daemons not started yet).
 async fn cluster_with_standins(ca: &str) -> Cluster {
+    let t0 = Instant::now();
     let c = Cluster::new(3, OffsetDateTime::now_utc(), YEAR).await;
     c.start_etcd().await;
     c.wait_healthy(Duration::from_secs(60)).await;
@@ -156,6 +157,10 @@ async fn cluster_with_standins(ca: &str) -> Cluster {
         n.drop_in("60-restart.toml", MANIFEST_RESTARTS);
     }
     wait_writing(&c).await;
+    eprintln!(
+        "cluster, stand-ins and kubelet stand-ins ready in {:?}",
+        t0.elapsed()
+    );
     c
 }
 
@@ -257,8 +262,10 @@ async fn etcd_ca_is_rotated_to_completed_by_the_daemons_alone_with_no_write_lost
         "no stand-in wrote for {} ms: {writes}",
         writes.any_gap
     );
+    // A leader restart costs an election (etcd's election timeout is 1 s); the watch's
+    // resolution is about a second.
     assert!(
-        no_quorum <= 2000,
+        no_quorum <= 3000,
         "no member answered a linearizable read for {no_quorum} ms from {no_quorum_at}"
     );
 }
@@ -491,6 +498,25 @@ fn ca_cli(n: &PeerNode, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// [`ca_cli`] until it succeeds (the daemon may still be starting, or a node's write may have
+/// come between the command's read and its write of the record), for up to 30 s.
+async fn cli_until_ok(n: &PeerNode, args: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, text) = ca_cli(n, args);
+        if ok {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "certrotd ca {args:?} on {} kept failing: {text}\n{}",
+            n.name,
+            n.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ca_abort_from_each_phase_brings_the_cluster_back_to_the_old_ca_alone() {
     let t0 = Instant::now();
@@ -514,11 +540,7 @@ async fn ca_abort_from_each_phase_brings_the_cluster_back_to_the_old_ca_alone() 
     let mut notes = Vec::new();
     for phase in [Phase::TrustBoth, Phase::IssueNew, Phase::DistrustOld] {
         let from = now_ms();
-        let started = wait_for("ca rotate accepted", Duration::from_secs(60), || async {
-            let (ok, text) = ca_cli(&c.nodes[0], &["rotate", "etcd-ca"]);
-            ok.then_some(text)
-        })
-        .await;
+        let started = cli_until_ok(&c.nodes[0], &["rotate", "etcd-ca"]).await;
         // A step of this phase taken somewhere, so there is something to roll back.
         let r = wait_record(
             &c,
@@ -528,8 +550,8 @@ async fn ca_abort_from_each_phase_brings_the_cluster_back_to_the_old_ca_alone() 
             |r| r.phase == phase && r.nodes.values().any(|s| s.level == phase.target()),
         )
         .await;
-        let (ok, text) = ca_cli(&c.nodes[1], &["abort", "etcd-ca"]);
-        assert!(ok, "ca abort in {phase}: {text}\n(rotate said: {started})");
+        let aborted = cli_until_ok(&c.nodes[1], &["abort", "etcd-ca"]).await;
+        eprintln!("ca rotate said: {started}; ca abort in {phase} said: {aborted}");
         let back = wait_record(&c, Track::EtcdCa, "RolledBack", TIMEOUT, |x| {
             x.rotation_id == r.rotation_id && x.phase.is_final()
         })

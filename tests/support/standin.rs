@@ -344,8 +344,9 @@ pub fn aggregated_accepts(port: u16, cert: &Path, key: &Path) -> bool {
 }
 
 /// Watches the cluster's quorum while a rotation runs: every 300 ms, asks the members in turn
-/// for `etcdctl endpoint health` (a linearizable read, which only a quorum answers) with each
-/// node's current files, and remembers when one last answered.
+/// for `etcdctl endpoint health` (a linearizable read, which only a quorum with a leader
+/// answers) with each node's current files, and remembers the longest time none answered. Its
+/// resolution is about a second (the pause, a member's timeout, etcdctl's own start).
 pub struct QuorumWatch {
     stop: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
@@ -361,10 +362,20 @@ impl QuorumWatch {
         let (s, w) = (stop.clone(), worst.clone());
         let task = tokio::task::spawn_blocking(move || {
             let mut last_ok = now_ms();
+            let mut round = 0;
             while !s.load(std::sync::atomic::Ordering::Relaxed) {
-                let ok = specs.iter().any(|spec| {
-                    spec.etcdctl("healthcheck-client", &["endpoint", "health"])
-                        .0
+                // A different member first each round, so one that is down costs at most one
+                // short timeout per round.
+                round += 1;
+                let ok = (0..specs.len()).any(|i| {
+                    let spec = &specs[(round + i) % specs.len()];
+                    let args = [
+                        "endpoint",
+                        "health",
+                        "--dial-timeout=1s",
+                        "--command-timeout=1s",
+                    ];
+                    spec.etcdctl("healthcheck-client", &args).0
                 });
                 let now = now_ms();
                 let mut worst = w.lock().unwrap();

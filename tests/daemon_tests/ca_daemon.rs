@@ -25,10 +25,10 @@ use certrotd::ca::record::{CaRecord, LocalStore, RecordStore as _, etcd_key};
 use certrotd::ca::{Track, node};
 use support::cluster::{Cluster, PeerNode};
 use support::standin::{
-    MANIFEST_RESTARTS, QuorumWatch, STANDIN, aggregated_accepts, assert_old_ca_refused,
-    etcd_as_unit, etcd_start_context, etcd_starts, etcdctl, files_holding, judge_writes, now_ms,
-    old_client, pki, standin_starts, start_aggregated, start_kubelet_standin, start_standin,
-    wait_writing,
+    QuorumWatch, STANDIN, aggregated_accepts, assert_old_ca_refused, etcd_as_unit,
+    etcd_start_context, etcd_starts, etcdctl, files_holding, judge_writes, now_ms, old_client, pki,
+    restart_config, standin_starts, start_aggregated, start_health_standin, start_kubelet_standin,
+    start_standin, wait_writing,
 };
 use support::wait_for;
 use time::OffsetDateTime;
@@ -147,14 +147,16 @@ async fn cluster_with_standins(ca: &str) -> Cluster {
     let c = Cluster::new(3, OffsetDateTime::now_utc(), YEAR).await;
     c.start_etcd().await;
     c.wait_healthy(Duration::from_secs(60)).await;
+    let mut health = Vec::new();
     for n in &c.nodes {
         etcd_as_unit(n);
         start_standin(n).await;
+        health.push(start_health_standin(n).await);
         start_kubelet_standin(n).await;
     }
     c.configure(TTL, ca);
-    for n in &c.nodes {
-        n.drop_in("60-restart.toml", MANIFEST_RESTARTS);
+    for (n, port) in c.nodes.iter().zip(health) {
+        n.drop_in("60-restart.toml", &restart_config(port));
     }
     wait_writing(&c).await;
     eprintln!(
@@ -603,6 +605,7 @@ async fn front_proxy_ca_by_the_daemon_is_judged_by_an_aggregated_server_in_every
     let n = &c.nodes[0];
     etcd_as_unit(n);
     start_standin(n).await;
+    let health = start_health_standin(n).await;
     start_kubelet_standin(n).await;
     // The aggregated server reads front-proxy-ca.crt when it starts, and starts again with the
     // API server (as it picks up the API server's new request-header CA).
@@ -631,7 +634,7 @@ async fn front_proxy_ca_by_the_daemon_is_judged_by_an_aggregated_server_in_every
 
     // One control-plane node, the local backend: the record lives in its state directory.
     c.configure(TTL, &ca_config("2s", true));
-    n.drop_in("60-restart.toml", MANIFEST_RESTARTS);
+    n.drop_in("60-restart.toml", &restart_config(health));
     n.drop_in("60-local.toml", "[lease]\nbackend = \"local\"\n");
     let state = backup_dir(n, "x")
         .parent()

@@ -461,3 +461,36 @@ pub async fn start_kubelet_standin(n: &PeerNode) {
     )
     .await;
 }
+
+/// The API server's and controller manager's health ports stand-in: an `openssl s_server -www`
+/// (200 to any GET, so `/livez` answers; a TLS handshake completes) on the API server's serving
+/// certificate, restarted with the API server stand-in. Returns its port; the daemon asks it
+/// after restarting either component ([`restart_config`]).
+pub async fn start_health_standin(n: &PeerNode) -> u16 {
+    let p = pki(n);
+    let port = super::etcd::free_port();
+    n.manager
+        .write_unit(
+            "apiserver-health.service",
+            &format!(
+                "[Unit]\nPartOf={STANDIN}\n[Service]\nExecStart={} s_server -quiet -www -accept 127.0.0.1:{port} \
+                 -cert {} -key {}\nRestart=always\nRestartSec=100ms\nStandardOutput=null\n",
+                which("openssl").display(),
+                p.join("apiserver.crt").display(),
+                p.join("apiserver.key").display(),
+            ),
+        )
+        .await;
+    n.manager.start_unit("apiserver-health.service").await;
+    port
+}
+
+/// The drop-in the CA tests add to each node's configuration: static pods (the API server, the
+/// controller manager) restarted through their manifests, which the kubelet stand-in watches,
+/// and their health asked of the health stand-in on `health_port`.
+pub fn restart_config(health_port: u16) -> String {
+    format!(
+        "{MANIFEST_RESTARTS}\n[probe.health]\nkube-apiserver = \"127.0.0.1:{health_port}\"\n\
+         kube-controller-manager = \"127.0.0.1:{health_port}\"\n"
+    )
+}

@@ -114,8 +114,8 @@ pub struct Driver {
     pub hooks: Arc<dyn Hooks>,
 }
 
-/// The first certificate of a CA file, and the key file.
-fn disk_ca(track: Track, pki: &Path) -> Result<Cert, DriveError> {
+/// The first certificate of a track's CA file: the CA the node's key belongs to.
+pub fn disk_ca(track: Track, pki: &Path) -> Result<Cert, DriveError> {
     let path = pki.join(track.ca_cert());
     let refuse = |e: String| DriveError::Refused(format!("{}: {e}", path.display()));
     let data = pem::read_capped(&path).map_err(|e| refuse(e.to_string()))?;
@@ -207,6 +207,17 @@ impl Driver {
         conn: &Conn,
         clock: &(dyn Fn() -> OffsetDateTime + Send + Sync),
     ) -> Result<Tick, DriveError> {
+        self.tick_unless(conn, clock, std::future::pending()).await
+    }
+
+    /// [`Driver::tick`], given up if `stop` resolves while waiting for the lease (nothing has
+    /// been disrupted then); once the lease is held the turn is carried to its end.
+    pub async fn tick_unless(
+        &self,
+        conn: &Conn,
+        clock: &(dyn Fn() -> OffsetDateTime + Send + Sync),
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<Tick, DriveError> {
         let Some((r, _)) = conn.store.load(self.track).await? else {
             return Ok(Tick::Idle);
         };
@@ -230,7 +241,10 @@ impl Driver {
             earliest_expiry: clock(),
             now: clock(),
         };
-        let held = conn.lease.acquire(&want).await?;
+        let held = tokio::select! {
+            held = conn.lease.acquire(&want) => held?,
+            () = stop => return Ok(Tick::Waiting(vec!["stopping before this node's turn".into()])),
+        };
         let result = self.under_lease(conn, &held, &order, clock).await;
         let _ = conn.lease.release(held).await;
         result

@@ -27,8 +27,8 @@ use support::cluster::{Cluster, PeerNode};
 use support::standin::{
     QuorumWatch, STANDIN, aggregated_accepts, assert_old_ca_refused, etcd_as_unit,
     etcd_start_context, etcd_starts, etcdctl, files_holding, judge_writes, now_ms, old_client, pki,
-    restart_config, standin_starts, start_aggregated, start_health_standin, start_kubelet_standin,
-    start_standin, wait_writing,
+    restart_config, share_front_proxy_ca, standin_starts, start_aggregated, start_health_standin,
+    start_kubelet_standin, start_standin, wait_writing,
 };
 use support::wait_for;
 use time::OffsetDateTime;
@@ -147,6 +147,7 @@ async fn cluster_with_standins(ca: &str) -> Cluster {
     let c = Cluster::new(3, OffsetDateTime::now_utc(), YEAR).await;
     c.start_etcd().await;
     c.wait_healthy(Duration::from_secs(60)).await;
+    share_front_proxy_ca(&c);
     let mut health = Vec::new();
     for n in &c.nodes {
         etcd_as_unit(n);
@@ -474,7 +475,7 @@ fn backup_dir(n: &PeerNode, id: &str) -> PathBuf {
     })
     .unwrap();
     let state = n.sandbox.path(settings.state_dir.to_str().unwrap());
-    state.join("backups").join(id)
+    state.join("ca-backups").join(id)
 }
 
 /// The bytes of every file of the track on a node.

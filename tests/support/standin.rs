@@ -494,3 +494,25 @@ pub fn restart_config(health_port: u16) -> String {
          kube-controller-manager = \"127.0.0.1:{health_port}\"\n"
     )
 }
+
+/// One front-proxy CA for the cluster, as `kubeadm join --control-plane` copies it: the first
+/// node's, copied to the others, and every node's `front-proxy-client` re-issued from it (the
+/// cluster shares only the etcd CA otherwise). Before any certrotd runs.
+pub fn share_front_proxy_ca(c: &Cluster) {
+    let first = pki(&c.nodes[0]);
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(first.join("front-proxy-ca.crt"), tmp.path().join("ca.crt")).unwrap();
+    std::fs::copy(first.join("front-proxy-ca.key"), tmp.path().join("ca.key")).unwrap();
+    let now = OffsetDateTime::now_utc();
+    for n in &c.nodes {
+        for f in ["front-proxy-ca.crt", "front-proxy-ca.key"] {
+            std::fs::copy(tmp.path().join(&f[12..]), pki(n).join(f)).unwrap();
+        }
+        n.reissue(
+            &["front-proxy-client"],
+            tmp.path(),
+            now,
+            Duration::from_secs(365 * 86400),
+        );
+    }
+}

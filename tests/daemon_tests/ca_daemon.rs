@@ -42,12 +42,13 @@ const TTL: &str = "3s";
 const CLUSTER: &str = "peers-test";
 
 /// `[ca]`: every phase dwells `dwell`; with `due`, every CA is inside `rotate_before` (the
-/// sandbox's CAs live ten years), so every daemon finds its CAs due and starts a rotation.
+/// sandbox's CAs live ten years), so every daemon finds its CAs due and starts a rotation; the new
+/// CAs live twenty years, so a completed rotation does not make them due in turn.
 fn ca_config(dwell: &str, due: bool) -> String {
     format!(
         "[ca]\ndwell_trust_both = \"{dwell}\"\ndwell_issue_new = \"{dwell}\"\ndwell_distrust_old = \"{dwell}\"\n{}",
         if due {
-            "rotate_before = \"5000d\"\n"
+            "rotate_before = \"5000d\"\nvalidity = \"7300d\"\n"
         } else {
             ""
         }

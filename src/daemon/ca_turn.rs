@@ -10,7 +10,6 @@
 //! daemon writes them, so it wakes only when a CA's notice or rotation falls due. After each of its own steps the node's credentials changed (a CA bundle, a new
 //! client certificate), so the CA connection and the leaf lease are opened again.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +28,9 @@ use crate::ca::phase::Phase;
 use crate::ca::record::{CaRecord, EtcdStore, LocalStore, RecordStore};
 use crate::ca::settings::CaSettings;
 use crate::ca::view::{CaView, DiskCa, TrackView};
-use crate::ca::{Track, fingerprint};
+use crate::ca::{Track, fingerprint, notice};
 use crate::config::LeaseBackend;
+use crate::events::ca::Due;
 use crate::history::{Record, State};
 use crate::pki::layout::KUBEADM_PKI;
 
@@ -42,8 +42,6 @@ pub const POLL_IDLE: Duration = Duration::from_secs(10);
 pub const POLL_FAILED: Duration = Duration::from_secs(60);
 /// How long one read of the records may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long before a CA is due the operator is told it will be rotated.
-const NOTICE_BEFORE: time::Duration = time::Duration::days(30);
 /// How long one CA turn may take before the watchdog is starved: waiting for the lease, the
 /// step, each consumer restarted and answering again.
 const TURN_BOUND: Duration = Duration::from_secs(900);
@@ -55,8 +53,8 @@ pub struct CaTurns {
     next_poll: Option<Instant>,
     /// The open connection, dropped after an error or this node's own step.
     conn: Option<Conn>,
-    /// Notices made: (track, CA fingerprint, "soon" | "due").
-    noticed: BTreeSet<(Track, String, &'static str)>,
+    /// The due notices given.
+    notices: notice::Notices,
     /// The last failed turn recorded in history, so a failure repeated at every poll (a quorum
     /// guard that holds, an unreachable member) is recorded once.
     last_failure: Option<String>,
@@ -249,7 +247,10 @@ impl Daemon {
             .tracks
             .iter()
             .filter_map(|t| t.disk.as_ref())
-            .flat_map(|d| [d.due_from - NOTICE_BEFORE, d.due_from])
+            .flat_map(|d| {
+                let ahead = time::Duration::try_from(notice::NOTICE_AHEAD).unwrap_or_default();
+                [d.due_from - ahead, d.due_from]
+            })
             .filter(|t| *t > now)
             .map(|t| t - now)
             .min()
@@ -320,39 +321,36 @@ impl Daemon {
     /// back (an operator who aborted decides when to try again, with `certrotd ca rotate`).
     fn ca_due(&mut self, track: Track, disk: &DiskCa, last: Option<&CaRecord>) -> bool {
         let now = self.clock.now();
-        if now < disk.due_from - NOTICE_BEFORE {
+        let Some(stage) = notice::stage(disk, now) else {
             return false;
-        }
+        };
         let rolled_back =
             last.is_some_and(|r| r.phase == Phase::RolledBack && r.old_fp == disk.fingerprint);
         let has_key = self.ca_pki().join(track.ca_key()).exists();
-        let stage = if now < disk.due_from { "soon" } else { "due" };
-        if self
-            .ca
-            .noticed
-            .insert((track, disk.fingerprint.clone(), stage))
-        {
-            let when = crate::timefmt::rfc3339(disk.due_from);
+        let node = self.settings.node_name.clone();
+        if self.ca.notices.check(&node, track, disk, now).is_some() {
             let expires = crate::timefmt::rfc3339(disk.not_after);
             let what = match (stage, rolled_back, has_key) {
-                ("soon", _, _) => {
-                    format!("{track} expires at {expires}; it is rotated from {when}")
-                }
-                (_, true, _) => format!(
+                (Due::Soon, _, _) => format!(
+                    "{track} expires at {expires}; it is rotated from {}",
+                    crate::timefmt::rfc3339(disk.due_from)
+                ),
+                (Due::Now, true, _) => format!(
                     "{track} expires at {expires} and its last rotation was rolled back: \
                      rotate it with `certrotd ca rotate {track}`"
                 ),
-                (_, _, false) => format!(
+                (Due::Now, false, false) => format!(
                     "{track} expires at {expires}; this node has no {} to start its rotation, \
                      a control-plane node that has it will",
                     track.ca_key()
                 ),
-                _ => format!("{track} expires at {expires}: inside [ca] rotate_before, rotating"),
+                (Due::Now, false, true) => {
+                    format!("{track} expires at {expires}: inside [ca] rotate_before, rotating")
+                }
             };
-            tracing::warn!(event = "ca-rotation-due", track = %track, "{what}");
             self.note(what);
         }
-        stage == "due" && !rolled_back && has_key
+        stage == Due::Now && !rolled_back && has_key
     }
 
     /// Starts a rotation of `track` (the new CA generated, or read from `from`).
@@ -373,13 +371,15 @@ impl Daemon {
             .await
             .map_err(|e| e.to_string())?;
         tracing::info!(
-            event = "ca-phase-started",
-            track = %track,
-            phase = %record.phase,
-            by = %self.settings.node_name,
             "CA rotation {} of {track} planned ({why}); members: {}",
             record.rotation_id,
             members.join(", ")
+        );
+        crate::events::ca::ca_phase_started(
+            &self.settings.node_name,
+            track.as_str(),
+            &record.rotation_id,
+            &record.phase.to_string(),
         );
         self.ca.next_poll = None;
         Ok(record)

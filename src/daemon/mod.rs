@@ -22,6 +22,7 @@ pub mod backoff;
 pub mod ca_hooks;
 pub mod ca_turn;
 pub mod clock;
+pub mod cluster_recovery;
 pub mod components;
 pub mod consumers;
 pub mod engine;
@@ -33,7 +34,6 @@ pub mod mode;
 pub mod node;
 pub mod notify;
 pub mod peers;
-pub mod recovery;
 pub mod reload;
 pub mod resume;
 pub mod rotate;
@@ -64,7 +64,7 @@ use components::Components;
 use handler::{Command, DaemonHandler, Shared};
 use mode::Mode;
 use node::Daemon;
-use rotate::Request;
+use rotate::RotationRequest;
 use turn::Turned;
 
 /// How the daemon finds its configuration.
@@ -217,12 +217,12 @@ pub async fn serve(settings: Settings, edges: Edges) -> anyhow::Result<()> {
         }
         let now = d.clock.now();
         let retry_pending = d.backoff.waiting(now).is_some();
-        if !retry_pending && let Some(plan) = recovery::needed(&d.inventory, now) {
+        if !retry_pending && let Some(plan) = cluster_recovery::needed(&d.inventory, now) {
             // Announced first: once renewed, nothing expired is left to announce, and the journal
             // would never say which certificates had expired.
             let expired = d.decide(now);
             d.announce(&expired);
-            let req = Request {
+            let req = RotationRequest {
                 selection: Selection {
                     types: Vec::new(),
                     certs: plan.certs,
@@ -230,7 +230,7 @@ pub async fn serve(settings: Settings, edges: Edges) -> anyhow::Result<()> {
                 why: plan.why,
                 // Expired certificates: the components cannot be healthy, renewing is the cure.
                 skip_health_gate: true,
-                recovery: true,
+                cluster_recovery: true,
             };
             let turned = d.rotate(&shared, req, None, &mut shutdown).await;
             open |= settle(&mut d, turned, true);
@@ -252,14 +252,14 @@ pub async fn serve(settings: Settings, edges: Edges) -> anyhow::Result<()> {
         let decision = d.decide(now);
         d.announce(&decision);
         if !decision.due.is_empty() {
-            let req = Request {
+            let req = RotationRequest {
                 selection: Selection {
                     types: Vec::new(),
                     certs: decision.due.clone(),
                 },
                 why: why_due(&decision),
                 skip_health_gate: decision.expired,
-                recovery: false,
+                cluster_recovery: false,
             };
             let turned = d.rotate(&shared, req, None, &mut shutdown).await;
             open |= settle(&mut d, turned, true);
@@ -293,11 +293,11 @@ pub async fn serve(settings: Settings, edges: Edges) -> anyhow::Result<()> {
                     tracing::info!("a requested rotation was dropped: its client is gone");
                 }
                 Command::Rotate { selection, reply } => {
-                    let req = Request {
+                    let req = RotationRequest {
                         selection,
                         why: "requested with certrotd rotate".into(),
                         skip_health_gate: false,
-                        recovery: false,
+                        cluster_recovery: false,
                     };
                     let turned = d.rotate(&shared, req, Some(reply), &mut shutdown).await;
                     // A request that could not start was answered; no backoff for it.

@@ -93,12 +93,14 @@ impl Daemon {
         let state = StateDirs::new(&root, &settings.state_dir)?;
         let mut notices = Vec::new();
         let history = Arc::new(History::for_settings(&settings));
-        match recover_at_start(&root, &state, &settings, now) {
+        match finish_interrupted_at_start(&root, &state, &settings, now) {
             Ok(recovered) => {
                 super::rotate::record_quarantined(&history, &settings.node_name, &recovered, now);
                 for r in &recovered {
-                    if let crate::rotation::recover::Action::Quarantined { reason, moved_to } =
-                        &r.action
+                    if let crate::rotation::finish_interrupted::Resolution::Quarantined {
+                        reason,
+                        moved_to,
+                    } = &r.action
                     {
                         notices.push(format!(
                             "rotation {} was quarantined to {}: {reason}",
@@ -210,7 +212,7 @@ impl Daemon {
             .iter()
             .map(|e| (e.name.clone(), e.cert.as_ref().map(|c| c.serial.clone())))
             .collect();
-        let req = crate::inventory::Request::for_settings(&self.root, &self.settings);
+        let req = crate::inventory::ScanRequest::for_settings(&self.root, &self.settings);
         self.inventory.refresh(&req, paths);
         let mut replaced = false;
         for e in &self.inventory.entries {
@@ -454,15 +456,15 @@ impl Daemon {
 pub const IDLE_BOUND: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Finishes or rolls back what a crash (or a SIGTERM mid-rotation) left, before anything else.
-fn recover_at_start(
+fn finish_interrupted_at_start(
     root: &Root,
     state: &StateDirs,
     settings: &Settings,
     now: OffsetDateTime,
-) -> Result<Vec<crate::rotation::recover::Recovered>, String> {
+) -> Result<Vec<crate::rotation::finish_interrupted::Interrupted>, String> {
     let session = crate::rotation::session::Session::open(root, state, settings.renew.backups_keep)
         .map_err(|e| format!("{e:#}"))?;
-    super::rotate::recover_locked(&session, &Unguarded, now)
+    super::rotate::finish_interrupted_locked(&session, &Unguarded, now)
 }
 
 /// The configuration files of `settings`, as status shows them.

@@ -401,9 +401,7 @@ async fn a_node_killed_inside_its_own_step_finishes_it_from_its_backup_when_star
     let t0 = Instant::now();
     let mut c = cluster_with_standins(&ca_config("0s", true)).await;
     // peer-1 aborts right after the install of its second step (whichever track it is on).
-    c.nodes[0].start_daemon(&[
-        ("CERTROTD_FAILPOINT", "ca-step-installed:2".to_owned()),
-    ]);
+    c.nodes[0].start_daemon(&[("CERTROTD_FAILPOINT", "ca-step-installed:2".to_owned())]);
     c.nodes[1].start_daemon(&[]);
     c.nodes[2].start_daemon(&[]);
     let exit = {

@@ -49,12 +49,14 @@ macro_rules! failpoints {
     (
         rotation { $($(#[doc = $rdoc:literal])* $rotation:ident = $rname:literal,)* }
         write { $($(#[doc = $wdoc:literal])* $write:ident = $wname:literal,)* }
+        ca { $($(#[doc = $cdoc:literal])* $ca:ident = $cname:literal,)* }
     ) => {
         /// A place where a fault can be injected.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum Failpoint {
             $($(#[doc = $rdoc])* $rotation,)*
             $($(#[doc = $wdoc])* $write,)*
+            $($(#[doc = $cdoc])* $ca,)*
         }
 
         impl Failpoint {
@@ -68,11 +70,16 @@ macro_rules! failpoints {
             /// the crash cases by the files written.
             pub const WRITE: &'static [Failpoint] = &[$(Failpoint::$write,)*];
 
+            /// The steps of a node's part in a CA rotation; crashed at by the daemon-driven CA
+            /// tests (`tests/daemon_tests/ca_daemon.rs`), not traced.
+            pub const CA: &'static [Failpoint] = &[$(Failpoint::$ca,)*];
+
             /// The name used in `CERTROTD_FAILPOINT`.
             pub fn name(self) -> &'static str {
                 match self {
                     $(Failpoint::$rotation => $rname,)*
                     $(Failpoint::$write => $wname,)*
+                    $(Failpoint::$ca => $cname,)*
                 }
             }
 
@@ -127,6 +134,11 @@ failpoints! {
         TempOwned = "temp-owned",
         /// The temp file is fsynced; the rename over the destination comes next.
         TempSynced = "temp-synced",
+    }
+    ca {
+        /// A CA rotation step has written the node's files (up or down a level); nothing is
+        /// proved, recorded or restarted yet.
+        CaStepInstalled = "ca-step-installed",
     }
 }
 
@@ -380,7 +392,11 @@ mod tests {
     #[test]
     fn names_are_unique_and_kebab_case() {
         let mut seen = std::collections::HashSet::new();
-        for p in Failpoint::ROTATION.iter().chain(Failpoint::WRITE) {
+        for p in Failpoint::ROTATION
+            .iter()
+            .chain(Failpoint::WRITE)
+            .chain(Failpoint::CA)
+        {
             assert!(seen.insert(p.name()), "{} twice", p.name());
             assert!(
                 p.name()
@@ -396,6 +412,7 @@ mod tests {
     fn rotation_and_write_points_are_told_apart() {
         assert!(Failpoint::ROTATION.iter().all(|p| p.in_rotation()));
         assert!(Failpoint::WRITE.iter().all(|p| !p.in_rotation()));
+        assert!(Failpoint::CA.iter().all(|p| !p.in_rotation()));
     }
 
     #[test]

@@ -266,6 +266,12 @@ pub fn step(input: &StepInput<'_>, phase: Phase) -> Result<Outcome, NodeError> {
     } else {
         forward(input, target)?;
     }
+    crate::failpoint::hit(crate::failpoint::Failpoint::CaStepInstalled).map_err(|e| {
+        NodeError::Store {
+            op: format!("{} step to {target}", input.track),
+            error: e.to_string(),
+        }
+    })?;
     let proof = prove(input.track, input.pki, &r.old_fp, &r.new_fp)?;
     if proof.level != target {
         return Err(NodeError::Mixed {

@@ -15,8 +15,9 @@ use certrotd::ca::{Track, node};
 use support::cluster::{Cluster, ETCD_UNIT};
 use time::OffsetDateTime;
 
-use super::ca_rotation::{driver, pki, start_standin, track_files};
+use super::ca_rotation::{driver, track_files};
 use crate::support;
+use support::standin::{pki, start_standin};
 
 const LIMIT: Duration = Duration::from_secs(3);
 

@@ -11,7 +11,6 @@
 
 use crate::support;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,76 +22,14 @@ use certrotd::ca::{Track, node};
 use certrotd::config::{LeaseBackend, LeaseSettings};
 use certrotd::pki::layout::Component;
 use support::cluster::{Cluster, ETCD_UNIT, PeerNode};
-use support::which;
+use support::standin::{
+    STANDIN, aggregated_accepts, etcd_start_context, etcd_starts, etcdctl, files_holding,
+    judge_writes, now_ms, old_client, pki, start_aggregated, start_standin, wait_writing,
+};
 use time::OffsetDateTime;
 
 const YEAR: Duration = Duration::from_secs(365 * 86400);
 const TIMEOUT: Duration = Duration::from_secs(150);
-const STANDIN: &str = "kube-apiserver.service";
-
-pub(crate) fn pki(n: &PeerNode) -> PathBuf {
-    n.sandbox.path("/etc/kubernetes/pki")
-}
-
-fn standin_log(n: &PeerNode) -> PathBuf {
-    n.work().join("standin.log")
-}
-
-/// The API-server stand-in: reads its etcd CA and client certificate once, at start (as the API
-/// server reads `--etcd-cafile` and `--etcd-certfile`), then writes `/standin/<node>/<start>-<n>`
-/// to its local member again and again, logging `<unix ms> <key>` for each acknowledged write.
-pub(crate) async fn start_standin(n: &PeerNode) {
-    let p = pki(n);
-    let script = n.work().join("standin.sh");
-    let body = format!(
-        "#!/bin/sh\nD=$(mktemp -d)\ncp {ca} {crt} {key} $D/\nS=$(date +%s%N)\ni=0\n\
-         while true; do i=$((i+1)); k=/standin/{node}/$S-$i\n\
-         if {etcdctl} --endpoints=https://127.0.0.1:{port} --cacert=$D/ca.crt \
-         --cert=$D/apiserver-etcd-client.crt --key=$D/apiserver-etcd-client.key \
-         --dial-timeout=1s --command-timeout=1s put $k v >/dev/null 2>&1; \
-         then echo \"$(date +%s%3N) $k\" >> {log}; fi; sleep 0.05; done\n",
-        ca = p.join("etcd/ca.crt").display(),
-        crt = p.join("apiserver-etcd-client.crt").display(),
-        key = p.join("apiserver-etcd-client.key").display(),
-        node = n.name,
-        etcdctl = which("etcdctl").display(),
-        port = n.spec.client_port,
-        log = standin_log(n).display(),
-    );
-    std::fs::write(&script, body).unwrap();
-    let unit = format!(
-        "[Service]\nEnvironment=ETCDCTL_API=3\nExecStart=/bin/sh {}\nRestart=always\nRestartSec=100ms\n\
-         KillMode=control-group\nStandardOutput=null\n",
-        script.display()
-    );
-    n.manager.write_unit(STANDIN, &unit).await;
-    n.manager.start_unit(STANDIN).await;
-}
-
-/// Every acknowledged write of a stand-in: (unix ms, key).
-fn acked(n: &PeerNode) -> Vec<(i64, String)> {
-    std::fs::read_to_string(standin_log(n))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let (t, k) = l.split_once(' ')?;
-            Some((t.parse().ok()?, k.to_owned()))
-        })
-        .collect()
-}
-
-/// The longest time without an acknowledged write within [from, to] (ms).
-fn longest_gap(mut times: Vec<i64>, from: i64, to: i64) -> i64 {
-    times.retain(|t| *t >= from && *t <= to);
-    times.sort_unstable();
-    let mut prev = from;
-    let mut worst = 0;
-    for t in times.into_iter().chain([to]) {
-        worst = worst.max(t - prev);
-        prev = t;
-    }
-    worst
-}
 
 fn lease_settings(c: &Cluster) -> LeaseSettings {
     LeaseSettings {
@@ -159,89 +96,6 @@ async fn drive_all(c: &Cluster) -> Phase {
     last.unwrap()
 }
 
-/// How many times each member's etcd started (its log is appended across starts).
-fn etcd_starts(n: &PeerNode) -> usize {
-    std::fs::read_to_string(n.spec.log_path())
-        .unwrap_or_default()
-        .matches("etcd Version:")
-        .count()
-}
-
-/// A client certificate of the old CA, and a copy of the old CA (the test's own, taken before).
-fn old_client(c: &Cluster, dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    for f in ["ca.crt", "ca.key"] {
-        std::fs::copy(c.ca_pki().join(f), dir.join(f)).unwrap();
-    }
-    let now = OffsetDateTime::now_utc();
-    support::etcd::issue_leaf(
-        dir,
-        dir,
-        "client",
-        "old-client",
-        now - time::Duration::hours(1),
-        now + time::Duration::days(1),
-    );
-}
-
-fn etcdctl(endpoint: &str, dir: &Path, ca: &Path, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoint}"))
-        .arg(format!("--cacert={}", ca.display()))
-        .arg(format!("--cert={}", dir.join("client.crt").display()))
-        .arg(format!("--key={}", dir.join("client.key").display()))
-        .arg("--dial-timeout=2s")
-        .args(args)
-        .output()
-        .unwrap();
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
-
-/// `openssl s_client` that trusts only `ca`, presenting the client in `dir`: whether the
-/// handshake verified.
-fn s_client(port: u16, dir: &Path, ca: &Path) -> bool {
-    let out = std::process::Command::new("openssl")
-        .args(["s_client", "-connect"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("-CAfile")
-        .arg(ca)
-        .arg("-cert")
-        .arg(dir.join("client.crt"))
-        .arg("-key")
-        .arg(dir.join("client.key"))
-        .args(["-verify_return_error", "-brief"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    out.status.success()
-}
-
-/// Every file under the node's root that holds the PEM body of `ca_pem`.
-fn files_holding(root: &Path, ca_pem: &str) -> Vec<PathBuf> {
-    let body: String = ca_pem
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let mut found = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            let ft = e.file_type().unwrap();
-            if ft.is_dir() {
-                stack.push(p);
-            } else if ft.is_file() && std::fs::read_to_string(&p).is_ok_and(|t| t.contains(&body)) {
-                found.push(p);
-            }
-        }
-    }
-    found
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_ca_is_rotated_to_completed_by_the_nodes_alone_with_no_write_lost() {
     let _ = tracing_subscriber::fmt()
@@ -256,22 +110,16 @@ async fn etcd_ca_is_rotated_to_completed_by_the_nodes_alone_with_no_write_lost()
     }
     let tmp = tempfile::tempdir().unwrap();
     let old = tmp.path().join("old");
-    old_client(&c, &old);
+    old_client(&c.ca_pki(), &old);
     let old_ca_pem = std::fs::read_to_string(old.join("ca.crt")).unwrap();
     let starts_before: Vec<usize> = c.nodes.iter().map(etcd_starts).collect();
-    // The stand-ins are writing.
-    support::wait_for(
-        "every stand-in writing",
-        Duration::from_secs(30),
-        || async { c.nodes.iter().all(|n| !acked(n).is_empty()).then_some(()) },
-    )
-    .await;
+    wait_writing(&c).await;
 
     let members: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
     let (d0, connect0) = driver(&c, &c.nodes[0]);
     let conn = connect0.connect().await.unwrap();
     let began = Instant::now();
-    let began_ms = OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000;
+    let began_ms = now_ms();
     let record = d0
         .start(&conn, None, &members, OffsetDateTime::now_utc())
         .await
@@ -279,7 +127,7 @@ async fn etcd_ca_is_rotated_to_completed_by_the_nodes_alone_with_no_write_lost()
     drop(conn);
     assert_eq!(drive_all(&c).await, Phase::Completed);
     let took = began.elapsed();
-    let ended_ms = OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000;
+    let ended_ms = now_ms();
 
     // Every node proved at DistrustOld from its own disk; the old CA is in no file.
     for n in &c.nodes {
@@ -296,23 +144,7 @@ async fn etcd_ca_is_rotated_to_completed_by_the_nodes_alone_with_no_write_lost()
     c.wait_healthy(Duration::from_secs(60)).await;
     // A client that trusts only the old CA (with an old-CA client certificate) is refused by
     // every member, by etcdctl and by openssl; the new CA's clients are served.
-    for n in &c.nodes {
-        let ep = format!("https://127.0.0.1:{}", n.spec.client_port);
-        let (ok, text) = etcdctl(&ep, &old, &old.join("ca.crt"), &["endpoint", "health"]);
-        assert!(!ok, "{}: an old-CA client was served: {text}", n.name);
-        assert!(
-            !s_client(n.spec.client_port, &old, &old.join("ca.crt")),
-            "{}",
-            n.name
-        );
-        assert!(
-            !s_client(n.spec.peer_port, &old, &old.join("ca.crt")),
-            "{}",
-            n.name
-        );
-        let (ok, text) = n.health().await;
-        assert!(ok, "{}: {text}", n.name);
-    }
+    support::standin::assert_old_ca_refused(&c, &old).await;
     // The record holds the new key only wrapped: the API server's etcd client reads it, and
     // finds no private key in it.
     let n0 = &c.nodes[0];
@@ -329,67 +161,18 @@ async fn etcd_ca_is_rotated_to_completed_by_the_nodes_alone_with_no_write_lost()
     );
     assert!(value.contains("\"wrapped_key\":\"v1:"), "{value}");
 
-    // No acknowledged write lost; the write gaps. The stand-ins stop first, so no write is
-    // acknowledged after the keys are listed.
-    for n in &c.nodes {
-        n.manager.systemctl(&["stop", STANDIN]).await;
-    }
-    let (ok, keys) = n0.spec.etcdctl(
-        "../apiserver-etcd-client",
-        &["get", "/standin/", "--prefix", "--keys-only"],
-    );
-    assert!(ok, "{keys}");
-    let stored: std::collections::HashSet<&str> = keys.lines().filter(|l| !l.is_empty()).collect();
-    let mut all_times = Vec::new();
-    let mut report = Vec::new();
-    for n in &c.nodes {
-        let writes = acked(n);
-        for (_, k) in &writes {
-            assert!(
-                stored.contains(k.as_str()),
-                "{}: acknowledged write {k} lost",
-                n.name
-            );
-        }
-        let times: Vec<i64> = writes.iter().map(|(t, _)| *t).collect();
-        report.push(format!(
-            "{}: {} writes, longest gap {} ms",
-            n.name,
-            times.len(),
-            longest_gap(times.clone(), began_ms, ended_ms)
-        ));
-        all_times.extend(times);
-    }
+    // No acknowledged write lost; the write gaps.
+    let writes = judge_writes(&c, began_ms, ended_ms).await;
     let restarts: Vec<usize> = c
         .nodes
         .iter()
         .zip(&starts_before)
         .map(|(n, b)| etcd_starts(n) - b)
         .collect();
-    let any_gap = longest_gap(all_times, began_ms, ended_ms);
     eprintln!(
-        "etcd-ca rotation of 3 nodes, zero dwell: {took:?}; member restarts {restarts:?}; \
-         longest gap with no stand-in write {any_gap} ms; {}",
-        report.join("; ")
+        "etcd-ca rotation of 3 nodes, zero dwell: {took:?}; member restarts {restarts:?}; {writes}"
     );
-    let starts: String = c
-        .nodes
-        .iter()
-        .map(|n| {
-            let log = std::fs::read_to_string(n.spec.log_path()).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            let mut out = format!("--- {}\n", n.name);
-            for (i, l) in lines.iter().enumerate() {
-                if l.contains("etcd Version:") {
-                    for p in &lines[i.saturating_sub(3)..=i] {
-                        out.push_str(p);
-                        out.push('\n');
-                    }
-                }
-            }
-            out
-        })
-        .collect();
+    let starts = etcd_start_context(&c);
     // Once per phase; a member that exits on its own is started again by its unit, and the
     // starts before each are shown.
     assert!(
@@ -399,7 +182,11 @@ async fn etcd_ca_is_rotated_to_completed_by_the_nodes_alone_with_no_write_lost()
     if restarts.iter().any(|r| *r != 3) {
         eprintln!("an extra member start:\n{starts}");
     }
-    assert!(any_gap <= 2000, "no stand-in wrote for {any_gap} ms");
+    assert!(
+        writes.any_gap <= 2000,
+        "no stand-in wrote for {} ms",
+        writes.any_gap
+    );
 }
 
 /// The bytes of every file of the track on a node.
@@ -430,7 +217,7 @@ async fn an_abort_in_issue_new_brings_every_node_back_to_the_old_ca_alone() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let old = tmp.path().join("old");
-    old_client(&c, &old);
+    old_client(&c.ca_pki(), &old);
     let members: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
     let (d0, connect0) = driver(&c, &c.nodes[0]);
     let conn = connect0.connect().await.unwrap();
@@ -488,23 +275,6 @@ async fn drive_all_until_abort(c: &Cluster, abort_in: Phase) -> Phase {
     last
 }
 
-/// `openssl s_client` presenting `cert`/`key` to an `openssl s_server -Verify` that checks
-/// client certificates against `front-proxy-ca.crt`: whether the server accepted it (TLS 1.2,
-/// so a refused client certificate fails the handshake itself).
-fn aggregated_accepts(port: u16, cert: &Path, key: &Path) -> bool {
-    let out = std::process::Command::new("openssl")
-        .args(["s_client", "-tls1_2", "-brief", "-connect"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("-cert")
-        .arg(cert)
-        .arg("-key")
-        .arg(key)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    out.status.success()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn front_proxy_ca_on_a_single_node_with_the_local_backend_is_judged_by_an_aggregated_server()
 {
@@ -519,16 +289,7 @@ async fn front_proxy_ca_on_a_single_node_with_the_local_backend_is_judged_by_an_
     // The aggregated API server stand-in: verifies client certificates against
     // front-proxy-ca.crt, read when it starts.
     let port = support::etcd::free_port();
-    let unit = format!(
-        "[Service]\nExecStart={} s_server -quiet -accept 127.0.0.1:{port} -cert {} -key {} \
-         -Verify 1 -verify_return_error -CAfile {}\nRestart=always\nRestartSec=100ms\nStandardOutput=null\n",
-        which("openssl").display(),
-        p.join("apiserver.crt").display(),
-        p.join("apiserver.key").display(),
-        p.join("front-proxy-ca.crt").display(),
-    );
-    n.manager.write_unit("aggregated.service", &unit).await;
-    n.manager.start_unit("aggregated.service").await;
+    start_aggregated(n, port, None).await;
     let client = (
         p.join("front-proxy-client.crt"),
         p.join("front-proxy-client.key"),
@@ -570,7 +331,10 @@ async fn front_proxy_ca_on_a_single_node_with_the_local_backend_is_judged_by_an_
         settings: CaSettings::sandbox(),
         hooks: Arc::new(UnitHooks {
             bus: Some(n.manager.bus_address().to_owned()),
-            units: vec![(Component::KubeApiserver, "aggregated.service".to_owned())],
+            units: vec![(
+                Component::KubeApiserver,
+                support::standin::AGGREGATED.to_owned(),
+            )],
             timeout: Duration::from_secs(30),
         }),
     };

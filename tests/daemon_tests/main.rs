@@ -15,6 +15,7 @@ mod support;
 
 mod bounds;
 mod ca_control;
+mod ca_daemon;
 mod ca_lost;
 mod ca_rotation;
 mod cfssl_before_lease;

@@ -14,6 +14,7 @@ use certrotd::pki::layout::Layout;
 use certrotd::root::Root;
 
 pub mod renewal;
+pub mod standin;
 
 /// The real-world certificate sets as those clusters wrote them (`tests/fixtures/<set>`):
 /// certificates, public keys and kubeconfigs, without the clusters' private keys.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::select::{Selected, Target};
-use crate::config::{IssuerSettings, KeyPolicy};
+use super::signing::{KeyPolicy, Signing};
 use crate::inventory::{Entry, Inventory, KeyState, Origin};
 use crate::pki::cert::{Cert, KeyAlgorithm};
 use crate::pki::encode::{KeyFormat, KeySpec};
@@ -34,7 +34,7 @@ pub struct PlanOptions {
     /// Re-issue certificates whose chain does not verify from the CA whose name matches.
     pub force: bool,
     /// `[issuer]`: which CA signs through the local key and which through a remote CA.
-    pub issuer: IssuerSettings,
+    pub issuer: Signing,
 }
 
 /// Everything a rotation will do, decided before it does any of it.

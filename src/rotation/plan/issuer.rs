@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
 
 use super::{Decision, PlanOptions, spec_of};
-use crate::config::{CaChoice, RemoteCa};
 use crate::inventory::{Entry, Inventory, KeyState, Origin};
 use crate::pki::cert::Cert;
 use crate::pki::encode::KeySpec;
 use crate::pki::layout;
 use crate::root::Root;
+use crate::rotation::signing::{CaChoice, RemoteCa};
 
 /// Who signs a renewed certificate.
 #[derive(Debug, Clone)]
@@ -114,7 +114,7 @@ pub(super) fn issuer(
         .collect();
     let usable = same_name.iter().find(|c| c.key == KeyState::Match);
     match (same_name.is_empty(), usable) {
-        (true, _) if opts.issuer.mode == crate::config::IssuerMode::Cfssl => {
+        (true, _) if opts.issuer.remote_by_default() => {
             let reason = format!(
                 "its CA \"{}\" is not on this node, so a remote CA's answer could not be checked \
                  (put the CA certificate on the node)",

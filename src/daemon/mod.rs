@@ -13,11 +13,14 @@
 //! loop: stop requested? ─▶ Stopping
 //!       etcd certificates all expired? ─▶ Recovering (no lease)
 //!       a rotation left open? ─▶ Waiting ─▶ Resuming
+//!       a CA poll due? ─▶ CaTurn (this node's step of a CA rotation) ─▶ Idle
 //!       something due? ─▶ Waiting ─▶ Rotating ─▶ Idle | BackingOff
 //!       else Idle: select! { deadline, summary, file change, request, SIGHUP, watchdog, stop }
 //! ```
 
 pub mod backoff;
+pub mod ca_hooks;
+pub mod ca_turn;
 pub mod clock;
 pub mod cluster_recovery;
 pub mod components;
@@ -241,6 +244,11 @@ pub async fn serve(settings: Settings, edges: Edges) -> anyhow::Result<()> {
             open = !rotate::interrupted(&d.history).is_empty();
             continue;
         }
+        if d.ca.due(tokio::time::Instant::now()) {
+            // CA rotations: this node's turn where it has one, a due CA's rotation started.
+            d.ca_poll(&shared, &mut shutdown).await;
+            continue;
+        }
         let decision = d.decide(now);
         d.announce(&decision);
         if !decision.due.is_empty() {
@@ -276,6 +284,7 @@ pub async fn serve(settings: Settings, edges: Edges) -> anyhow::Result<()> {
             .unwrap_or_else(|| tokio::time::Instant::now() + peers::PUBLISH_EVERY);
         tokio::select! {
             () = sleep => {}
+            () = tokio::time::sleep_until(d.ca.wake()) => {}
             () = tokio::time::sleep_until(publish_at) => d.publish_summary().await,
             Some(paths) = changes.recv() => d.on_change(&paths),
             Some(cmd) = commands.recv() => match cmd {
@@ -299,8 +308,15 @@ pub async fn serve(settings: Settings, edges: Edges) -> anyhow::Result<()> {
                     let r = reload_now(&mut d, &reload, &mut watcher, &shared);
                     let _ = reply.send(r);
                 }
-                Command::CaRotate { reply, .. } | Command::CaAbort { reply, .. } => {
-                    let _ = reply.send(Err("CA rotation is not driven by the daemon yet".into()));
+                Command::CaRotate { track, from, reply } => {
+                    let r = d
+                        .ca_start(track, from, "requested with certrotd ca rotate")
+                        .await
+                        .map(|r| r.rotation_id);
+                    let _ = reply.send(r);
+                }
+                Command::CaAbort { track, reply } => {
+                    let _ = reply.send(d.ca_abort(track).await);
                 }
             },
             Some(()) = next_hangup(&mut hangups) => {

@@ -74,6 +74,8 @@ pub struct Daemon {
     pub fixed_lease: Option<Arc<dyn crate::lease::Lease>>,
     /// What Prometheus reads (`[metrics]`; fixed at start, a reload does not move it).
     pub metrics: crate::metrics::Metrics,
+    /// The CA rotation turns between polls.
+    pub ca: super::ca_turn::CaTurns,
 }
 
 impl Daemon {
@@ -124,6 +126,7 @@ impl Daemon {
         let metrics = super::metered::metrics(&settings);
         Ok(Daemon {
             metrics,
+            ca: Default::default(),
             history,
             last_rotation,
             peers: Peers::default(),
@@ -410,6 +413,7 @@ impl Daemon {
                 self.settings = s;
                 // The [lease] table may name another cluster: opened again on next use.
                 self.peers.reset();
+                self.ca.reset();
                 self.lease.backend = peers::backend_name(&self.settings);
                 self.info.config_sources = config_sources(&self.settings);
                 self.history = Arc::new(History::for_settings(&self.settings));

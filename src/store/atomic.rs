@@ -13,6 +13,7 @@ use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, renameat, renameat2};
 use nix::unistd::{UnlinkatFlags, fchownat, fsync, symlinkat, unlinkat};
 
+use crate::failpoint::{self, Failpoint};
 use crate::root::fd::{self, FileId, Kind, Seen};
 
 use super::{Result, StoreError, io_err};
@@ -329,11 +330,10 @@ pub(super) fn install_file(
     let mode = mode & 0o7777;
 
     let (tmp, mut file) = create_temp_file(dest)?;
-    let tmp_path = dest.dir_path.join(&tmp);
     let result = (|| {
-        checkpoint("created", &tmp_path)?;
+        checkpoint(Failpoint::TempCreated, dest, &tmp)?;
         file.write_all(contents)?;
-        checkpoint("written", &tmp_path)?;
+        checkpoint(Failpoint::TempWritten, dest, &tmp)?;
         if let Some((uid, gid)) = owner {
             let current = file.metadata()?;
             if (current.uid(), current.gid()) != (uid, gid) {
@@ -342,9 +342,9 @@ pub(super) fn install_file(
         }
         // After fchown, which clears set-id bits, and before fsync, so the mode is durable too.
         file.set_permissions(fs::Permissions::from_mode(mode))?;
-        checkpoint("owned", &tmp_path)?;
+        checkpoint(Failpoint::TempOwned, dest, &tmp)?;
         file.sync_all()?;
-        checkpoint("synced", &tmp_path)?;
+        checkpoint(Failpoint::TempSynced, dest, &tmp)?;
         Ok(())
     })();
     drop(file);
@@ -404,9 +404,8 @@ pub(super) fn install_symlink(
         .map(|s| (s.uid, s.gid)));
 
     let tmp = create_temp_symlink(dest, target)?;
-    let tmp_path = dest.dir_path.join(&tmp);
     let result = (|| {
-        checkpoint("created", &tmp_path)?;
+        checkpoint(Failpoint::TempCreated, dest, &tmp)?;
         if let Some((uid, gid)) = owner {
             let current = fd::stat_at(&dest.dir, &tmp)?
                 .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
@@ -421,7 +420,7 @@ pub(super) fn install_symlink(
                 .map_err(io::Error::from)?;
             }
         }
-        checkpoint("owned", &tmp_path)?;
+        checkpoint(Failpoint::TempOwned, dest, &tmp)?;
         Ok(())
     })();
     if let Err(source) = result {
@@ -522,43 +521,8 @@ pub fn remove_stale_temps(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
-/// Something another process does at a named step of a write (a test stands in for it).
-#[cfg(test)]
-pub(super) type Meanwhile = Option<(&'static str, Box<dyn Fn()>)>;
-
-// Test-only fault injection: lets tests fail a write at a chosen step and observe the temp file,
-// which is the only way to exercise cleanup paths when tests run as root (no EACCES to provoke).
-#[cfg(test)]
-thread_local! {
-    pub(super) static FAIL_AT: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
-    pub(super) static SEEN_TEMP_MODES: std::cell::RefCell<Vec<(&'static str, u32)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-    /// Runs at a checkpoint: what another process could do in the middle of a write.
-    pub(super) static MEANWHILE: std::cell::RefCell<Meanwhile> = std::cell::RefCell::new(None);
-}
-
-/// A named step of a write; under test it records the temp's mode and may inject a failure.
-#[cfg(test)]
-fn checkpoint(stage: &'static str, tmp: &Path) -> io::Result<()> {
-    if let Ok(m) = fs::symlink_metadata(tmp) {
-        SEEN_TEMP_MODES.with(|s| s.borrow_mut().push((stage, m.mode() & 0o7777)));
-    }
-    MEANWHILE.with(|m| {
-        if let Some((at, action)) = &*m.borrow()
-            && *at == stage
-        {
-            action();
-        }
-    });
-    if FAIL_AT.with(|f| f.get()) == Some(stage) {
-        return Err(io::Error::other(format!("injected failure at {stage}")));
-    }
-    Ok(())
-}
-
-/// A named step of a write; a no-op outside tests.
-#[cfg(not(test))]
-#[inline(always)]
-fn checkpoint(_stage: &'static str, _tmp: &Path) -> io::Result<()> {
-    Ok(())
+/// A step of a write: a failpoint about the temp file (a unit test fails the write there, looks
+/// at the temp's mode, or acts as another process would in the middle of the write).
+fn checkpoint(point: Failpoint, dest: &Dest<'_>, tmp: &OsStr) -> io::Result<()> {
+    failpoint::hit_on(point, || dest.dir_path.join(tmp)).map_err(io::Error::other)
 }

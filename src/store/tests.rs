@@ -7,22 +7,58 @@ use super::backup::*;
 use super::catalog::*;
 use super::node_file::*;
 use super::*;
+use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use time::OffsetDateTime;
 
+use crate::failpoint::{self, Failpoint, Injected};
 use crate::root::fd::{self, FileId};
 use tempfile::TempDir;
 use time::macros::datetime;
 
 const T0: OffsetDateTime = datetime!(2025-01-01 00:00 UTC);
 
-fn fail_at(stage: Option<&'static str>) {
-    FAIL_AT.with(|f| f.set(stage));
+/// Makes every write on this thread fail at `point` until the guard is dropped.
+fn fail_at(point: Failpoint) -> failpoint::Armed {
+    failpoint::on(point, move |_| Err(Injected::at(point)))
+}
+
+/// The mode of the temp file at each step of the writes on this thread, while it lives.
+struct TempModes {
+    seen: Rc<RefCell<Vec<(Failpoint, u32)>>>,
+    _armed: Vec<failpoint::Armed>,
+}
+
+impl TempModes {
+    fn record() -> TempModes {
+        let seen: Rc<RefCell<Vec<(Failpoint, u32)>>> = Rc::default();
+        let armed = Failpoint::WRITE
+            .iter()
+            .map(|&point| {
+                let seen = seen.clone();
+                failpoint::on(point, move |tmp| {
+                    if let Some(m) = tmp.and_then(|t| fs::symlink_metadata(t).ok()) {
+                        seen.borrow_mut().push((point, m.mode() & 0o7777));
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        TempModes {
+            seen,
+            _armed: armed,
+        }
+    }
+
+    fn seen(&self) -> Vec<(Failpoint, u32)> {
+        self.seen.borrow().clone()
+    }
 }
 
 fn mode_of(p: &Path) -> u32 {
@@ -76,17 +112,17 @@ fn replacing_keeps_mode_and_owner_and_temp_is_private() {
     std::os::unix::fs::chown(&crt, Some(uid), Some(gid)).unwrap();
     set_mode(&crt, 0o644).unwrap();
 
-    SEEN_TEMP_MODES.with(|s| s.borrow_mut().clear());
+    let probe = TempModes::record();
     write_atomic(&crt, b"new", 0o600).unwrap();
 
     assert_eq!(fs::read(&crt).unwrap(), b"new");
     assert_eq!(mode_of(&crt), 0o644);
     assert_eq!(owner_of(&crt), (uid, gid));
-    let seen = SEEN_TEMP_MODES.with(|s| s.borrow().clone());
+    let seen = probe.seen();
     // While the content sits in the temp file, nobody else may read it.
-    assert!(seen.contains(&("created", 0o600)), "{seen:?}");
-    assert!(seen.contains(&("written", 0o600)), "{seen:?}");
-    assert!(seen.contains(&("owned", 0o644)), "{seen:?}");
+    assert!(seen.contains(&(Failpoint::TempCreated, 0o600)), "{seen:?}");
+    assert!(seen.contains(&(Failpoint::TempWritten, 0o600)), "{seen:?}");
+    assert!(seen.contains(&(Failpoint::TempOwned, 0o644)), "{seen:?}");
 }
 
 #[test]
@@ -179,14 +215,11 @@ fn a_file_swapped_during_the_write_is_not_replaced() {
         .unwrap()
         .unwrap();
     let (k, th) = (key.clone(), theirs.clone());
-    MEANWHILE.with(|m| {
-        *m.borrow_mut() = Some((
-            "synced",
-            Box::new(move || {
-                fs::remove_file(&k).unwrap();
-                symlink(&th, &k).unwrap();
-            }),
-        ))
+    // Another process swaps the destination for a link once the temp is ready.
+    let meanwhile = failpoint::on(Failpoint::TempSynced, move |_| {
+        fs::remove_file(&k).unwrap();
+        symlink(&th, &k).unwrap();
+        Ok(())
     });
     let err = write_node_file(
         &key,
@@ -195,7 +228,7 @@ fn a_file_swapped_during_the_write_is_not_replaced() {
         Expect::Same(before.id),
     )
     .unwrap_err();
-    MEANWHILE.with(|m| *m.borrow_mut() = None);
+    drop(meanwhile);
     assert!(matches!(err, StoreError::Changed { .. }), "{err}");
     assert_eq!(fs::read(&theirs).unwrap(), b"attacker");
     assert!(fs::symlink_metadata(&key).unwrap().file_type().is_symlink());
@@ -233,20 +266,20 @@ fn reading_node_files_opens_only_regular_files() {
 
 #[test]
 fn failure_at_any_step_leaves_original_and_no_temp() {
-    for stage in ["created", "written", "owned", "synced"] {
+    for &stage in Failpoint::WRITE {
         let t = TempDir::new().unwrap();
         let crt = t.path().join("ca.crt");
         fs::write(&crt, b"original").unwrap();
         set_mode(&crt, 0o644).unwrap();
 
-        fail_at(Some(stage));
+        let failing = fail_at(stage);
         let err = write_atomic(&crt, b"replacement", 0o600).unwrap_err();
-        fail_at(None);
+        drop(failing);
 
         assert!(err.to_string().contains(&*crt.to_string_lossy()), "{err}");
-        assert_eq!(fs::read(&crt).unwrap(), b"original", "stage {stage}");
+        assert_eq!(fs::read(&crt).unwrap(), b"original", "stage {stage:?}");
         assert_eq!(mode_of(&crt), 0o644);
-        assert_eq!(names_in(t.path()), ["ca.crt"], "stage {stage}");
+        assert_eq!(names_in(t.path()), ["ca.crt"], "stage {stage:?}");
     }
 }
 
@@ -283,9 +316,9 @@ fn directory_at_destination_is_refused() {
 #[test]
 fn errors_never_contain_contents() {
     let t = TempDir::new().unwrap();
-    fail_at(Some("synced"));
+    let failing = fail_at(Failpoint::TempSynced);
     let err = write_atomic(&t.path().join("k.key"), b"PRIVATE-KEY-BYTES", 0o600).unwrap_err();
-    fail_at(None);
+    drop(failing);
     let text = format!("{err} {err:?}");
     assert!(!text.contains("PRIVATE-KEY-BYTES"));
 }
@@ -314,9 +347,9 @@ fn replace_symlink_failure_keeps_old_link_and_no_temp() {
     let t = TempDir::new().unwrap();
     let link = t.path().join("current.pem");
     symlink("old.pem", &link).unwrap();
-    fail_at(Some("owned"));
+    let failing = fail_at(Failpoint::TempOwned);
     assert!(replace_symlink(&link, Path::new("new.pem"), Expect::Seen).is_err());
-    fail_at(None);
+    drop(failing);
     assert_eq!(fs::read_link(&link).unwrap(), Path::new("old.pem"));
     assert_eq!(names_in(t.path()), ["current.pem"]);
 }
@@ -499,9 +532,9 @@ fn restore_replaces_a_link_left_where_a_file_was() {
 fn failed_save_records_nothing_and_can_be_retried() {
     let n = node();
     let mut b = Backup::create(&n.root, "r1", T0).unwrap();
-    fail_at(Some("synced"));
+    let failing = fail_at(Failpoint::TempSynced);
     assert!(b.save(&n.key).is_err());
-    fail_at(None);
+    drop(failing);
     assert!(b.entries().is_empty());
     assert!(Backup::open(&n.root, "r1").unwrap().entries().is_empty());
     b.save(&n.key).unwrap();
@@ -513,9 +546,9 @@ fn interrupted_restore_can_be_run_again() {
     let n = node();
     let b = backup_all(&n, "r1");
     rotate(&n);
-    fail_at(Some("written"));
+    let failing = fail_at(Failpoint::TempWritten);
     assert!(b.restore().is_err());
-    fail_at(None);
+    drop(failing);
     // Nothing half-written: the key is still wholly the new one.
     assert_eq!(fs::read(&n.key).unwrap(), b"new key");
     b.restore().unwrap();

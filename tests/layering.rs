@@ -93,6 +93,36 @@ fn lower_layers_import_only_what_they_may() {
     );
 }
 
+/// Subsystems whose files below `mod.rs` get their own settings type: only the files listed
+/// may import `config` (the boundary where the settings are built from it). `issuer` reads no
+/// configuration at all (`issuer::cfssl::Remote` is built by its callers); `rotation` builds
+/// `rotation::signing` from `[issuer]` and `[renew]` in its `mod.rs` (issue 12).
+const CONFIG_ONLY_AT_THE_BOUNDARY: &[(&str, &[&str])] =
+    &[("issuer", &[]), ("rotation", &["rotation/mod.rs"])];
+
+#[test]
+fn subsystems_read_the_configuration_only_at_their_boundary() {
+    let graph = import_graph();
+    let mut wrong = Vec::new();
+    for (module, boundary) in CONFIG_ONLY_AT_THE_BOUNDARY {
+        let files = graph
+            .get(*module)
+            .and_then(|edges| edges.get("config"))
+            .cloned()
+            .unwrap_or_default();
+        for file in files {
+            if !boundary.contains(&file.as_str()) {
+                wrong.push(format!("{file} imports config"));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "below the boundary, a subsystem takes its own settings type:\n{}",
+        wrong.join("\n")
+    );
+}
+
 /// The test's own reader, checked on the forms it must see and the ones it must not.
 #[test]
 fn the_reader_sees_paths_and_skips_comments_and_strings() {

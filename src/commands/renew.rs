@@ -29,10 +29,10 @@ pub fn run(args: &RenewArgs, now: OffsetDateTime) -> Outcome {
         certs: args.certs.clone(),
     };
     let opts = PlanOptions {
-        key_policy: settings.renew.key_policy,
+        key_policy: settings.renew.key_policy.into(),
         validity: settings.renew.validity,
         force: args.force,
-        issuer: settings.issuer.clone(),
+        issuer: (&settings.issuer).into(),
     };
     // A dry run reads only: no lock, no recovery (which writes); it says what recovery would face.
     let session = if args.dry_run {

@@ -127,10 +127,7 @@ impl IssuerSettings {
     /// How the certificates of the CA named `ca` (its inventory name) are signed.
     pub fn for_ca(&self, ca: &str) -> CaChoice {
         let Some(o) = self.ca.get(ca) else {
-            return match self.mode {
-                IssuerMode::Local => CaChoice::LocalElse(None),
-                IssuerMode::Cfssl => CaChoice::LocalElse(Some(self.remote(None))),
-            };
+            return self.default_choice();
         };
         match o.mode {
             IssuerMode::Local => CaChoice::LocalOnly,
@@ -144,6 +141,14 @@ impl IssuerSettings {
             self.for_ca(ca),
             CaChoice::LocalElse(Some(_)) | CaChoice::Remote(_)
         )
+    }
+
+    /// How the certificates of a CA without an override are signed.
+    pub fn default_choice(&self) -> CaChoice {
+        match self.mode {
+            IssuerMode::Local => CaChoice::LocalElse(None),
+            IssuerMode::Cfssl => CaChoice::LocalElse(Some(self.remote(None))),
+        }
     }
 
     fn remote(&self, o: Option<&CaOverride>) -> RemoteCa {

@@ -35,10 +35,10 @@ pub(super) async fn make_plan(
         still_open(&recovered)?;
         let inv = crate::inventory::Inventory::for_settings(&settings);
         let opts = PlanOptions {
-            key_policy: settings.renew.key_policy,
+            key_policy: settings.renew.key_policy.into(),
             validity: settings.renew.validity,
             force: false,
-            issuer: settings.issuer.clone(),
+            issuer: (&settings.issuer).into(),
         };
         let plan = session::plan(&inv, &sel, &root, &opts, now).map_err(|e| e.to_string())?;
         if let Some(r) = plan.refused.first() {

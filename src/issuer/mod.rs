@@ -16,17 +16,6 @@ use time::OffsetDateTime;
 
 use crate::pki::cert::Cert;
 
-impl From<&crate::config::RemoteCa> for cfssl::Remote {
-    fn from(remote: &crate::config::RemoteCa) -> Self {
-        cfssl::Remote {
-            url: remote.url.clone(),
-            auth_key_file: remote.auth_key_file.clone(),
-            ca_bundle: remote.ca_bundle.clone(),
-            timeout: remote.timeout,
-        }
-    }
-}
-
 /// kubeadm backdates NotBefore by five minutes so that nodes with slightly slow clocks accept a
 /// certificate the moment it is installed (`CertificateBackdate`).
 pub const BACKDATE: time::Duration = time::Duration::minutes(5);

@@ -159,7 +159,8 @@ pub fn build(plan: &Plan) -> Result<Built, RotationError> {
                 profile,
                 ..
             } => {
-                let client = CfsslClient::open(remote).map_err(|e| renew_err(e.to_string()))?;
+                let client =
+                    CfsslClient::open(remote.server()).map_err(|e| renew_err(e.to_string()))?;
                 // The CSR is signed by the key the certificate will certify: the new one, or the
                 // reused old one.
                 let old_key;

@@ -29,12 +29,57 @@ pub mod recheck;
 pub mod restore;
 pub mod select;
 pub mod session;
+pub mod signing;
 pub mod stage;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::root::Root;
+
+// The planner's settings, built from the configuration here at the subsystem's boundary so that
+// no file below `mod.rs` depends on the configuration's shape.
+impl From<&crate::config::IssuerSettings> for signing::Signing {
+    fn from(s: &crate::config::IssuerSettings) -> Self {
+        signing::Signing {
+            per_ca: s
+                .ca
+                .keys()
+                .map(|ca| (ca.clone(), ca_choice(s.for_ca(ca))))
+                .collect(),
+            default: ca_choice(s.default_choice()),
+        }
+    }
+}
+
+fn ca_choice(c: crate::config::CaChoice) -> signing::CaChoice {
+    use crate::config::CaChoice as C;
+    match c {
+        C::LocalElse(r) => signing::CaChoice::LocalElse(r.map(remote_ca)),
+        C::LocalOnly => signing::CaChoice::LocalOnly,
+        C::Remote(r) => signing::CaChoice::Remote(remote_ca(r)),
+    }
+}
+
+fn remote_ca(r: crate::config::RemoteCa) -> signing::RemoteCa {
+    signing::RemoteCa {
+        url: r.url,
+        auth_key_file: r.auth_key_file,
+        profile: r.profile,
+        profiles: r.profiles,
+        ca_bundle: r.ca_bundle,
+        timeout: r.timeout,
+    }
+}
+
+impl From<crate::config::KeyPolicy> for signing::KeyPolicy {
+    fn from(p: crate::config::KeyPolicy) -> Self {
+        match p {
+            crate::config::KeyPolicy::New => signing::KeyPolicy::New,
+            crate::config::KeyPolicy::Reuse => signing::KeyPolicy::Reuse,
+        }
+    }
+}
 
 /// The rotation types operators know from the commercial platforms.
 // The command line's adapter is `cli::TypeArg`; the control protocol carries the names.

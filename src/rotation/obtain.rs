@@ -93,7 +93,7 @@ pub fn obtain(plan: &Plan, now: OffsetDateTime) -> Result<Obtained, RotationErro
                 &old_key.pair
             }
         };
-        let client = CfsslClient::open(remote).map_err(|e| fail(e.to_string()))?;
+        let client = CfsslClient::open(remote.server()).map_err(|e| fail(e.to_string()))?;
         let issued = client
             .renew(&SignRequest {
                 template: &item.old,

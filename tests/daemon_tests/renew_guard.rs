@@ -60,10 +60,10 @@ fn rotate(node: &Node, guard: &dyn Guard) -> (String, Result<execute::Report, Ro
     };
     let selected = select::select(&inv, &selection).unwrap();
     let opts = PlanOptions {
-        key_policy: s.renew.key_policy,
+        key_policy: s.renew.key_policy.into(),
         validity: s.renew.validity,
         force: false,
-        issuer: s.issuer.clone(),
+        issuer: (&s.issuer).into(),
     };
     let plan = plan::make(&inv, &selected, &root, &opts, OffsetDateTime::now_utc());
     let ctx = Context {

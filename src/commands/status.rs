@@ -16,7 +16,7 @@ use crate::control::client::{self, ClientError};
 use crate::control::proto::{CertStatus, ErrorKind, Request, Response, StatusReport};
 use crate::duration::format_residual;
 use crate::policy::Status;
-use crate::report::table;
+use crate::report::{section, table};
 
 /// Exit code when the daemon cannot be reached (not running, no permission, no answer).
 pub const EXIT_UNREACHABLE: u8 = 3;
@@ -203,23 +203,13 @@ pub fn to_table(report: &StatusReport) -> String {
             r.last_error
         );
     }
-    if !report.notices.is_empty() {
-        out.push_str("\nNOTICES\n");
-        for n in &report.notices {
-            let _ = writeln!(out, "  {n}");
-        }
-    }
+    section(&mut out, "NOTICES", &report.notices);
     let problems: Vec<String> = report
         .certificates
         .iter()
         .flat_map(|c| c.problems.iter().map(move |p| format!("{}: {p}", c.name)))
         .collect();
-    if !problems.is_empty() {
-        out.push_str("\nPROBLEMS\n");
-        for p in problems {
-            let _ = writeln!(out, "  {p}");
-        }
-    }
+    section(&mut out, "PROBLEMS", &problems);
     out
 }
 

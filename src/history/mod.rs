@@ -161,21 +161,7 @@ impl History {
         reason: Option<String>,
         now: OffsetDateTime,
     ) -> Result<Record, HistoryError> {
-        let record = Record {
-            id: id.to_owned(),
-            node: node.to_owned(),
-            certificates,
-            state: State::Initiated,
-            started_at: now,
-            finished_at: None,
-            reason,
-            disruptive_from: None,
-            disruptive_to: None,
-            fencing_token: None,
-            recovery: false,
-            reloaded: Vec::new(),
-            restarted: Vec::new(),
-        };
+        let record = Record::initiated(id, node, certificates, reason, now);
         self.append(&record)?;
         Ok(record)
     }

@@ -61,6 +61,22 @@ fn unreachable(e: ClientError) -> Failure {
     }
 }
 
+/// Prints what the daemon answered, as `output` asks: a table made by `table`, or the JSON.
+pub fn show<T: serde::Serialize>(
+    output: Output,
+    answer: &T,
+    table: impl FnOnce(&T) -> String,
+) -> Result<(), Failure> {
+    match output {
+        Output::Table => print!("{}", table(answer)),
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(answer).map_err(anyhow::Error::from)?
+        ),
+    }
+    Ok(())
+}
+
 /// The failure for an answer of the wrong kind: a daemon of another version, most likely.
 pub fn unexpected(command: &str, response: &Response) -> Failure {
     let kind = match response {
@@ -85,13 +101,7 @@ pub fn run(client: &ClientArgs, output: Output) -> Outcome {
         Response::Status(report) => report,
         other => return Err(unexpected("certrotd status", &other)),
     };
-    match output {
-        Output::Table => print!("{}", to_table(&report)),
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?
-        ),
-    }
+    show(output, &report, to_table)?;
     Ok(if report.certificates.iter().any(needs_attention) {
         ExitCode::from(1)
     } else {

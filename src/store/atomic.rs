@@ -16,7 +16,7 @@ use nix::unistd::{UnlinkatFlags, fchownat, fsync, symlinkat, unlinkat};
 use crate::failpoint::{self, Failpoint};
 use crate::root::fd::{self, FileId, Kind, Seen};
 
-use super::{Result, StoreError, io_err};
+use super::{PathIo, Result, StoreError, io_err};
 
 /// What marks a temp file as ours; it sits between the original name and the random suffix.
 const TEMP_MARKER: &[u8] = b".certrotd-tmp.";
@@ -222,11 +222,11 @@ impl<'a> Dest<'a> {
     ) -> Result<()> {
         if let Err(source) = prepared {
             let _ = unlinkat(&self.dir, tmp, UnlinkatFlags::NoRemoveDir);
-            return Err(StoreError::Io {
+            return Err(StoreError::Io(PathIo {
                 op: preparing,
                 path: self.path.to_path_buf(),
                 source,
-            });
+            }));
         }
         self.commit(op, tmp, seen)
     }
@@ -269,11 +269,11 @@ impl<'a> Dest<'a> {
                 });
             }
             Err(e) => {
-                return undo(StoreError::Io {
+                return undo(StoreError::Io(PathIo {
                     op: "rename temp file over",
                     path: self.path.to_path_buf(),
                     source: e.into(),
-                });
+                }));
             }
         }
         fsync(&self.dir).map_err(|e| io_err("fsync directory", self.dir_path)(e.into()))

@@ -64,7 +64,7 @@ fn main() {
     let root = Root::new(&tree);
     let extra = vec!["/certs/*.crt".to_string()];
     let in_process = median(RUNS, || {
-        let inv = inventory::scan(&inventory::Request {
+        let inv = inventory::scan(&inventory::ScanRequest {
             root: &root,
             layouts: Some(vec![]),
             extra_paths: &extra,

@@ -42,7 +42,7 @@ fn main() {
     eprintln!("(generated {CERTS} certificates in {:.1?})", t0.elapsed());
     let root = Root::new(&tree);
     let extra = vec!["/certs/*.crt".to_string()];
-    let inv = inventory::scan(&inventory::Request {
+    let inv = inventory::scan(&inventory::ScanRequest {
         root: &root,
         layouts: Some(vec![]),
         extra_paths: &extra,

@@ -114,7 +114,8 @@ pub enum Command {
         /// The daemon to ask.
         #[command(flatten)]
         client: ClientArgs,
-        /// What to rotate, as `certrotd renew --type` names it (repeatable).
+        /// What to rotate, as `certrotd renew --type` names it (repeatable); or `etcd-ca` or
+        /// `front-proxy-ca` alone, which starts that CA's rotation as `certrotd ca rotate` does.
         #[arg(long = "type", value_name = "TYPE")]
         types: Vec<String>,
         /// A single certificate, by the name `certrotd status` shows (repeatable).
@@ -133,6 +134,14 @@ pub enum Command {
         /// Show at most N records.
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
+    },
+    /// Rotate a cluster CA (etcd-ca, front-proxy-ca) across every control-plane node with no
+    /// downtime, through the running daemon: trust both CAs, issue from the new one, distrust
+    /// the old one.
+    Ca {
+        /// What to do.
+        #[command(subcommand)]
+        action: CaAction,
     },
     /// Write a complete kubeadm-shaped control-plane node under DIR to try certrotd on.
     Sandbox {
@@ -154,6 +163,63 @@ pub enum Command {
         #[command(subcommand)]
         what: GenerateWhat,
     },
+}
+
+/// `certrotd ca …`
+#[derive(Debug, Subcommand)]
+pub enum CaAction {
+    /// Start rotating a CA (root only); prints the rotation id. The daemons then take every
+    /// control-plane node through TrustBoth, IssueNew and DistrustOld.
+    Rotate {
+        /// The daemon to ask.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Which CA.
+        #[arg(value_enum, value_name = "TRACK")]
+        track: TrackArg,
+        /// Use the new CA in DIR (`ca.crt` and `ca.key`) instead of generating one; the daemon
+        /// reads it (it must have the old CA's subject and key type).
+        #[arg(long, value_name = "DIR")]
+        from: Option<PathBuf>,
+    },
+    /// Every CA track: the CA on this node's disk, the rotation's phase and since when, each
+    /// node's proved step with its fencing token, what blocks the next phase and the last error.
+    Status {
+        /// The daemon to ask.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Roll back the open rotation of TRACK (of every track when none is named), one level per
+    /// cluster barrier, back to the old CA alone (root only).
+    Abort {
+        /// The daemon to ask.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Which CA (default: every one being rotated).
+        #[arg(value_enum, value_name = "TRACK")]
+        track: Option<TrackArg>,
+    },
+}
+
+/// A CA as the command line names it (the domain's `ca::Track`, whose names it keeps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TrackArg {
+    /// etcd's CA: `etcd/ca.{crt,key}`, the etcd leaves and apiserver-etcd-client.
+    EtcdCa,
+    /// The front proxy's CA: `front-proxy-ca.{crt,key}` and front-proxy-client.
+    FrontProxyCa,
+}
+
+impl From<TrackArg> for crate::ca::Track {
+    fn from(t: TrackArg) -> Self {
+        match t {
+            TrackArg::EtcdCa => crate::ca::Track::EtcdCa,
+            TrackArg::FrontProxyCa => crate::ca::Track::FrontProxyCa,
+        }
+    }
 }
 
 /// `certrotd generate …`

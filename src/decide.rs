@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use crate::inventory::{Entry, Inventory};
 use crate::pki::cert::Cert;
-use crate::policy::{self, Status, Windows as StatusWindows};
+use crate::policy::{self, Status, Thresholds};
 use crate::rotation::journal::OpenRotation;
 use crate::window::Windows;
 
@@ -184,7 +184,7 @@ pub fn decide_with_open(
     // Inside renew_before but still waiting for their jitter: they join any rotation that starts
     // anyway, so one restart of the components covers them (index into d.certs).
     let mut waiting: Vec<usize> = Vec::new();
-    let status_windows = StatusWindows {
+    let status_windows = Thresholds {
         notify_before: policy.notify_before,
         renew_before: policy.renew_before,
     };
@@ -444,7 +444,7 @@ mod tests {
         };
         sandbox::write(tmp.path(), &opts, issued).unwrap();
         let root = crate::root::Root::new(tmp.path());
-        let inv = crate::inventory::scan(&crate::inventory::Request {
+        let inv = crate::inventory::scan(&crate::inventory::ScanRequest {
             root: &root,
             layouts: None,
             extra_paths: &[],
@@ -730,7 +730,7 @@ mod tests {
         let (t, _, _) = node();
         std::fs::remove_file(t.path().join("etc/kubernetes/pki/ca.key")).unwrap();
         let root = crate::root::Root::new(t.path());
-        let inv = crate::inventory::scan(&crate::inventory::Request {
+        let inv = crate::inventory::scan(&crate::inventory::ScanRequest {
             root: &root,
             layouts: None,
             extra_paths: &[],
@@ -782,7 +782,7 @@ mod tests {
             .unwrap();
         std::fs::write(t.path().join("etc/kubernetes/pki/apiserver.key"), pem).unwrap();
         let root = crate::root::Root::new(t.path());
-        let inv = crate::inventory::scan(&crate::inventory::Request {
+        let inv = crate::inventory::scan(&crate::inventory::ScanRequest {
             root: &root,
             layouts: None,
             extra_paths: &[],

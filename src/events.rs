@@ -16,6 +16,8 @@ use time::OffsetDateTime;
 use crate::decide::Threshold;
 use crate::timefmt::rfc3339;
 
+pub mod ca;
+
 /// The target of events that are critical (journald priority 2): logged at ERROR, which is
 /// tracing's highest level, and mapped to critical by the journald layer.
 pub const CRITICAL_TARGET: &str = "certrotd::events::critical";
@@ -50,6 +52,16 @@ pub mod ids {
     pub const RECOVERY: &str = "6b0e3d4c2a8f4f6c9a1e7d5b3c2f1a0b";
     /// A component picked up its new certificates by itself and was not restarted.
     pub const COMPONENT_RELOADED: &str = "6b0e3d4c2a8f4f6c9a1e7d5b3c2f1a0c";
+    /// A CA nears or entered `[ca] rotate_before`.
+    pub const CA_ROTATION_DUE: &str = "6b0e3d4c2a8f4f6c9a1e7d5b3c2f1a0d";
+    /// A CA rotation's cluster record moved into a phase.
+    pub const CA_PHASE_STARTED: &str = "6b0e3d4c2a8f4f6c9a1e7d5b3c2f1a0e";
+    /// A node brought its files of a CA track to a level.
+    pub const CA_STEP: &str = "6b0e3d4c2a8f4f6c9a1e7d5b3c2f1a0f";
+    /// A node proved and recorded its step of a CA rotation.
+    pub const CA_PHASE_COMPLETED: &str = "6b0e3d4c2a8f4f6c9a1e7d5b3c2f1a10";
+    /// A CA rotation (or one node's step of it) is rolled back.
+    pub const CA_ROLLBACK: &str = "6b0e3d4c2a8f4f6c9a1e7d5b3c2f1a11";
 }
 
 /// How loud a retried failure is: louder as the certificates near expiry.

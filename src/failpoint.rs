@@ -110,8 +110,9 @@ failpoints! {
         StagedRemoved = "staged-removed",
         /// Old backups have been pruned.
         Pruned = "pruned",
-        /// Recovery rolling forward has installed one more change (once per change).
-        RecoverInstalled = "recover-installed",
+        /// Finishing an interrupted rotation by rolling it forward has installed one more change
+        /// (once per change). The env-var name keeps its historical `recover-` spelling.
+        RollForwardInstalled = "recover-installed",
         /// The journal says rolling back; the backup is not restored yet.
         JournalRollingBack = "journal-rolling-back",
         /// The backup has been restored; the journal does not say rolled back yet.

@@ -186,7 +186,7 @@ impl Inventory {
 
 /// What to scan.
 #[derive(Debug, Clone)]
-pub struct Request<'a> {
+pub struct ScanRequest<'a> {
     /// The node root.
     pub root: &'a Root,
     /// Layouts to scan; `None` detects them.
@@ -195,11 +195,11 @@ pub struct Request<'a> {
     pub extra_paths: &'a [String],
 }
 
-impl<'a> Request<'a> {
+impl<'a> ScanRequest<'a> {
     /// What the configuration asks to be scanned under `root`: its layouts (or detection) and
     /// its `[inventory] extra_paths`.
     pub fn for_settings(root: &'a Root, settings: &'a Settings) -> Self {
-        Request {
+        ScanRequest {
             root,
             layouts: settings.layout.layouts(),
             extra_paths: &settings.inventory.extra_paths,
@@ -211,7 +211,7 @@ impl Inventory {
     /// Scans the node the settings describe.
     pub fn for_settings(settings: &Settings) -> Inventory {
         let root = Root::new(&settings.root);
-        scan(&Request::for_settings(&root, settings))
+        scan(&ScanRequest::for_settings(&root, settings))
     }
 }
 
@@ -229,7 +229,7 @@ struct Job {
 }
 
 /// Scans a node root.
-pub fn scan(req: &Request<'_>) -> Inventory {
+pub fn scan(req: &ScanRequest<'_>) -> Inventory {
     let layouts = req
         .layouts
         .clone()
@@ -257,7 +257,7 @@ impl Inventory {
     /// Re-reads only the files behind `changed` (real paths, as the watcher reports them) and
     /// works out signers again. A change it cannot attribute to one certificate file (a key pair,
     /// the kubelet's configuration, a file no entry came from) falls back to a full [`scan`].
-    pub fn refresh(&mut self, req: &Request<'_>, changed: &[PathBuf]) {
+    pub fn refresh(&mut self, req: &ScanRequest<'_>, changed: &[PathBuf]) {
         let touched: Vec<usize> = self
             .loaded
             .iter()

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use time::OffsetDateTime;
 
-use certrotd::cli::{Cli, Command, ConfigAction, GenerateWhat};
+use certrotd::cli::{CaAction, Cli, Command, ConfigAction, GenerateWhat};
 use certrotd::commands;
 
 fn main() -> ExitCode {
@@ -48,6 +48,20 @@ fn main() -> ExitCode {
             output,
             limit,
         } => commands::history::run(client, *output, *limit),
+        Command::Ca {
+            action:
+                CaAction::Rotate {
+                    client,
+                    track,
+                    from,
+                },
+        } => commands::ca::rotate(client, (*track).into(), from.as_deref()),
+        Command::Ca {
+            action: CaAction::Status { client, output },
+        } => commands::ca::status(client, *output),
+        Command::Ca {
+            action: CaAction::Abort { client, track },
+        } => commands::ca::abort(client, track.map(Into::into)),
         Command::Sandbox {
             dir,
             leaf_ttl,

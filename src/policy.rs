@@ -63,7 +63,7 @@ impl std::str::FromStr for Status {
 
 /// The windows before NotAfter that change a certificate's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Windows {
+pub struct Thresholds {
     /// Start telling operators this long before expiry.
     pub notify_before: Duration,
     /// Renew this long before expiry.
@@ -82,7 +82,7 @@ pub struct Assessment {
 }
 
 /// Assesses one entry at `now`.
-pub fn assess(entry: &Entry, windows: &Windows, now: OffsetDateTime) -> Assessment {
+pub fn assess(entry: &Entry, windows: &Thresholds, now: OffsetDateTime) -> Assessment {
     let Some(cert) = &entry.cert else {
         return Assessment {
             status: Status::Invalid,
@@ -150,7 +150,7 @@ mod tests {
     #[test]
     fn windows_order_the_statuses() {
         let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
-        let w = Windows {
+        let w = Thresholds {
             notify_before: Duration::from_secs(60 * 86400),
             renew_before: Duration::from_secs(30 * 86400),
         };

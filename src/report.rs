@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use crate::inventory::{Entry, Inventory, KeyPairEntry, KubeletInfo, Origin};
 use crate::pki::cert::{KeyAlgorithm, San};
 use crate::pki::layout::{Component, Layout};
-use crate::policy::{self, Status, Windows};
+use crate::policy::{self, Status, Thresholds};
 use crate::timefmt::{kubeadm_time, rfc3339};
 
 /// One certificate as `check -o json` prints it.
@@ -82,7 +82,7 @@ pub struct CheckReport {
 
 impl CheckReport {
     /// Builds the report from an inventory at `now`.
-    pub fn new(root: PathBuf, inv: &Inventory, windows: &Windows, now: OffsetDateTime) -> Self {
+    pub fn new(root: PathBuf, inv: &Inventory, windows: &Thresholds, now: OffsetDateTime) -> Self {
         CheckReport {
             root,
             checked_at: rfc3339(now),
@@ -189,7 +189,7 @@ impl CertReport {
     }
 }
 
-fn cert_report(e: &Entry, windows: &Windows, now: OffsetDateTime) -> CertReport {
+fn cert_report(e: &Entry, windows: &Thresholds, now: OffsetDateTime) -> CertReport {
     let a = policy::assess(e, windows, now);
     let c = e.cert.as_ref();
     let mut problems = e.problems.clone();

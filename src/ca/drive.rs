@@ -20,6 +20,7 @@ use super::record::{CaRecord, RecordError, RecordStore, Version};
 use super::settings::CaSettings;
 use super::track::Track;
 use super::wrap;
+use crate::events::ca as ev;
 use crate::lease::{BoxFuture, Held, Lease, Role, Want};
 use crate::pki::cert::Cert;
 use crate::pki::layout::Component;
@@ -114,8 +115,8 @@ pub struct Driver {
     pub hooks: Arc<dyn Hooks>,
 }
 
-/// The first certificate of a CA file, and the key file.
-fn disk_ca(track: Track, pki: &Path) -> Result<Cert, DriveError> {
+/// The first certificate of a track's CA file: the CA the node's key belongs to.
+pub fn disk_ca(track: Track, pki: &Path) -> Result<Cert, DriveError> {
     let path = pki.join(track.ca_cert());
     let refuse = |e: String| DriveError::Refused(format!("{}: {e}", path.display()));
     let data = pem::read_capped(&path).map_err(|e| refuse(e.to_string()))?;
@@ -190,13 +191,12 @@ impl Driver {
         let to = coordinate::abort(&mut r, now, &self.node, 0)
             .map_err(|e| DriveError::Refused(e.to_string()))?;
         conn.store.swap(Some(v), &r).await?;
-        tracing::warn!(
-            event = "ca-rollback",
-            track = %self.track,
-            phase = %to,
-            by = %self.node,
-            "CA rotation {}: aborted, rolling back ({to})",
-            r.rotation_id
+        ev::ca_rollback(
+            &self.node,
+            self.track.as_str(),
+            &r.rotation_id,
+            &to.to_string(),
+            "aborted (certrotd ca abort)",
         );
         Ok(to)
     }
@@ -206,6 +206,17 @@ impl Driver {
         &self,
         conn: &Conn,
         clock: &(dyn Fn() -> OffsetDateTime + Send + Sync),
+    ) -> Result<Tick, DriveError> {
+        self.tick_unless(conn, clock, std::future::pending()).await
+    }
+
+    /// [`Driver::tick`], given up if `stop` resolves while waiting for the lease (nothing has
+    /// been disrupted then); once the lease is held the turn is carried to its end.
+    pub async fn tick_unless(
+        &self,
+        conn: &Conn,
+        clock: &(dyn Fn() -> OffsetDateTime + Send + Sync),
+        stop: impl std::future::Future<Output = ()>,
     ) -> Result<Tick, DriveError> {
         let Some((r, _)) = conn.store.load(self.track).await? else {
             return Ok(Tick::Idle);
@@ -230,7 +241,10 @@ impl Driver {
             earliest_expiry: clock(),
             now: clock(),
         };
-        let held = conn.lease.acquire(&want).await?;
+        let held = tokio::select! {
+            held = conn.lease.acquire(&want) => held?,
+            () = stop => return Ok(Tick::Waiting(vec!["stopping before this node's turn".into()])),
+        };
         let result = self.under_lease(conn, &held, &order, clock).await;
         let _ = conn.lease.release(held).await;
         result
@@ -260,13 +274,11 @@ impl Driver {
                 coordinate::advance(&mut r, to, clock(), &self.node, held.fencing_token)
                     .map_err(|e| DriveError::Refused(e.to_string()))?;
                 conn.store.swap(Some(v), &r).await?;
-                tracing::info!(
-                    event = "ca-phase-started",
-                    track = %self.track,
-                    phase = %to,
-                    by = %self.node,
-                    "CA rotation {}: phase {to} started",
-                    r.rotation_id
+                ev::ca_phase_started(
+                    &self.node,
+                    self.track.as_str(),
+                    &r.rotation_id,
+                    &to.to_string(),
                 );
                 Some(to)
             }
@@ -339,16 +351,13 @@ impl Driver {
             },
             r.phase,
         )?;
-        tracing::info!(
-            event = "ca-step",
-            track = %self.track,
-            level = %out.proof.level,
-            changed = out.changed,
-            "CA rotation {}: {} at {}: {}",
-            r.rotation_id,
-            self.node,
-            out.proof.level,
-            out.proof.detail
+        ev::ca_step(
+            &self.node,
+            self.track.as_str(),
+            &r.rotation_id,
+            out.proof.level.as_str(),
+            out.changed,
+            &out.proof.detail,
         );
         // The record does not show this node at the level yet, so its consumers may not have
         // been restarted on these files (a crash after the write): restart them either way.
@@ -396,15 +405,12 @@ impl Driver {
             coordinate::record_step(&mut r, &self.node, &proof, held.fencing_token, clock());
             match conn.store.swap(Some(v), &r).await {
                 Ok(v) => {
-                    tracing::info!(
-                        event = "ca-phase-completed",
-                        track = %self.track,
-                        node = %self.node,
-                        level = %level,
-                        "CA rotation {}: {} completed its {} step",
-                        r.rotation_id,
-                        self.node,
-                        level
+                    ev::ca_phase_completed(
+                        &self.node,
+                        self.track.as_str(),
+                        &r.rotation_id,
+                        level.as_str(),
+                        &proof.detail,
                     );
                     return Ok((r, v));
                 }

@@ -107,6 +107,116 @@ async fn status(url: &str, creds: &Credentials) -> Result<u64, String> {
     Ok(s.leader())
 }
 
+/// etcd judged by its own answers: whether this node's member answers with a leader, the member
+/// order with the leader last, and the quorum guard. Credentials are read from the disk at each
+/// call: they change with the node's own step.
+#[derive(Debug, Clone)]
+pub struct EtcdJudge {
+    /// The node's real PKI directory.
+    pub pki: PathBuf,
+    /// etcd's client URLs.
+    pub endpoints: Vec<String>,
+    /// This node's member name.
+    pub node: String,
+}
+
+impl EtcdJudge {
+    /// Waits until this node's member answers with a leader, at most `timeout`.
+    pub async fn wait_member(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = String::new();
+        while tokio::time::Instant::now() < deadline {
+            let creds = disk_credentials(&self.pki)?;
+            match members(&self.endpoints, &creds).await {
+                Ok(ms) => {
+                    if let Some((_, _, urls)) = ms.iter().find(|(n, _, _)| *n == self.node) {
+                        match status(&urls[0], &creds).await {
+                            Ok(leader) if leader != 0 => return Ok(()),
+                            Ok(_) => last = "no leader".into(),
+                            Err(e) => last = e,
+                        }
+                    } else {
+                        last = format!("no member named {}", self.node);
+                    }
+                }
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!(
+            "etcd member {} did not answer within {timeout:?} after its restart: {last}",
+            self.node
+        ))
+    }
+
+    /// The member names, as etcd lists them: every control-plane node of a stacked cluster.
+    pub async fn member_names(&self) -> Result<Vec<String>, String> {
+        let creds = disk_credentials(&self.pki)?;
+        let mut names: Vec<String> = members(&self.endpoints, &creds)
+            .await?
+            .into_iter()
+            .map(|(n, _, _)| n)
+            .filter(|n| !n.is_empty())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// `names` in the order their steps are taken: the leader last, the others as given.
+    pub async fn order(&self, names: &[String]) -> Vec<String> {
+        let mut out = names.to_vec();
+        let Ok(creds) = disk_credentials(&self.pki) else {
+            return out;
+        };
+        let Ok(ms) = members(&self.endpoints, &creds).await else {
+            return out;
+        };
+        let mut leader = None;
+        for (_, _, urls) in &ms {
+            if let Ok(id) = status(&urls[0], &creds).await {
+                leader = ms
+                    .iter()
+                    .find(|(_, mid, _)| *mid == id)
+                    .map(|(n, _, _)| n.clone());
+                break;
+            }
+        }
+        if let Some(l) = leader {
+            // Stable: everyone else keeps its order, the leader goes last.
+            out.sort_by_key(|n| *n == l);
+        }
+        out
+    }
+
+    /// Whether one member may be restarted now: every other member healthy, so the cluster
+    /// keeps quorum while this one restarts.
+    pub async fn may_disrupt(&self) -> Result<(), String> {
+        let creds = disk_credentials(&self.pki)?;
+        let ms = members(&self.endpoints, &creds).await?;
+        let mut healthy = 0;
+        let mut down = Vec::new();
+        for (name, _, urls) in &ms {
+            match status(&urls[0], &creds).await {
+                Ok(l) if l != 0 => healthy += 1,
+                Ok(_) => down.push(format!("{name}: no leader")),
+                Err(e) => down.push(e),
+            }
+        }
+        let quorum = ms.len() / 2 + 1;
+        // A single member has no quorum to keep: its restart is the outage the operator chose.
+        if healthy > quorum || (ms.len() == 1 && healthy == 1) {
+            Ok(())
+        } else {
+            Err(format!(
+                "quorum guard: {healthy} of {} members healthy, restarting one would leave \
+                 fewer than {quorum}: {}",
+                ms.len(),
+                down.join("; ")
+            ))
+        }
+    }
+}
+
 /// Restarts through systemd and judges etcd by its own answers.
 pub struct EtcdHooks {
     /// The node's real PKI directory.
@@ -124,29 +234,12 @@ pub struct EtcdHooks {
 }
 
 impl EtcdHooks {
-    async fn wait_member(&self) -> Result<(), String> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let mut last = String::new();
-        while tokio::time::Instant::now() < deadline {
-            let creds = disk_credentials(&self.pki)?;
-            match members(&self.endpoints, &creds).await {
-                Ok(ms) => {
-                    if let Some((_, _, urls)) = ms.iter().find(|(n, _, _)| *n == self.node) {
-                        match status(&urls[0], &creds).await {
-                            Ok(leader) if leader != 0 => return Ok(()),
-                            Ok(_) => last = "no leader".into(),
-                            Err(e) => last = e,
-                        }
-                    }
-                }
-                Err(e) => last = e,
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    fn judge(&self) -> EtcdJudge {
+        EtcdJudge {
+            pki: self.pki.clone(),
+            endpoints: self.endpoints.clone(),
+            node: self.node.clone(),
         }
-        Err(format!(
-            "etcd member {} did not answer within {:?} after its restart: {last}",
-            self.node, self.timeout
-        ))
     }
 }
 
@@ -164,63 +257,17 @@ impl Hooks for EtcdHooks {
                 .await
                 .map_err(|e| e.to_string())?;
             if component == Component::Etcd {
-                self.wait_member().await?;
+                self.judge().wait_member(self.timeout).await?;
             }
             Ok(())
         })
     }
 
     fn order<'a>(&'a self, names: &'a [String]) -> BoxFuture<'a, Vec<String>> {
-        Box::pin(async move {
-            let mut out = names.to_vec();
-            let Ok(creds) = disk_credentials(&self.pki) else {
-                return out;
-            };
-            let Ok(ms) = members(&self.endpoints, &creds).await else {
-                return out;
-            };
-            let mut leader = None;
-            for (_, _, urls) in &ms {
-                if let Ok(id) = status(&urls[0], &creds).await {
-                    leader = ms
-                        .iter()
-                        .find(|(_, mid, _)| *mid == id)
-                        .map(|(n, _, _)| n.clone());
-                    break;
-                }
-            }
-            if let Some(l) = leader {
-                // Stable: everyone else keeps its order, the leader goes last.
-                out.sort_by_key(|n| *n == l);
-            }
-            out
-        })
+        Box::pin(async move { self.judge().order(names).await })
     }
 
     fn may_disrupt(&self) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            let creds = disk_credentials(&self.pki)?;
-            let ms = members(&self.endpoints, &creds).await?;
-            let mut healthy = 0;
-            let mut down = Vec::new();
-            for (name, _, urls) in &ms {
-                match status(&urls[0], &creds).await {
-                    Ok(l) if l != 0 => healthy += 1,
-                    Ok(_) => down.push(format!("{name}: no leader")),
-                    Err(e) => down.push(e),
-                }
-            }
-            let quorum = ms.len() / 2 + 1;
-            if healthy > quorum {
-                Ok(())
-            } else {
-                Err(format!(
-                    "quorum guard: {healthy} of {} members healthy, restarting one would leave \
-                     fewer than {quorum}: {}",
-                    ms.len(),
-                    down.join("; ")
-                ))
-            }
-        })
+        Box::pin(async move { self.judge().may_disrupt().await })
     }
 }

@@ -9,6 +9,7 @@
 //! - [`record`]: the cluster record (etcd, or the state directory) with compare-and-swap;
 //! - [`node`]: one node's idempotent step, its backups and its proof from disk;
 //! - [`coordinate`]: what the lease holder decides (advance, wait, roll back);
+//! - [`notice`]: the `ca-rotation-due` notices, once per CA and stage;
 //! - [`settings`]: the `[ca]` table;
 //! - [`view`]: what the daemon knows of each track, for `ca status`.
 
@@ -17,6 +18,7 @@ pub mod drive;
 pub mod etcd;
 pub mod material;
 pub mod node;
+pub mod notice;
 pub mod phase;
 pub mod record;
 pub mod settings;

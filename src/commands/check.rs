@@ -9,12 +9,12 @@ use super::{Outcome, load_settings};
 use crate::cli::{NodeArgs, Output};
 use crate::config::Settings;
 use crate::inventory::Inventory;
-use crate::policy::Windows;
+use crate::policy::Thresholds;
 use crate::report::CheckReport;
 
 /// The status windows of the settings.
-pub fn windows(settings: &Settings) -> Windows {
-    Windows {
+pub fn windows(settings: &Settings) -> Thresholds {
+    Thresholds {
         notify_before: settings.policy.notify_before,
         renew_before: settings.policy.renew_before,
     }

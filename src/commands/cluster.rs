@@ -121,18 +121,61 @@ pub fn to_table(view: &ClusterView, now: OffsetDateTime) -> String {
             &rows,
         );
     }
+    if !view.ca.is_empty() {
+        out.push('\n');
+        ca_table(&mut out, view);
+    }
     out
 }
 
+/// The CA tracks as this node's daemon last read them (`certrotd ca status` has the detail).
+fn ca_table(out: &mut String, view: &ClusterView) {
+    let rows: Vec<Vec<String>> = view
+        .ca
+        .iter()
+        .map(|t| {
+            vec![
+                t.track.clone(),
+                t.phase.clone(),
+                if t.members == 0 {
+                    "-".to_owned()
+                } else {
+                    format!("{}/{}", t.members_done, t.members)
+                },
+                if t.rotation_id.is_empty() {
+                    "-".to_owned()
+                } else {
+                    t.rotation_id.clone()
+                },
+                t.blockers
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| "-".to_owned()),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "CA TRACK",
+            "PHASE",
+            "MEMBERS DONE",
+            "ROTATION",
+            "BLOCKED BY",
+        ],
+        &rows,
+    );
+}
+
 /// How long ago `text` (RFC 3339) was, "-" when it does not parse.
-fn age(text: &str, now: OffsetDateTime) -> String {
+pub(crate) fn age(text: &str, now: OffsetDateTime) -> String {
     OffsetDateTime::parse(text, &Rfc3339)
         .map(|t| format_residual((now - t).whole_seconds().max(0)))
         .unwrap_or_else(|_| "-".to_owned())
 }
 
 /// "in 29d" or "expired 3d ago".
-fn relative(text: &str, now: OffsetDateTime) -> String {
+pub(crate) fn relative(text: &str, now: OffsetDateTime) -> String {
     match OffsetDateTime::parse(text, &Rfc3339) {
         Ok(t) if t > now => format!("in {}", format_residual((t - now).whole_seconds())),
         Ok(t) => format!("expired {} ago", format_residual((now - t).whole_seconds())),
@@ -181,8 +224,27 @@ mod tests {
                 last_rotation: Some("20260501T090000Z-123456 Success".into()),
                 updated: "2026-05-01T09:59:00Z".into(),
             }],
+            ca: Vec::new(),
         };
         let t = to_table(&view, now);
+        assert!(!t.contains("CA TRACK"), "no CA section without tracks: {t}");
+        let view = ClusterView {
+            ca: vec![crate::control::proto::CaTrackSummary {
+                track: "etcd-ca".into(),
+                rotation_id: "ca-1".into(),
+                phase: "IssueNew".into(),
+                members_done: 2,
+                members: 3,
+                blockers: vec!["cp3 has not proved issue-new".into()],
+            }],
+            ..view
+        };
+        let t = to_table(&view, now);
+        let ca = t.lines().find(|l| l.starts_with("etcd-ca")).unwrap();
+        assert!(
+            ca.contains("IssueNew") && ca.contains("2/3") && ca.contains("cp3 has not"),
+            "{t}"
+        );
         assert!(t.contains("cluster prod (1 slot)"), "{t}");
         assert!(
             t.contains("cp1") && t.contains("etcd-member") && t.contains("idle"),

@@ -1,6 +1,7 @@
 //! What each subcommand does. `main` parses and dispatches; these functions take the parsed
 //! arguments and `now`, and return the process exit code.
 
+pub mod ca;
 pub mod check;
 pub mod cluster;
 pub mod config;

@@ -1,5 +1,6 @@
-//! `certrotd recover`: finish or roll back an interrupted rotation. `renew` and `restore` run the
-//! same recovery first, through [`lock_and_recover`].
+//! `certrotd recover` (the command keeps its name): finish or roll back interrupted rotations
+//! ([`crate::rotation::finish_interrupted`]). `renew` and `restore` do the same first, through
+//! [`lock_and_finish_interrupted`]. Not the all-expired etcd case (`daemon::cluster_recovery`).
 
 use std::process::ExitCode;
 
@@ -7,7 +8,7 @@ use super::{Failure, Outcome, load_settings};
 use crate::cli::NodeArgs;
 use crate::config::Settings;
 use crate::root::Root;
-use crate::rotation::recover::{Action, Recovered};
+use crate::rotation::finish_interrupted::{Interrupted, Resolution};
 use crate::rotation::session::Session;
 use crate::rotation::{StateDirs, Unguarded};
 
@@ -26,18 +27,18 @@ pub fn dirs(settings: &Settings) -> Result<(Root, StateDirs), Failure> {
 
 /// Opens a rotation session (the lock), recovers every unfinished rotation, prints what was
 /// done, and returns the session (the lock held until it is dropped).
-pub fn lock_and_recover(
+pub fn lock_and_finish_interrupted(
     root: &Root,
     state: &StateDirs,
     settings: &Settings,
     now: time::OffsetDateTime,
 ) -> Result<Session, Failure> {
     let session = Session::open(root, state, settings.renew.backups_keep)?;
-    let recovered = session.recover(&Unguarded, now)?;
-    print_recovered(&recovered);
+    let recovered = session.finish_interrupted(&Unguarded, now)?;
+    print_finished(&recovered);
     if let Some(r) = recovered
         .iter()
-        .find(|r| matches!(r.action, Action::Failed { .. }))
+        .find(|r| matches!(r.action, Resolution::Failed { .. }))
     {
         return Err(anyhow::anyhow!(
             "rotation {} is still unfinished (see above); nothing else is done until it is",
@@ -49,18 +50,18 @@ pub fn lock_and_recover(
 }
 
 /// Tells the operator what recovery did (what went wrong on stderr).
-pub fn print_recovered(recovered: &[Recovered]) {
+pub fn print_finished(recovered: &[Interrupted]) {
     for r in recovered {
         let what = match &r.action {
-            Action::Abandoned => {
+            Resolution::Abandoned => {
                 "was interrupted before installing anything; abandoned (nothing changed)".into()
             }
-            Action::RolledForward => {
+            Resolution::RolledForward => {
                 "was interrupted while installing; finished from its staged files".into()
             }
-            Action::RolledBack => "was interrupted; rolled back from its backup".into(),
-            Action::CleanedUp => "had finished; removed what it left behind".to_owned(),
-            Action::Quarantined { reason, moved_to } => {
+            Resolution::RolledBack => "was interrupted; rolled back from its backup".into(),
+            Resolution::CleanedUp => "had finished; removed what it left behind".to_owned(),
+            Resolution::Quarantined { reason, moved_to } => {
                 eprintln!(
                     "rotation {} quarantined: {reason}; moved to {}, none of its files touched \
                      (see `certrotd check`; its backup, if any, is kept)",
@@ -69,7 +70,7 @@ pub fn print_recovered(recovered: &[Recovered]) {
                 );
                 continue;
             }
-            Action::Failed { error } => {
+            Resolution::Failed { error } => {
                 eprintln!(
                     "rotation {}: recovery failed: {error}; it stays open and the next run retries",
                     r.id
@@ -88,10 +89,13 @@ pub fn print_recovered(recovered: &[Recovered]) {
 }
 
 /// Whether recovery left something for a person: a quarantined rotation, or one still open.
-fn needs_attention(recovered: &[Recovered]) -> bool {
-    recovered
-        .iter()
-        .any(|r| matches!(r.action, Action::Quarantined { .. } | Action::Failed { .. }))
+fn needs_attention(recovered: &[Interrupted]) -> bool {
+    recovered.iter().any(|r| {
+        matches!(
+            r.action,
+            Resolution::Quarantined { .. } | Resolution::Failed { .. }
+        )
+    })
 }
 
 /// Comma-separated display values.
@@ -108,12 +112,12 @@ pub fn run(node: &NodeArgs) -> Outcome {
     let settings = load_settings(node)?;
     let (root, state) = dirs(&settings)?;
     let session = Session::open(&root, &state, settings.renew.backups_keep)?;
-    let recovered = session.recover(&Unguarded, time::OffsetDateTime::now_utc())?;
+    let recovered = session.finish_interrupted(&Unguarded, time::OffsetDateTime::now_utc())?;
     drop(session);
     if recovered.is_empty() {
         println!("no interrupted rotation: nothing to recover");
     }
-    print_recovered(&recovered);
+    print_finished(&recovered);
     if needs_attention(&recovered) {
         return Ok(ExitCode::FAILURE);
     }

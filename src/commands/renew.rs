@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use time::OffsetDateTime;
 
-use super::recover::{dirs, join, lock_and_recover};
+use super::recover::{dirs, join, lock_and_finish_interrupted};
 use super::{EXIT_CONFIG, Failure, Outcome, load_settings};
 use crate::cli::RenewArgs;
 use crate::inventory::Inventory;
@@ -39,7 +39,7 @@ pub fn run(args: &RenewArgs, now: OffsetDateTime) -> Outcome {
         print_unfinished(&state);
         None
     } else {
-        Some(lock_and_recover(&root, &state, &settings, now)?)
+        Some(lock_and_finish_interrupted(&root, &state, &settings, now)?)
     };
 
     let inv = Inventory::for_settings(&settings);

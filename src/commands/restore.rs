@@ -2,11 +2,11 @@
 
 use std::process::ExitCode;
 
-use super::recover::{dirs, join, lock_and_recover};
+use super::recover::{dirs, join, lock_and_finish_interrupted};
 use super::{EXIT_CONFIG, Failure, Outcome, load_settings};
 use crate::cli::NodeArgs;
 use crate::rotation::Unguarded;
-use crate::rotation::recover;
+use crate::rotation::restore;
 use crate::store;
 
 /// Runs `certrotd restore`.
@@ -17,8 +17,9 @@ pub fn run(node: &NodeArgs, id: &str) -> Outcome {
     })?;
     let settings = load_settings(node)?;
     let (root, state) = dirs(&settings)?;
-    let session = lock_and_recover(&root, &state, &settings, time::OffsetDateTime::now_utc())?;
-    let restored = recover::restore(&session.context(&Unguarded), id)?;
+    let session =
+        lock_and_finish_interrupted(&root, &state, &settings, time::OffsetDateTime::now_utc())?;
+    let restored = restore::restore(&session.context(&Unguarded), id)?;
     let show = |p: &std::path::Path| {
         root.node_path(p)
             .unwrap_or_else(|| p.to_owned())

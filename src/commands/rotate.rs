@@ -16,10 +16,13 @@ pub fn run(client: &ClientArgs, types: &[String], certs: &[String]) -> Outcome {
     match ask(client, request, "certrotd rotate")? {
         Response::Rotate { rotation_id } => {
             println!("{rotation_id}");
-            eprintln!(
-                "rotation {rotation_id} started; follow it with `certrotd status` and \
-                 `certrotd history`"
-            );
+            // `--type etcd-ca` alone started a CA rotation, which `ca status` follows.
+            let follow = if types.iter().any(|t| crate::ca::Track::parse(t).is_some()) {
+                "`certrotd ca status`"
+            } else {
+                "`certrotd status` and `certrotd history`"
+            };
+            eprintln!("rotation {rotation_id} started; follow it with {follow}");
             Ok(ExitCode::SUCCESS)
         }
         other => Err(unexpected("certrotd rotate", &other)),

@@ -85,6 +85,9 @@ pub fn unexpected(command: &str, response: &Response) -> Failure {
         Response::History(_) => "history",
         Response::Reloaded => "reloaded",
         Response::Cluster(_) => "cluster",
+        Response::CaRotate { .. } => "ca rotate",
+        Response::CaStatus(_) => "ca status",
+        Response::CaAborted { .. } => "ca abort",
         Response::Error { .. } => "error",
     };
     Failure {

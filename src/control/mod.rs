@@ -11,4 +11,5 @@ mod admission;
 pub mod client;
 pub mod frame;
 pub mod proto;
+pub mod proto_ca;
 pub mod server;

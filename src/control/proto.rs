@@ -14,6 +14,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use super::proto_ca::{CaStatusView, CaTrackSummary};
+
 /// What a client asks the daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -39,14 +41,37 @@ pub enum Request {
     /// The cluster as the lease sees it: every node's summary, the slots' holders and the
     /// queue. Anyone the socket admits. (A daemon older than this answers it as a bad request.)
     Cluster,
+    /// Start rotating a CA (`certrotd ca rotate`). Root only.
+    CaRotate {
+        /// The track: "etcd-ca" or "front-proxy-ca".
+        track: String,
+        /// An absolute directory holding the operator's new CA (`ca.crt`, `ca.key`), read by
+        /// the daemon; `None`: the daemon makes one.
+        #[serde(default)]
+        from: Option<String>,
+    },
+    /// Every CA track: the CA on disk, the rotation's phase and per-node steps. Anyone the
+    /// socket admits.
+    CaStatus,
+    /// Roll back the open CA rotation of `track` (every open one when `None`). Root only.
+    CaAbort {
+        /// The track, or `None` for every open one.
+        #[serde(default)]
+        track: Option<String>,
+    },
 }
 
 impl Request {
     /// Whether the request changes the daemon's state, and so needs a privileged peer.
     pub fn changes_state(&self) -> bool {
         match self {
-            Request::Status | Request::History { .. } | Request::Cluster => false,
-            Request::Rotate { .. } | Request::Reload => true,
+            Request::Status | Request::History { .. } | Request::Cluster | Request::CaStatus => {
+                false
+            }
+            Request::Rotate { .. }
+            | Request::Reload
+            | Request::CaRotate { .. }
+            | Request::CaAbort { .. } => true,
         }
     }
 
@@ -58,6 +83,9 @@ impl Request {
             Request::History { .. } => "history",
             Request::Reload => "reload",
             Request::Cluster => "cluster",
+            Request::CaRotate { .. } => "ca rotate",
+            Request::CaStatus => "ca status",
+            Request::CaAbort { .. } => "ca abort",
         }
     }
 }
@@ -81,6 +109,18 @@ pub enum Response {
     Reloaded,
     /// The answer to [`Request::Cluster`].
     Cluster(ClusterView),
+    /// A CA rotation was started.
+    CaRotate {
+        /// Its id.
+        rotation_id: String,
+    },
+    /// The answer to [`Request::CaStatus`].
+    CaStatus(CaStatusView),
+    /// An abort was recorded.
+    CaAborted {
+        /// Which tracks now roll back, from which phase.
+        message: String,
+    },
     /// The request was not carried out.
     Error {
         /// Why, as a program should tell it apart.
@@ -279,6 +319,10 @@ pub struct ClusterView {
     pub queue: Vec<QueuedNode>,
     /// Every node that published a summary, by name.
     pub nodes: Vec<NodeSummary>,
+    /// The CA tracks as this node's daemon last read them (left out when it has none, so the
+    /// document is as before for a daemon without CA rotation).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ca: Vec<CaTrackSummary>,
 }
 
 /// A node holding a slot of the lease.
@@ -385,6 +429,19 @@ mod tests {
         );
         let r: Request = serde_json::from_str(r#"{"History":{}}"#).unwrap();
         assert_eq!(r, Request::History { limit: None });
+        assert_eq!(json(&Request::CaStatus), r#""CaStatus""#);
+        let r: Request = serde_json::from_str(r#"{"CaRotate":{"track":"etcd-ca"}}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::CaRotate {
+                track: "etcd-ca".into(),
+                from: None
+            }
+        );
+        assert!(r.changes_state() && !Request::CaStatus.changes_state());
+        let r: Request = serde_json::from_str(r#"{"CaAbort":{}}"#).unwrap();
+        assert_eq!(r, Request::CaAbort { track: None });
+        assert!(r.changes_state());
     }
 
     #[test]

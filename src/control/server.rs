@@ -6,8 +6,8 @@
 //! (as mini-redis does), so tests run the real server in process.
 //!
 //! Who may do what is decided by the peer's credentials (`SO_PEERCRED`), never by anything the
-//! client says: reading (status, history) for anyone the socket's mode admits, changing state
-//! (rotate, reload) for root only.
+//! client says: reading (status, history, cluster, ca status) for anyone the socket's mode
+//! admits, changing state (rotate, reload, ca rotate, ca abort) for root only.
 //!
 //! Every client is bounded, and none can lock root out: each user but root holds at most
 //! [`ServerOptions::max_per_uid`] connections (more are refused at once), a connection that sends
@@ -57,7 +57,8 @@ pub type HandlerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, HandlerErr
 
 /// What the daemon does with each request the server lets through.
 ///
-/// The server has already checked the peer: `rotate` and `reload` are only called for root.
+/// The server has already checked the peer: `rotate`, `reload`, `ca_rotate` and `ca_abort` are
+/// only called for root.
 /// The methods return boxed futures so that the trait stays object-safe (`Arc<dyn Handler>`).
 pub trait Handler: Send + Sync {
     /// The node's status now.
@@ -76,7 +77,26 @@ pub trait Handler: Send + Sync {
             ))
         })
     }
+    /// Starts rotating the CA `track` (from the operator's files in the absolute directory
+    /// `from`, or a new one); returns the rotation id. Only called for root.
+    fn ca_rotate(&self, track: String, from: Option<String>) -> HandlerFuture<'_, String> {
+        let _ = (track, from);
+        Box::pin(async { Err(HandlerError::failed(NO_CA)) })
+    }
+    /// Every CA track as the daemon last read it.
+    fn ca_status(&self) -> HandlerFuture<'_, proto::CaStatusView> {
+        Box::pin(async { Err(HandlerError::failed(NO_CA)) })
+    }
+    /// Rolls back the open CA rotation of `track` (every open one when `None`); says what it
+    /// did. Only called for root.
+    fn ca_abort(&self, track: Option<String>) -> HandlerFuture<'_, String> {
+        let _ = track;
+        Box::pin(async { Err(HandlerError::failed(NO_CA)) })
+    }
 }
+
+/// What a handler without CA rotation answers the CA requests.
+const NO_CA: &str = "this daemon does not rotate CAs";
 
 /// Why a handler did not carry out a request; sent to the client as [`Response::Error`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -605,6 +625,15 @@ async fn answer(request: Request, peer: Peer, handler: &dyn Handler) -> Response
             Request::History { limit } => handler.history(limit).await.map(Response::History),
             Request::Reload => handler.reload().await.map(|()| Response::Reloaded),
             Request::Cluster => handler.cluster().await.map(Response::Cluster),
+            Request::CaRotate { track, from } => handler
+                .ca_rotate(track, from)
+                .await
+                .map(|rotation_id| Response::CaRotate { rotation_id }),
+            Request::CaStatus => handler.ca_status().await.map(Response::CaStatus),
+            Request::CaAbort { track } => handler
+                .ca_abort(track)
+                .await
+                .map(|message| Response::CaAborted { message }),
         }
     };
     // A panicking handler must cost one answer, not the connection or the server.

@@ -4,7 +4,7 @@
 use time::OffsetDateTime;
 use tokio::task::spawn_blocking;
 
-use super::resume::{record_quarantined, recover_locked, still_open};
+use super::resume::{finish_interrupted_locked, record_quarantined, still_open};
 use super::rotate::Env;
 use crate::history::History;
 use crate::lease::Held;
@@ -12,7 +12,7 @@ use crate::pki::layout::Component;
 use crate::rotation::execute::{self, Report};
 use crate::rotation::plan::{Plan, PlanOptions};
 use crate::rotation::session::{self, Session};
-use crate::rotation::{Context, Guard, RotationError, Selection, Unguarded, recover};
+use crate::rotation::{Context, Guard, RotationError, Selection, Unguarded, restore};
 
 /// Plans under the rotation lock, after finishing or rolling back anything a crash left.
 pub(super) async fn make_plan(
@@ -30,7 +30,7 @@ pub(super) async fn make_plan(
     spawn_blocking(move || {
         let session = Session::open(&root, &state, settings.renew.backups_keep)
             .map_err(|e| format!("{e:#}"))?;
-        let recovered = recover_locked(&session, &Unguarded, now)?;
+        let recovered = finish_interrupted_locked(&session, &Unguarded, now)?;
         record_quarantined(&history, &settings.node_name, &recovered, now);
         still_open(&recovered)?;
         let inv = crate::inventory::Inventory::for_settings(&settings);
@@ -70,7 +70,7 @@ pub(super) async fn install(
 pub(super) async fn roll_back(env: &Env<'_>, id: &str) -> Result<(), RotationError> {
     let id = id.to_owned();
     under_lock(env, Box::new(Unguarded), move |ctx| {
-        recover::restore(ctx, &id).map(|_| ())
+        restore::restore(ctx, &id).map(|_| ())
     })
     .await
 }

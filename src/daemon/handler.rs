@@ -6,6 +6,8 @@
 //! receiving end of its reply: the loop sees that with [`Command::client_gone`] and need not
 //! start a rotation nobody waits for.
 
+pub mod ca_wire;
+
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -161,6 +163,25 @@ impl ViewCache {
 #[derive(Debug, Clone)]
 pub struct DaemonHandler(pub Arc<Shared>);
 
+impl DaemonHandler {
+    /// Hands the loop the command `make` builds around a reply channel and waits for the
+    /// reply; the loop's refusal is a failure (it tried, or judged it cannot).
+    async fn ask_loop(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<String, String>>) -> Command,
+    ) -> Result<String, HandlerError> {
+        let (reply, rx) = oneshot::channel();
+        self.0
+            .commands
+            .send(make(reply))
+            .await
+            .map_err(|_| HandlerError::failed("the daemon is stopping"))?;
+        rx.await
+            .map_err(|_| HandlerError::failed("the daemon is stopping"))?
+            .map_err(HandlerError::failed)
+    }
+}
+
 impl Handler for DaemonHandler {
     fn status(&self) -> HandlerFuture<'_, StatusReport> {
         Box::pin(async move {
@@ -182,6 +203,16 @@ impl Handler for DaemonHandler {
 
     fn rotate(&self, types: Vec<String>, certs: Vec<String>) -> HandlerFuture<'_, String> {
         Box::pin(async move {
+            // `certrotd rotate --type etcd-ca` is a CA rotation, which runs on its own.
+            if let Some(track) = types.iter().find_map(|t| crate::ca::Track::parse(t)) {
+                if types.len() > 1 || !certs.is_empty() {
+                    return Err(HandlerError::bad_request(format!(
+                        "{track} is a CA rotation and is started alone \
+                         (certrotd ca rotate {track}, or rotate --type {track} without other types or certs)"
+                    )));
+                }
+                return self.ca_rotate(track.as_str().to_owned(), None).await;
+            }
             let types = types
                 .iter()
                 .map(|t| t.parse::<RotationType>().map_err(HandlerError::bad_request))
@@ -241,8 +272,55 @@ impl Handler for DaemonHandler {
                 .views()
                 .get(lease.as_ref(), VIEW_TIMEOUT)
                 .await
-                .map(|view| view.to_wire())
+                .map(|view| {
+                    let mut wire = view.to_wire();
+                    wire.ca =
+                        ca_wire::summaries(&self.0.ca.read().unwrap_or_else(|e| e.into_inner()));
+                    wire
+                })
                 .map_err(HandlerError::failed)
+        })
+    }
+
+    fn ca_rotate(&self, track: String, from: Option<String>) -> HandlerFuture<'_, String> {
+        Box::pin(async move {
+            let track = ca_wire::parse_track(&track).map_err(HandlerError::bad_request)?;
+            let from = from.map(std::path::PathBuf::from);
+            // The daemon runs elsewhere than the client: a relative path would be read from the
+            // daemon's working directory, not the operator's.
+            if let Some(dir) = from.as_ref().filter(|d| !d.is_absolute()) {
+                return Err(HandlerError::bad_request(format!(
+                    "--from {}: give an absolute directory",
+                    dir.display()
+                )));
+            }
+            self.ask_loop(|reply| Command::CaRotate { track, from, reply })
+                .await
+        })
+    }
+
+    fn ca_status(&self) -> HandlerFuture<'_, proto::CaStatusView> {
+        Box::pin(async move {
+            let node = self
+                .0
+                .status
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .node
+                .clone();
+            let view = self.0.ca.read().unwrap_or_else(|e| e.into_inner());
+            Ok(ca_wire::status(&view, &node))
+        })
+    }
+
+    fn ca_abort(&self, track: Option<String>) -> HandlerFuture<'_, String> {
+        Box::pin(async move {
+            let track = track
+                .map(|t| ca_wire::parse_track(&t))
+                .transpose()
+                .map_err(HandlerError::bad_request)?;
+            self.ask_loop(|reply| Command::CaAbort { track, reply })
+                .await
         })
     }
 

@@ -13,12 +13,16 @@
 //! loop: stop requested? ─▶ Stopping
 //!       etcd certificates all expired? ─▶ Recovering (no lease)
 //!       a rotation left open? ─▶ Waiting ─▶ Resuming
+//!       a CA poll due? ─▶ CaTurn (this node's step of a CA rotation) ─▶ Idle
 //!       something due? ─▶ Waiting ─▶ Rotating ─▶ Idle | BackingOff
 //!       else Idle: select! { deadline, summary, file change, request, SIGHUP, watchdog, stop }
 //! ```
 
 pub mod backoff;
+pub mod ca_hooks;
+pub mod ca_turn;
 pub mod clock;
+pub mod cluster_recovery;
 pub mod components;
 pub mod consumers;
 pub mod engine;
@@ -30,7 +34,6 @@ pub mod mode;
 pub mod node;
 pub mod notify;
 pub mod peers;
-pub mod recovery;
 pub mod reload;
 pub mod resume;
 pub mod rotate;
@@ -61,7 +64,7 @@ use components::Components;
 use handler::{Command, DaemonHandler, Shared};
 use mode::Mode;
 use node::Daemon;
-use rotate::Request;
+use rotate::RotationRequest;
 use turn::Turned;
 
 /// How the daemon finds its configuration.
@@ -214,12 +217,12 @@ pub async fn serve(settings: Settings, edges: Edges) -> anyhow::Result<()> {
         }
         let now = d.clock.now();
         let retry_pending = d.backoff.waiting(now).is_some();
-        if !retry_pending && let Some(plan) = recovery::needed(&d.inventory, now) {
+        if !retry_pending && let Some(plan) = cluster_recovery::needed(&d.inventory, now) {
             // Announced first: once renewed, nothing expired is left to announce, and the journal
             // would never say which certificates had expired.
             let expired = d.decide(now);
             d.announce(&expired);
-            let req = Request {
+            let req = RotationRequest {
                 selection: Selection {
                     types: Vec::new(),
                     certs: plan.certs,
@@ -227,7 +230,7 @@ pub async fn serve(settings: Settings, edges: Edges) -> anyhow::Result<()> {
                 why: plan.why,
                 // Expired certificates: the components cannot be healthy, renewing is the cure.
                 skip_health_gate: true,
-                recovery: true,
+                cluster_recovery: true,
             };
             let turned = d.rotate(&shared, req, None, &mut shutdown).await;
             open |= settle(&mut d, turned, true);
@@ -241,17 +244,22 @@ pub async fn serve(settings: Settings, edges: Edges) -> anyhow::Result<()> {
             open = !rotate::interrupted(&d.history).is_empty();
             continue;
         }
+        if d.ca.due(tokio::time::Instant::now()) {
+            // CA rotations: this node's turn where it has one, a due CA's rotation started.
+            d.ca_poll(&shared, &mut shutdown).await;
+            continue;
+        }
         let decision = d.decide(now);
         d.announce(&decision);
         if !decision.due.is_empty() {
-            let req = Request {
+            let req = RotationRequest {
                 selection: Selection {
                     types: Vec::new(),
                     certs: decision.due.clone(),
                 },
                 why: why_due(&decision),
                 skip_health_gate: decision.expired,
-                recovery: false,
+                cluster_recovery: false,
             };
             let turned = d.rotate(&shared, req, None, &mut shutdown).await;
             open |= settle(&mut d, turned, true);
@@ -276,6 +284,7 @@ pub async fn serve(settings: Settings, edges: Edges) -> anyhow::Result<()> {
             .unwrap_or_else(|| tokio::time::Instant::now() + peers::PUBLISH_EVERY);
         tokio::select! {
             () = sleep => {}
+            () = tokio::time::sleep_until(d.ca.wake()) => {}
             () = tokio::time::sleep_until(publish_at) => d.publish_summary().await,
             Some(paths) = changes.recv() => d.on_change(&paths),
             Some(cmd) = commands.recv() => match cmd {
@@ -284,11 +293,11 @@ pub async fn serve(settings: Settings, edges: Edges) -> anyhow::Result<()> {
                     tracing::info!("a requested rotation was dropped: its client is gone");
                 }
                 Command::Rotate { selection, reply } => {
-                    let req = Request {
+                    let req = RotationRequest {
                         selection,
                         why: "requested with certrotd rotate".into(),
                         skip_health_gate: false,
-                        recovery: false,
+                        cluster_recovery: false,
                     };
                     let turned = d.rotate(&shared, req, Some(reply), &mut shutdown).await;
                     // A request that could not start was answered; no backoff for it.
@@ -299,8 +308,15 @@ pub async fn serve(settings: Settings, edges: Edges) -> anyhow::Result<()> {
                     let r = reload_now(&mut d, &reload, &mut watcher, &shared);
                     let _ = reply.send(r);
                 }
-                Command::CaRotate { reply, .. } | Command::CaAbort { reply, .. } => {
-                    let _ = reply.send(Err("CA rotation is not driven by the daemon yet".into()));
+                Command::CaRotate { track, from, reply } => {
+                    let r = d
+                        .ca_start(track, from, "requested with certrotd ca rotate")
+                        .await
+                        .map(|r| r.rotation_id);
+                    let _ = reply.send(r);
+                }
+                Command::CaAbort { track, reply } => {
+                    let _ = reply.send(d.ca_abort(track).await);
                 }
             },
             Some(()) = next_hangup(&mut hangups) => {

@@ -117,6 +117,14 @@ pub enum Mode {
         /// Its step.
         step: Step,
     },
+    /// Taking this node's part in a CA rotation (its step, or moving the phase on) with the
+    /// lease held; like a rotation, carried to its end before a stop.
+    CaTurn {
+        /// Which CA.
+        track: String,
+        /// The rotation's phase when the turn started.
+        phase: String,
+    },
     /// A rotation failed: nothing new starts before `until`.
     BackingOff {
         /// When the next attempt may start.
@@ -144,6 +152,8 @@ pub enum Kind {
     Waiting,
     /// [`Mode::Rotating`].
     Rotating,
+    /// [`Mode::CaTurn`].
+    CaTurn,
     /// [`Mode::BackingOff`].
     BackingOff,
     /// [`Mode::Stopping`].
@@ -160,6 +170,7 @@ impl Mode {
             Mode::Idle => Kind::Idle,
             Mode::Waiting { .. } => Kind::Waiting,
             Mode::Rotating { .. } => Kind::Rotating,
+            Mode::CaTurn { .. } => Kind::CaTurn,
             Mode::BackingOff { .. } => Kind::BackingOff,
             Mode::Stopping { .. } => Kind::Stopping,
         }
@@ -174,6 +185,7 @@ impl Mode {
             Mode::Idle => "idle",
             Mode::Waiting { .. } => "waiting",
             Mode::Rotating { .. } => "rotating",
+            Mode::CaTurn { .. } => "ca-rotating",
             Mode::BackingOff { .. } => "backing-off",
             Mode::Stopping { .. } => "stopping",
         }
@@ -202,7 +214,7 @@ impl Mode {
 
     /// Whether a rotation is under way (one that must be carried to its end before stopping).
     pub fn is_rotating(&self) -> bool {
-        self.step().is_some()
+        self.step().is_some() || matches!(self, Mode::CaTurn { .. })
     }
 }
 
@@ -216,6 +228,7 @@ impl fmt::Display for Mode {
             Mode::Idle => f.write_str("idle"),
             Mode::Waiting { detail, .. } => f.write_str(detail),
             Mode::Rotating { id, step } => write!(f, "rotation {id}: {step}"),
+            Mode::CaTurn { track, phase } => write!(f, "CA rotation of {track}: {phase}"),
             Mode::BackingOff { until } => write!(
                 f,
                 "backing off after a failed rotation until {}",
@@ -233,11 +246,13 @@ pub fn allowed(from: Kind, to: Kind) -> bool {
         // Stopping is the end.
         (Stopping, _) => false,
         // A rotation is carried to its end: it stops only by going back to Idle or BackingOff.
-        (Recovering | Resuming | Rotating, Stopping) => false,
+        (Recovering | Resuming | Rotating | CaTurn, Stopping) => false,
         (_, Stopping) => true,
         (Starting, Recovering | Idle) => true,
-        (Idle, Recovering | Waiting | BackingOff | Idle) => true,
-        (BackingOff, Recovering | Waiting | Idle | BackingOff) => true,
+        (Idle, Recovering | Waiting | BackingOff | Idle | CaTurn) => true,
+        (BackingOff, Recovering | Waiting | Idle | BackingOff | CaTurn) => true,
+        // A CA turn takes the lease inside the engine; it ends where a rotation does.
+        (CaTurn, CaTurn | Idle | BackingOff) => true,
         // The lease is held only after waiting for it: a leased rotation starts nowhere else.
         (Waiting, Waiting | Rotating | Resuming | Idle | BackingOff) => true,
         // The same rotation at its next step, or its end.
@@ -339,13 +354,14 @@ impl Machine {
 mod tests {
     use super::*;
 
-    const ALL: [Kind; 8] = [
+    const ALL: [Kind; 9] = [
         Kind::Starting,
         Kind::Recovering,
         Kind::Resuming,
         Kind::Idle,
         Kind::Waiting,
         Kind::Rotating,
+        Kind::CaTurn,
         Kind::BackingOff,
         Kind::Stopping,
     ];
@@ -359,7 +375,12 @@ mod tests {
 
     #[test]
     fn a_rotation_is_never_left_for_stopping() {
-        for from in [Kind::Recovering, Kind::Resuming, Kind::Rotating] {
+        for from in [
+            Kind::Recovering,
+            Kind::Resuming,
+            Kind::Rotating,
+            Kind::CaTurn,
+        ] {
             assert!(!allowed(from, Kind::Stopping), "{from:?}");
             assert!(allowed(from, Kind::Idle) && allowed(from, Kind::BackingOff));
         }

@@ -74,6 +74,8 @@ pub struct Daemon {
     pub fixed_lease: Option<Arc<dyn crate::lease::Lease>>,
     /// What Prometheus reads (`[metrics]`; fixed at start, a reload does not move it).
     pub metrics: crate::metrics::Metrics,
+    /// The CA rotation turns between polls.
+    pub ca: super::ca_turn::CaTurns,
 }
 
 impl Daemon {
@@ -91,12 +93,14 @@ impl Daemon {
         let state = StateDirs::new(&root, &settings.state_dir)?;
         let mut notices = Vec::new();
         let history = Arc::new(History::for_settings(&settings));
-        match recover_at_start(&root, &state, &settings, now) {
+        match finish_interrupted_at_start(&root, &state, &settings, now) {
             Ok(recovered) => {
                 super::rotate::record_quarantined(&history, &settings.node_name, &recovered, now);
                 for r in &recovered {
-                    if let crate::rotation::recover::Action::Quarantined { reason, moved_to } =
-                        &r.action
+                    if let crate::rotation::finish_interrupted::Resolution::Quarantined {
+                        reason,
+                        moved_to,
+                    } = &r.action
                     {
                         notices.push(format!(
                             "rotation {} was quarantined to {}: {reason}",
@@ -122,6 +126,7 @@ impl Daemon {
         let metrics = super::metered::metrics(&settings);
         Ok(Daemon {
             metrics,
+            ca: Default::default(),
             history,
             last_rotation,
             peers: Peers::default(),
@@ -207,7 +212,7 @@ impl Daemon {
             .iter()
             .map(|e| (e.name.clone(), e.cert.as_ref().map(|c| c.serial.clone())))
             .collect();
-        let req = crate::inventory::Request::for_settings(&self.root, &self.settings);
+        let req = crate::inventory::ScanRequest::for_settings(&self.root, &self.settings);
         self.inventory.refresh(&req, paths);
         let mut replaced = false;
         for e in &self.inventory.entries {
@@ -408,6 +413,7 @@ impl Daemon {
                 self.settings = s;
                 // The [lease] table may name another cluster: opened again on next use.
                 self.peers.reset();
+                self.ca.reset();
                 self.lease.backend = peers::backend_name(&self.settings);
                 self.info.config_sources = config_sources(&self.settings);
                 self.history = Arc::new(History::for_settings(&self.settings));
@@ -450,15 +456,15 @@ impl Daemon {
 pub const IDLE_BOUND: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Finishes or rolls back what a crash (or a SIGTERM mid-rotation) left, before anything else.
-fn recover_at_start(
+fn finish_interrupted_at_start(
     root: &Root,
     state: &StateDirs,
     settings: &Settings,
     now: OffsetDateTime,
-) -> Result<Vec<crate::rotation::recover::Recovered>, String> {
+) -> Result<Vec<crate::rotation::finish_interrupted::Interrupted>, String> {
     let session = crate::rotation::session::Session::open(root, state, settings.renew.backups_keep)
         .map_err(|e| format!("{e:#}"))?;
-    super::rotate::recover_locked(&session, &Unguarded, now)
+    super::rotate::finish_interrupted_locked(&session, &Unguarded, now)
 }
 
 /// The configuration files of `settings`, as status shows them.

@@ -14,7 +14,7 @@ use crate::history::{Record, State};
 use crate::lease::Held;
 use crate::rotation::journal::{Journal, Phase};
 use crate::rotation::session::Session;
-use crate::rotation::{Guard, recover};
+use crate::rotation::{Guard, finish_interrupted};
 
 /// Finishes the rotations a crash, SIGKILL or a lost lease left open: those history still shows
 /// as Initiated. First their files are made all-old or all-new (recovery, now with the lease as
@@ -27,7 +27,7 @@ pub async fn resume(env: &Env<'_>, lease: &Held) -> Vec<Finished> {
     if open.is_empty() {
         return finished;
     }
-    if let Err(e) = recover_guarded(env, lease).await {
+    if let Err(e) = finish_interrupted_guarded(env, lease).await {
         tracing::error!("finishing interrupted rotations: {e}");
     }
     let inv = match inventory(env).await {
@@ -116,14 +116,16 @@ pub fn interrupted(history: &History) -> Vec<Record> {
 
 /// Finishes or rolls back rotations a crash interrupted (the caller holds the lock), asking
 /// `guard` before every install of a roll-forward. Returns what it did to each; a rotation it
-/// could not recover stays open (`Action::Failed`), one whose journal cannot be trusted is
-/// quarantined (`Action::Quarantined`), and the others go on either way.
-pub fn recover_locked(
+/// could not recover stays open (`Resolution::Failed`), one whose journal cannot be trusted is
+/// quarantined (`Resolution::Quarantined`), and the others go on either way.
+pub fn finish_interrupted_locked(
     session: &Session,
     guard: &dyn Guard,
     now: OffsetDateTime,
-) -> Result<Vec<recover::Recovered>, String> {
-    let recovered = session.recover(guard, now).map_err(|e| format!("{e:#}"))?;
+) -> Result<Vec<finish_interrupted::Interrupted>, String> {
+    let recovered = session
+        .finish_interrupted(guard, now)
+        .map_err(|e| format!("{e:#}"))?;
     for r in &recovered {
         tracing::warn!(rotation_id = %r.id, "recovered interrupted rotation {}: {:?}", r.id, r.action);
     }
@@ -135,11 +137,11 @@ pub fn recover_locked(
 pub fn record_quarantined(
     history: &History,
     node: &str,
-    recovered: &[recover::Recovered],
+    recovered: &[finish_interrupted::Interrupted],
     now: OffsetDateTime,
 ) {
     for r in recovered {
-        let recover::Action::Quarantined { reason, moved_to } = &r.action else {
+        let finish_interrupted::Resolution::Quarantined { reason, moved_to } = &r.action else {
             continue;
         };
         let why = format!(
@@ -172,9 +174,9 @@ pub fn record_quarantined(
 }
 
 /// Refuses to plan while recovery left a rotation open: it is finished first, under the lease.
-pub(super) fn still_open(recovered: &[recover::Recovered]) -> Result<(), String> {
+pub(super) fn still_open(recovered: &[finish_interrupted::Interrupted]) -> Result<(), String> {
     match recovered.iter().find_map(|r| match &r.action {
-        recover::Action::Failed { error } => Some((r.id.as_str(), error.as_str())),
+        finish_interrupted::Resolution::Failed { error } => Some((r.id.as_str(), error.as_str())),
         _ => None,
     }) {
         Some((id, error)) => Err(format!(
@@ -185,7 +187,7 @@ pub(super) fn still_open(recovered: &[recover::Recovered]) -> Result<(), String>
 }
 
 /// Recovery under the lock with the lease as its guard (a roll-forward installs files).
-pub(super) async fn recover_guarded(env: &Env<'_>, lease: &Held) -> Result<(), String> {
+pub(super) async fn finish_interrupted_guarded(env: &Env<'_>, lease: &Held) -> Result<(), String> {
     let (settings, root, state, lease) = (
         env.settings.clone(),
         env.root.clone(),
@@ -197,7 +199,7 @@ pub(super) async fn recover_guarded(env: &Env<'_>, lease: &Held) -> Result<(), S
     spawn_blocking(move || {
         let session = Session::open(&root, &state, settings.renew.backups_keep)
             .map_err(|e| format!("{e:#}"))?;
-        let recovered = recover_locked(&session, &lease, now)?;
+        let recovered = finish_interrupted_locked(&session, &lease, now)?;
         record_quarantined(&history, &settings.node_name, &recovered, now);
         still_open(&recovered)
     })

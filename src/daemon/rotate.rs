@@ -22,7 +22,7 @@ use super::engine::{consumers, install, make_plan, roll_back};
 use super::failure::RotationFailure;
 use super::mode::Step;
 use super::reload::reload_or_restart;
-pub use super::resume::{interrupted, record_quarantined, recover_locked, resume};
+pub use super::resume::{finish_interrupted_locked, interrupted, record_quarantined, resume};
 use super::status::Underway;
 use crate::config::Settings;
 use crate::events;
@@ -35,7 +35,7 @@ use crate::rotation::{Selection, StateDirs};
 
 /// What to rotate and why.
 #[derive(Debug, Clone)]
-pub struct Request {
+pub struct RotationRequest {
     /// The certificates.
     pub selection: Selection,
     /// Why (for history and the journal).
@@ -43,9 +43,9 @@ pub struct Request {
     /// Skip the health gate: certificates are already expired, so the components cannot be
     /// healthy, and rotating is the cure.
     pub skip_health_gate: bool,
-    /// A recovery (see [`super::recovery`]): runs without the lease, records no fencing token,
+    /// A recovery (see [`super::cluster_recovery`]): runs without the lease, records no fencing token,
     /// and is never rolled back onto the expired certificates it replaces.
-    pub recovery: bool,
+    pub cluster_recovery: bool,
 }
 
 /// The rotation in progress, shared with `certrotd status`.
@@ -126,7 +126,7 @@ impl Finished {
 /// name the rotation, and `certrotd rotate` answers without waiting its turn.
 pub async fn plan_for(
     env: &Env<'_>,
-    req: &Request,
+    req: &RotationRequest,
     started: Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
 ) -> Result<Plan, RotationFailure> {
     let planned = make_plan(env, &req.selection, env.clock.now()).await;
@@ -142,14 +142,19 @@ pub async fn plan_for(
 
 /// An attempt that failed before anything was changed (the remote CA refused or could not be
 /// reached): recorded as Failed, like one that could not be planned.
-pub fn record_failed_attempt(env: &Env<'_>, req: &Request, failure: &RotationFailure) {
+pub fn record_failed_attempt(env: &Env<'_>, req: &RotationRequest, failure: &RotationFailure) {
     record_not_started(env, req, &failure.to_string(), env.clock.now());
 }
 
 /// An automatic rotation that could not even be planned (a remote CA's auth key unreadable, a
 /// certificate refused) leaves a Failed record, so history shows every attempt the backoff
 /// makes, not only those that got as far as building. (A requested one answers its caller.)
-pub(super) fn record_not_started(env: &Env<'_>, req: &Request, why: &str, now: OffsetDateTime) {
+pub(super) fn record_not_started(
+    env: &Env<'_>,
+    req: &RotationRequest,
+    why: &str,
+    now: OffsetDateTime,
+) {
     let id = crate::rotation::plan::new_id(now);
     let recorded = env
         .history
@@ -174,7 +179,7 @@ pub(super) fn record_not_started(env: &Env<'_>, req: &Request, why: &str, now: O
 }
 
 /// Runs a planned rotation with `lease` held (or, for a recovery, a token-less stand-in).
-pub async fn run_planned(env: &Env<'_>, req: Request, plan: Plan, lease: Held) -> Finished {
+pub async fn run_planned(env: &Env<'_>, req: RotationRequest, plan: Plan, lease: Held) -> Finished {
     let names: Vec<String> = plan.items.iter().map(|i| i.name().to_owned()).collect();
     let node = env.settings.node_name.clone();
     let started = env
@@ -195,7 +200,7 @@ pub async fn run_planned(env: &Env<'_>, req: Request, plan: Plan, lease: Held) -
             return closed_without_record(&plan.id, &node, names, e, env.clock.now());
         }
     };
-    if req.recovery {
+    if req.cluster_recovery {
         // No lease was taken: a token would claim an order this rotation never had.
         record.recovery = true;
         events::recovery(&node, &plan.id, &names, &req.why);

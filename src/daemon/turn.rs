@@ -14,7 +14,7 @@ use super::liveness::{Liveness, Pulse};
 use super::mode::{Machine, Mode, Step};
 use super::node::Daemon;
 use super::peers;
-use super::rotate::{self, Env, Fence, Finished, Request};
+use super::rotate::{self, Env, Fence, Finished, RotationRequest};
 use super::shutdown::Shutdown;
 use crate::config::Settings;
 use crate::control::proto::LeaseStatus;
@@ -40,7 +40,7 @@ enum Job {
     /// A planned rotation.
     Planned {
         /// What and why.
-        req: Request,
+        req: RotationRequest,
         /// Its plan (boxed: a plan is large, and the other job empty).
         plan: Box<crate::rotation::plan::Plan>,
     },
@@ -79,7 +79,7 @@ impl Daemon {
     pub async fn rotate(
         &mut self,
         shared: &Shared,
-        req: Request,
+        req: RotationRequest,
         reply: Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
         shutdown: &mut Shutdown,
     ) -> Turned {
@@ -104,7 +104,7 @@ impl Daemon {
                 }
             }
         }
-        if req.recovery {
+        if req.cluster_recovery {
             // The cluster is down (this member cannot talk to anyone): there is no lease to take.
             self.go(Mode::Recovering {
                 id: id.clone(),
@@ -136,7 +136,11 @@ impl Daemon {
 
     /// Obtains the remote CA's certificates of `plan` before the lease is taken (see
     /// [`obtain`]), feeding the watchdog while the CA answers.
-    async fn obtain(&mut self, plan: &Plan, req: &Request) -> Result<Obtained, RotationFailure> {
+    async fn obtain(
+        &mut self,
+        plan: &Plan,
+        req: &RotationRequest,
+    ) -> Result<Obtained, RotationFailure> {
         let step = Step::Obtain;
         self.go(Mode::Waiting {
             id: plan.id.clone(),

@@ -3,7 +3,11 @@
 
 use super::*;
 
-pub(super) fn plan_jobs(req: &Request<'_>, layouts: &[Layout], inv: &mut Inventory) -> Vec<Job> {
+pub(super) fn plan_jobs(
+    req: &ScanRequest<'_>,
+    layouts: &[Layout],
+    inv: &mut Inventory,
+) -> Vec<Job> {
     let mut jobs = Vec::new();
     let mut seen = HashSet::new();
     let mut push = |job: Job, jobs: &mut Vec<Job>| {

@@ -181,7 +181,7 @@ mod tests {
         };
         crate::sandbox::write(tmp.path(), &opts, now).unwrap();
         let root = crate::root::Root::new(tmp.path());
-        let inv = crate::inventory::scan(&crate::inventory::Request {
+        let inv = crate::inventory::scan(&crate::inventory::ScanRequest {
             root: &root,
             layouts: None,
             extra_paths: &[],

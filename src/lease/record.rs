@@ -154,6 +154,8 @@ impl ClusterView {
                     updated: n.updated.clone(),
                 })
                 .collect(),
+            // The daemon's handler adds the CA tracks; the lease knows nothing of them.
+            ca: Vec::new(),
         }
     }
 }

@@ -189,7 +189,7 @@ fn prepare(
 /// Installs every change in order (files, then symlinks), asking the guard before each.
 /// `contents[i]` is the new content of `changes[i]` when it is a file. With the rotation's
 /// `backup`, each install replaces only the very file or link that was backed up, or creates
-/// what was absent; without it (recovery, after [`super::recover`] set aside what it found),
+/// what was absent; without it (recovery, after [`super::finish_interrupted`] set aside what it found),
 /// whatever stands there is replaced, never followed.
 pub(crate) fn install_all(
     ctx: &Context<'_>,

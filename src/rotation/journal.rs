@@ -134,7 +134,7 @@ pub enum Outcome {
         why: String,
     },
     /// Given up by recovery: a crash (or a refusal) stopped it before anything was installed.
-    AbandonedByRecovery {
+    AbandonedInterrupted {
         /// Why it could not go on.
         why: String,
     },
@@ -144,7 +144,7 @@ pub enum Outcome {
         why: String,
     },
     /// Recovery restored the backup (empty `why`: it found the rotation rolling back already).
-    RolledBackByRecovery {
+    RolledBackInterrupted {
         /// Why it could not be rolled forward.
         why: String,
     },
@@ -158,9 +158,9 @@ pub enum Outcome {
 
 impl Outcome {
     const ABANDONED: &'static str = "abandoned before installing anything: ";
-    const ABANDONED_BY_RECOVERY: &'static str = "abandoned by recovery: ";
+    const ABANDONED_INTERRUPTED: &'static str = "abandoned by recovery: ";
     const ROLLED_BACK: &'static str = "rolled back: ";
-    const ROLLED_BACK_BY_RECOVERY: &'static str = "rolled back by recovery";
+    const ROLLED_BACK_INTERRUPTED: &'static str = "rolled back by recovery";
     const ROLLED_FORWARD: &'static str = "rolled forward by recovery";
     const RESTORED: &'static str = "restored on request";
 
@@ -169,17 +169,17 @@ impl Outcome {
         let why = |rest: &str| rest.to_owned();
         if let Some(rest) = s.strip_prefix(Self::ABANDONED) {
             Outcome::Abandoned { why: why(rest) }
-        } else if let Some(rest) = s.strip_prefix(Self::ABANDONED_BY_RECOVERY) {
-            Outcome::AbandonedByRecovery { why: why(rest) }
+        } else if let Some(rest) = s.strip_prefix(Self::ABANDONED_INTERRUPTED) {
+            Outcome::AbandonedInterrupted { why: why(rest) }
         } else if let Some(rest) = s.strip_prefix(Self::ROLLED_BACK) {
             Outcome::RolledBack { why: why(rest) }
-        } else if s == Self::ROLLED_BACK_BY_RECOVERY {
-            Outcome::RolledBackByRecovery { why: String::new() }
+        } else if s == Self::ROLLED_BACK_INTERRUPTED {
+            Outcome::RolledBackInterrupted { why: String::new() }
         } else if let Some(rest) = s
-            .strip_prefix(Self::ROLLED_BACK_BY_RECOVERY)
+            .strip_prefix(Self::ROLLED_BACK_INTERRUPTED)
             .and_then(|r| r.strip_prefix(": "))
         {
-            Outcome::RolledBackByRecovery { why: why(rest) }
+            Outcome::RolledBackInterrupted { why: why(rest) }
         } else if s == Self::ROLLED_FORWARD {
             Outcome::RolledForward
         } else if s == Self::RESTORED {
@@ -194,7 +194,7 @@ impl Outcome {
     pub fn is_abandoned(&self) -> bool {
         matches!(
             self,
-            Outcome::Abandoned { .. } | Outcome::AbandonedByRecovery { .. }
+            Outcome::Abandoned { .. } | Outcome::AbandonedInterrupted { .. }
         )
     }
 }
@@ -203,15 +203,15 @@ impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Outcome::Abandoned { why } => write!(f, "{}{why}", Self::ABANDONED),
-            Outcome::AbandonedByRecovery { why } => {
-                write!(f, "{}{why}", Self::ABANDONED_BY_RECOVERY)
+            Outcome::AbandonedInterrupted { why } => {
+                write!(f, "{}{why}", Self::ABANDONED_INTERRUPTED)
             }
             Outcome::RolledBack { why } => write!(f, "{}{why}", Self::ROLLED_BACK),
-            Outcome::RolledBackByRecovery { why } if why.is_empty() => {
-                f.write_str(Self::ROLLED_BACK_BY_RECOVERY)
+            Outcome::RolledBackInterrupted { why } if why.is_empty() => {
+                f.write_str(Self::ROLLED_BACK_INTERRUPTED)
             }
-            Outcome::RolledBackByRecovery { why } => {
-                write!(f, "{}: {why}", Self::ROLLED_BACK_BY_RECOVERY)
+            Outcome::RolledBackInterrupted { why } => {
+                write!(f, "{}: {why}", Self::ROLLED_BACK_INTERRUPTED)
             }
             Outcome::RolledForward => f.write_str(Self::ROLLED_FORWARD),
             Outcome::RestoredOnRequest => f.write_str(Self::RESTORED),
@@ -497,7 +497,7 @@ mod tests {
             ),
             (
                 "abandoned by recovery: interrupted before anything was installed",
-                Outcome::AbandonedByRecovery {
+                Outcome::AbandonedInterrupted {
                     why: "interrupted before anything was installed".into(),
                 },
             ),
@@ -509,13 +509,13 @@ mod tests {
             ),
             (
                 "rolled back by recovery: staged content x is missing or corrupt",
-                Outcome::RolledBackByRecovery {
+                Outcome::RolledBackInterrupted {
                     why: "staged content x is missing or corrupt".into(),
                 },
             ),
             (
                 "rolled back by recovery",
-                Outcome::RolledBackByRecovery { why: String::new() },
+                Outcome::RolledBackInterrupted { why: String::new() },
             ),
             ("rolled forward by recovery", Outcome::RolledForward),
             ("restored on request", Outcome::RestoredOnRequest),

@@ -10,22 +10,23 @@
 //!        → read back → journal(committed) → remove staged keys → prune old backups
 //! ```
 //!
-//! Recovery ([`recover`]) runs before anything else under the same lock: a rotation that stopped
+//! Finishing interrupted rotations ([`finish_interrupted`]) runs before anything else under the same lock: a rotation that stopped
 //! before installing is abandoned (nothing was changed), one whose staged contents are complete and
 //! verify is rolled forward, and one that cannot be rolled forward is restored from its backup. So
-//! after recovery every file of a rotation is all-old or all-new.
+//! after that every file of a rotation is all-old or all-new.
 //!
 //! A [`Guard`] is asked before every disruptive step; a step that finds it lost stops there and
 //! installs nothing more (the journal then says where, and the next holder finishes the rotation).
 
 pub mod build;
 pub mod execute;
+pub mod finish_interrupted;
 pub mod journal;
 pub mod lock;
 pub mod obtain;
 pub mod plan;
 pub mod recheck;
-pub mod recover;
+pub mod restore;
 pub mod select;
 pub mod session;
 pub mod stage;

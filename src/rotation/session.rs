@@ -9,9 +9,9 @@
 
 use time::OffsetDateTime;
 
+use super::finish_interrupted::{self, Interrupted};
 use super::lock::{self, RotationLock};
 use super::plan::{self, Plan, PlanOptions};
-use super::recover::{self, Recovered};
 use super::select::{self, SelectError};
 use super::{Context, Guard, RotationError, Selection, StateDirs};
 use crate::inventory::Inventory;
@@ -52,13 +52,13 @@ impl Session {
     }
 
     /// Finishes or rolls back every rotation a crash left, asking `guard` before each install
-    /// of a roll-forward; see [`recover::recover_at`].
-    pub fn recover(
+    /// of a roll-forward; see [`finish_interrupted::finish_all_at`].
+    pub fn finish_interrupted(
         &self,
         guard: &dyn Guard,
         now: OffsetDateTime,
-    ) -> Result<Vec<Recovered>, RotationError> {
-        recover::recover_at(&self.context(guard), now)
+    ) -> Result<Vec<Interrupted>, RotationError> {
+        finish_interrupted::finish_all_at(&self.context(guard), now)
     }
 }
 

@@ -37,7 +37,7 @@ const DEFAULT_LEAF_TTL: Duration = Duration::from_secs(365 * 86_400);
 /// kubeadm's default CA lifetime (`CACertificateValidityPeriod`).
 const DEFAULT_CA_TTL: Duration = Duration::from_secs(3650 * 86_400);
 /// Policy windows written into the sandbox's certrotd.toml for a full-length lifetime; shorter
-/// lifetimes get proportionally smaller windows (see `Windows::for_ttl`).
+/// lifetimes get proportionally smaller windows (see `LeafTiming::for_ttl`).
 const NOTIFY_BEFORE: Duration = Duration::from_secs(60 * 86_400);
 const RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 const EMERGENCY_BEFORE: Duration = Duration::from_secs(7 * 86_400);
@@ -254,18 +254,18 @@ impl Times {
 
 /// The `[policy]` windows for a leaf lifetime: the defaults, shrunk to 60 %, 30 % and 10 % of
 /// the lifetime when they would not fit, so a sandbox with short-lived leaves renews on its own.
-struct Windows {
+struct LeafTiming {
     notify: Duration,
     renew: Duration,
     emergency: Duration,
     jitter: Duration,
 }
 
-impl Windows {
-    fn for_ttl(ttl: Duration) -> Windows {
+impl LeafTiming {
+    fn for_ttl(ttl: Duration) -> LeafTiming {
         let secs = ttl.as_secs();
         let part = |percent: u64| Duration::from_secs((secs * percent / 100).max(1));
-        Windows {
+        LeafTiming {
             notify: NOTIFY_BEFORE.min(part(60)),
             renew: RENEW_BEFORE.min(part(30)),
             emergency: EMERGENCY_BEFORE.min(part(10)),
@@ -280,7 +280,7 @@ impl Windows {
 fn certrotd_config(root: &Path, opts: &SandboxOptions) -> String {
     // toml's Display of a string value quotes and escapes it.
     let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
-    let w = Windows::for_ttl(opts.leaf_ttl);
+    let w = LeafTiming::for_ttl(opts.leaf_ttl);
     let mut out =
         String::from("# certrotd configuration for a sandbox node written by certrotd::sandbox.\n");
     // Writing to a String cannot fail.

@@ -13,12 +13,12 @@ fn written_durations_read_back_as_the_config_parses_them() {
 
 #[test]
 fn policy_windows_fit_the_leaf_lifetime() {
-    let w = Windows::for_ttl(DEFAULT_LEAF_TTL);
+    let w = LeafTiming::for_ttl(DEFAULT_LEAF_TTL);
     assert_eq!(
         (w.notify, w.renew, w.emergency),
         (NOTIFY_BEFORE, RENEW_BEFORE, EMERGENCY_BEFORE)
     );
-    let w = Windows::for_ttl(Duration::from_secs(600));
+    let w = LeafTiming::for_ttl(Duration::from_secs(600));
     assert_eq!(
         (w.notify, w.renew, w.emergency),
         (
@@ -29,7 +29,7 @@ fn policy_windows_fit_the_leaf_lifetime() {
     );
     // In between, each window is the smaller of its default and its share, so the order
     // notify >= renew >= emergency always holds.
-    let w = Windows::for_ttl(Duration::from_secs(90 * 86_400));
+    let w = LeafTiming::for_ttl(Duration::from_secs(90 * 86_400));
     assert_eq!(w.notify, Duration::from_secs(54 * 86_400));
     assert_eq!(w.renew, Duration::from_secs(27 * 86_400));
     assert_eq!(w.emergency, EMERGENCY_BEFORE);

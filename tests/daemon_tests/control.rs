@@ -1524,6 +1524,7 @@ fn canned_cluster() -> ClusterView {
                 updated: "2026-05-01T10:00:00Z".into(),
             })
             .collect(),
+        ca: Vec::new(),
     }
 }
 
@@ -1619,7 +1620,7 @@ fn records_and_requests_of_older_and_newer_versions_still_parse() {
 // ---------------------------------------------------------------------------------------------
 
 /// The daemon's own handler with an inbox the test reads in place of the daemon's loop.
-fn daemon_handler(
+pub(crate) fn daemon_handler(
     dir: &TempDir,
 ) -> (
     Arc<certrotd::daemon::handler::DaemonHandler>,

@@ -14,6 +14,7 @@
 mod support;
 
 mod bounds;
+mod ca_control;
 mod ca_rotation;
 mod cfssl_before_lease;
 mod control;

@@ -16,7 +16,7 @@ use certrotd::rotation::journal::{Journal, Phase};
 use certrotd::rotation::plan::{self, PlanOptions};
 use certrotd::rotation::{
     Context, Guard, GuardLost, RotationError, RotationType, Selection, StateDirs, Unguarded,
-    execute, lock, recover, select,
+    execute, finish_interrupted, lock, select,
 };
 use certrotd::sandbox::SandboxOptions;
 use support::renewal::*;
@@ -82,12 +82,15 @@ fn phase(node: &Node, id: &str) -> Phase {
         .phase
 }
 
-fn recover_with(node: &Node, guard: &dyn Guard) -> Result<Vec<recover::Recovered>, RotationError> {
+fn recover_with(
+    node: &Node,
+    guard: &dyn Guard,
+) -> Result<Vec<finish_interrupted::Interrupted>, RotationError> {
     let s = settings(node);
     let root = Root::new(&s.root);
     let state = StateDirs::new(&root, &s.state_dir).unwrap();
     let _lock = lock::acquire(&state).unwrap();
-    recover::recover(&Context {
+    finish_interrupted::finish_all(&Context {
         root: &root,
         state: &state,
         backups_keep: s.renew.backups_keep,
@@ -157,7 +160,10 @@ fn a_lost_guard_stops_the_rotation_and_the_next_holder_finishes_it() {
     // The next holder rolls it forward.
     let done = recover_with(&node, &Unguarded).unwrap();
     assert_eq!(done.len(), 1);
-    assert_eq!(done[0].action, recover::Action::RolledForward);
+    assert_eq!(
+        done[0].action,
+        finish_interrupted::Resolution::RolledForward
+    );
     assert_eq!(phase(&node, &id), Phase::Committed);
     assert_consistent(&node.root, Some(vec![Layout::Kubeadm]), &[]);
     assert!(changed(&snapshot(&node.root)) > 3);

@@ -327,7 +327,7 @@ mod armed {
         assert!(
             cases
                 .iter()
-                .any(|(p, _)| p == Failpoint::RecoverInstalled.name()),
+                .any(|(p, _)| p == Failpoint::RollForwardInstalled.name()),
             "{cases:?}"
         );
         parallel(&cases, |(point, n)| {

@@ -301,7 +301,7 @@ fn a_change_re_reads_that_file_only() {
         std::fs::write(pki.join(f), b"broken").unwrap();
     }
     let req_root = certrotd::root::Root::new(r);
-    let req = certrotd::inventory::Request {
+    let req = certrotd::inventory::ScanRequest {
         root: &req_root,
         layouts: None,
         extra_paths: &[],

@@ -19,7 +19,7 @@ use certrotd::decide::{self, Policy};
 use certrotd::history::{History, State};
 use certrotd::inventory::Inventory;
 use certrotd::pki::layout::Component;
-use certrotd::policy::Windows;
+use certrotd::policy::Thresholds;
 use certrotd::report::CheckReport;
 use support::*;
 use time::OffsetDateTime;
@@ -87,7 +87,7 @@ fn normalized(root: &Path, json: String) -> Vec<u8> {
 fn check_json_is_unchanged() {
     let (root, inv) = node();
     let settings = Settings::default();
-    let windows = Windows {
+    let windows = Thresholds {
         notify_before: settings.policy.notify_before,
         renew_before: settings.policy.renew_before,
     };
@@ -251,4 +251,97 @@ fn an_old_history_file_keeps_loading() {
     let records: Vec<_> = read.records.iter().map(|r| r.to_wire()).collect();
     let json = serde_json::to_string_pretty(&records).unwrap() + "\n";
     assert_golden("history-old.json", json.as_bytes());
+}
+
+/// `certrotd ca status -o json` for a fixed view: etcd-ca in IssueNew with two of its three
+/// members' steps recorded, front-proxy-ca never rotated. The record's wrapped key and PEM are
+/// in the view and must stay out of the document.
+#[test]
+fn ca_status_json_is_unchanged() {
+    use certrotd::ca::record::{CaRecord, NodeStep, PhaseMark};
+    use certrotd::ca::view::{CaView, DiskCa, TrackView};
+    use certrotd::ca::{Level, Phase, Track};
+
+    let step = |level, token, at| NodeStep {
+        level,
+        fencing_token: token,
+        proved_at: at,
+        detail: format!("etcd/ca.crt holds {level}"),
+    };
+    let mark = |phase, at, token| PhaseMark {
+        phase,
+        started_at: at,
+        by: "cp1".into(),
+        fencing_token: token,
+    };
+    let record = CaRecord {
+        track: Track::EtcdCa,
+        rotation_id: "20250110T113000Z-ca0001".into(),
+        phase: Phase::IssueNew,
+        old_fp: "0a".repeat(32),
+        new_fp: "0b".repeat(32),
+        old_ca_pem: "-----BEGIN CERTIFICATE-----\nOLD\n-----END CERTIFICATE-----\n".into(),
+        new_ca_pem: "-----BEGIN CERTIFICATE-----\nNEW\n-----END CERTIFICATE-----\n".into(),
+        wrapped_key: "V1JBUFBFRC1LRVk".into(),
+        members: vec!["cp1".into(), "cp2".into(), "cp3".into()],
+        nodes: [
+            (
+                "cp1".to_owned(),
+                step(Level::IssueNew, 14, datetime!(2025-01-10 11:50:00 UTC)),
+            ),
+            (
+                "cp2".to_owned(),
+                step(Level::TrustBoth, 9, datetime!(2025-01-10 11:40:00 UTC)),
+            ),
+        ]
+        .into(),
+        phases: vec![
+            mark(Phase::Planned, datetime!(2025-01-10 11:30:00 UTC), 0),
+            mark(Phase::TrustBoth, datetime!(2025-01-10 11:31:00 UTC), 7),
+            mark(Phase::IssueNew, datetime!(2025-01-10 11:45:00 UTC), 13),
+        ],
+    };
+    let view = CaView {
+        as_of: Some(NOW),
+        tracks: vec![
+            TrackView {
+                track: Track::EtcdCa,
+                disk: Some(DiskCa {
+                    fingerprint: "0b".repeat(32),
+                    subject: "CN=etcd-ca".into(),
+                    not_after: datetime!(2035-01-08 11:30:00 UTC),
+                    due_from: datetime!(2033-12-09 11:30:00 UTC),
+                }),
+                disk_error: None,
+                record: Some(record),
+                order: vec!["cp2".into(), "cp3".into(), "cp1".into()],
+                blockers: vec![
+                    "cp2 has not proved issue-new".into(),
+                    "cp3 has not proved issue-new".into(),
+                ],
+                error: None,
+            },
+            TrackView {
+                track: Track::FrontProxyCa,
+                disk: Some(DiskCa {
+                    fingerprint: "0c".repeat(32),
+                    subject: "CN=front-proxy-ca".into(),
+                    not_after: datetime!(2034-11-02 08:00:00 UTC),
+                    due_from: datetime!(2033-10-03 08:00:00 UTC),
+                }),
+                disk_error: None,
+                record: None,
+                order: vec![],
+                blockers: vec![],
+                error: Some("reading the record: etcd unreachable".into()),
+            },
+        ],
+    };
+    let wire = certrotd::daemon::handler::ca_wire::status(&view, "cp1");
+    // As commands::ca prints it.
+    let json = serde_json::to_string_pretty(&wire).unwrap() + "\n";
+    for secret in ["V1JBUFBFRC1LRVk", "BEGIN"] {
+        assert!(!json.contains(secret), "{secret}: {json}");
+    }
+    assert_golden("ca-status.json", json.as_bytes());
 }

@@ -67,7 +67,7 @@ fn kubeadm_root_from(set: &Path) -> tempfile::TempDir {
 /// Scans a root.
 pub fn scan(root: &Path, layouts: Option<Vec<Layout>>, extra: &[&str]) -> Inventory {
     let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    inventory::scan(&inventory::Request {
+    inventory::scan(&inventory::ScanRequest {
         root: &Root::new(root),
         layouts,
         extra_paths: &extra,

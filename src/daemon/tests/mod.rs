@@ -2,6 +2,7 @@
 //! temporary directory, with paused tokio time and in-memory lease and components ([`fakes`]).
 //! They add to the tests against real etcd and systemd under `tests/`, never replace them.
 
+mod ca;
 mod fakes;
 mod transitions;
 
@@ -32,6 +33,9 @@ const REAL_LIMIT: Duration = Duration::from_secs(60);
 /// What a test does to the node's files before the daemon starts.
 type BeforeStart = Box<dyn FnOnce(&Settings)>;
 
+/// What a test changes in the settings before the daemon starts.
+type Configure = Box<dyn FnOnce(&mut Settings)>;
+
 /// How a test's node is set up.
 #[derive(Default)]
 pub struct Builder {
@@ -40,6 +44,7 @@ pub struct Builder {
     failing_proofs: Vec<(Component, usize)>,
     before_start: Option<BeforeStart>,
     prefer_reload: bool,
+    configure: Option<Configure>,
 }
 
 impl Builder {
@@ -68,6 +73,12 @@ impl Builder {
         self
     }
 
+    /// Changes the loaded settings before the daemon starts.
+    pub fn configure(mut self, f: impl FnOnce(&mut Settings) + 'static) -> Self {
+        self.configure = Some(Box::new(f));
+        self
+    }
+
     /// Runs `f` on the node's files before the daemon starts.
     pub fn before_start(mut self, f: impl FnOnce(&Settings) + 'static) -> Self {
         self.before_start = Some(Box::new(f));
@@ -91,6 +102,9 @@ impl Builder {
         })
         .unwrap();
         settings.restart.prefer_reload = self.prefer_reload;
+        if let Some(f) = self.configure {
+            f(&mut settings);
+        }
         if let Some(f) = self.before_start {
             f(&settings);
         }

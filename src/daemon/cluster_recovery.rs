@@ -1,4 +1,5 @@
-//! Recovery of a cluster whose certificates all expired (powered off for more than a year).
+//! Cluster recovery: a cluster whose certificates all expired (powered off for more than a year).
+//! (Not the finishing of interrupted rotations, which is `rotation::finish_interrupted`.)
 //!
 //! When this node's own etcd server AND peer certificates have expired, its etcd member cannot
 //! talk to anyone, so the cluster cannot be up and there is no availability left to protect. The
@@ -15,7 +16,7 @@ use crate::rotation::RotationType;
 
 /// What a recovery renews, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecoveryPlan {
+pub struct Plan {
     /// The certificates (inventory names): every etcd leaf the node has.
     pub certs: Vec<String>,
     /// Why, for history and the journal.
@@ -29,7 +30,7 @@ const DOWN_WHEN_EXPIRED: [&str; 2] = ["etcd-server", "etcd-peer"];
 /// Whether this node must recover its etcd without the lease at `now`, and what to renew. `None`
 /// when the node runs no etcd member or either certificate is still valid (then the cluster may
 /// be up, and the lease is required).
-pub fn needed(inv: &Inventory, now: OffsetDateTime) -> Option<RecoveryPlan> {
+pub fn needed(inv: &Inventory, now: OffsetDateTime) -> Option<Plan> {
     let mut expired_at = Vec::new();
     for name in DOWN_WHEN_EXPIRED {
         let cert = inv.get(name)?.cert.as_ref()?;
@@ -49,7 +50,7 @@ pub fn needed(inv: &Inventory, now: OffsetDateTime) -> Option<RecoveryPlan> {
         .filter(|n| inv.get(n).is_some_and(|e| e.cert.is_some()))
         .map(|n| (*n).to_owned())
         .collect();
-    Some(RecoveryPlan {
+    Some(Plan {
         certs,
         why: format!(
             "RECOVERY without the lease: {}; this etcd member cannot reach its peers, so the cluster cannot be up",
@@ -78,7 +79,7 @@ mod tests {
         )
         .unwrap();
         let root = Root::new(&sb.dir);
-        let inv = crate::inventory::scan(&crate::inventory::Request {
+        let inv = crate::inventory::scan(&crate::inventory::ScanRequest {
             root: &root,
             layouts: Some(vec![Layout::Kubeadm]),
             extra_paths: &[],

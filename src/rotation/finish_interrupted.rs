@@ -1,7 +1,9 @@
-//! Recover: finish or undo every rotation a crash (or a lost guard) left unfinished, so that each
-//! one's files are all-old or all-new; and `restore`, which puts a rotation's backup back.
+//! Finishing interrupted rotations: finish or undo every rotation a crash (or a lost guard) left
+//! unfinished, so that each one's files are all-old or all-new. (`certrotd recover` runs this;
+//! the word "recovery" elsewhere means the all-expired etcd case, `daemon::cluster_recovery`.
+//! Putting a chosen rotation's backup back on request is [`super::restore`].)
 //!
-//! | journal phase            | staged contents verify | what recovery does                         |
+//! | journal phase            | staged contents verify | what finishing does                        |
 //! |--------------------------|------------------------|--------------------------------------------|
 //! | (no journal)             | –                      | removes the empty rotation directory       |
 //! | (unreadable, unknown)    | –                      | quarantines it, touches none of its files  |
@@ -38,11 +40,11 @@ use super::journal::{self, Change, Journal, Outcome, Phase};
 use super::{Context, RotationError, check_guard, recheck, stage};
 use crate::failpoint::Failpoint;
 use crate::pki::layout::Component;
-use crate::store::{self, Backup, RestoreReport};
+use crate::store::{self, Backup};
 
 /// What recovery did to one rotation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub enum Resolution {
     /// It had installed nothing; it was closed as rolled back (and its backup deleted).
     Abandoned,
     /// Its staged contents were installed and it was committed.
@@ -69,20 +71,20 @@ pub enum Action {
 
 /// One rotation recovery dealt with.
 #[derive(Debug, Clone)]
-pub struct Recovered {
+pub struct Interrupted {
     /// The rotation id.
     pub id: String,
     /// What was done.
-    pub action: Action,
+    pub action: Resolution,
     /// Components to restart (after a roll-forward installed new certificates).
     pub consumers: Vec<Component>,
     /// Things an operator should know (a file displaced, why staged contents were refused).
     pub warnings: Vec<String>,
 }
 
-impl Recovered {
-    fn only(id: &str, action: Action) -> Recovered {
-        Recovered {
+impl Interrupted {
+    fn only(id: &str, action: Resolution) -> Interrupted {
+        Interrupted {
             id: id.to_owned(),
             action,
             consumers: Vec::new(),
@@ -92,21 +94,24 @@ impl Recovered {
 }
 
 /// Recovers every unfinished rotation, oldest first, judging staged certificates at the current
-/// time (the CLI's entry; the daemon passes its clock to [`recover_at`]). The caller holds the
+/// time (the CLI's entry; the daemon passes its clock to [`finish_all_at`]). The caller holds the
 /// rotation lock.
-pub fn recover(ctx: &Context<'_>) -> Result<Vec<Recovered>, RotationError> {
-    recover_at(ctx, OffsetDateTime::now_utc())
+pub fn finish_all(ctx: &Context<'_>) -> Result<Vec<Interrupted>, RotationError> {
+    finish_all_at(ctx, OffsetDateTime::now_utc())
 }
 
 /// Recovers every unfinished rotation, oldest first, each on its own: a rotation that cannot be
 /// trusted is quarantined and one that fails stays open, and either is reported in its
-/// [`Recovered`] while the others go on. Errors only when nothing can go on: the rotations
+/// [`Interrupted`] while the others go on. Errors only when nothing can go on: the rotations
 /// directory cannot be read, or the guard was lost. The caller holds the rotation lock.
-pub fn recover_at(ctx: &Context<'_>, now: OffsetDateTime) -> Result<Vec<Recovered>, RotationError> {
+pub fn finish_all_at(
+    ctx: &Context<'_>,
+    now: OffsetDateTime,
+) -> Result<Vec<Interrupted>, RotationError> {
     let mut out = Vec::new();
     for (id, dir) in journal::list(ctx.state)? {
         let result = match Journal::load(&dir) {
-            Ok(j) => recover_dir(ctx, &id, &dir, j, now),
+            Ok(j) => finish_dir(ctx, &id, &dir, j, now),
             Err(e) => Err(Trouble::Untrusted(e)),
         };
         match result {
@@ -115,9 +120,9 @@ pub fn recover_at(ctx: &Context<'_>, now: OffsetDateTime) -> Result<Vec<Recovere
             Err(Trouble::Failed(e @ RotationError::GuardLost { .. })) => return Err(e),
             Err(Trouble::Failed(e)) => {
                 error!(rotation = %id, error = %e, "recovering the rotation failed; it stays open");
-                out.push(Recovered::only(
+                out.push(Interrupted::only(
                     &id,
-                    Action::Failed {
+                    Resolution::Failed {
                         error: e.to_string(),
                     },
                 ));
@@ -147,23 +152,23 @@ impl From<RotationError> for Trouble {
     }
 }
 
-fn recover_dir(
+fn finish_dir(
     ctx: &Context<'_>,
     id: &str,
     dir: &Path,
     j: Option<Journal>,
     now: OffsetDateTime,
-) -> Result<Option<Recovered>, Trouble> {
+) -> Result<Option<Interrupted>, Trouble> {
     let Some(j) = j else {
         // A crash between creating the directory and the first journal write: nothing else of
         // this rotation exists yet.
         std::fs::remove_dir_all(dir)
             .map_err(RotationError::io("remove empty rotation directory", dir))?;
         store::fsync_dir(&ctx.state.rotations()).map_err(RotationError::from)?;
-        return Ok(Some(Recovered::only(id, Action::CleanedUp)));
+        return Ok(Some(Interrupted::only(id, Resolution::CleanedUp)));
     };
     if !j.phase.is_final() {
-        return recover_one(ctx, dir, j, now).map(Some);
+        return finish_one(ctx, dir, j, now).map(Some);
     }
     let mut cleaned = false;
     if stage::dir(dir).exists() {
@@ -176,12 +181,12 @@ fn recover_dir(
         store::remove(&ctx.state.backups(), id).map_err(RotationError::from)?;
         cleaned = true;
     }
-    Ok(cleaned.then(|| Recovered::only(id, Action::CleanedUp)))
+    Ok(cleaned.then(|| Interrupted::only(id, Resolution::CleanedUp)))
 }
 
 /// Moves a rotation that cannot be trusted to `<state>/quarantine/<id>` (another name if that is
 /// taken), touching nothing it names.
-fn quarantine(ctx: &Context<'_>, id: &str, dir: &Path, why: &RotationError) -> Recovered {
+fn quarantine(ctx: &Context<'_>, id: &str, dir: &Path, why: &RotationError) -> Interrupted {
     let reason = why.to_string();
     let moved = (|| -> Result<PathBuf, RotationError> {
         let q = ctx.state.quarantine();
@@ -205,29 +210,29 @@ fn quarantine(ctx: &Context<'_>, id: &str, dir: &Path, why: &RotationError) -> R
                 quarantine = %to.display(),
                 "rotation quarantined: its journal cannot be trusted, its files were left as they are"
             );
-            Recovered::only(
+            Interrupted::only(
                 id,
-                Action::Quarantined {
+                Resolution::Quarantined {
                     reason,
                     moved_to: to,
                 },
             )
         }
-        Err(e) => Recovered::only(
+        Err(e) => Interrupted::only(
             id,
-            Action::Failed {
+            Resolution::Failed {
                 error: format!("{reason}; moving it to quarantine failed: {e}"),
             },
         ),
     }
 }
 
-fn recover_one(
+fn finish_one(
     ctx: &Context<'_>,
     dir: &Path,
     mut j: Journal,
     now: OffsetDateTime,
-) -> Result<Recovered, Trouble> {
+) -> Result<Interrupted, Trouble> {
     info!(rotation = %j.id, phase = j.phase.as_str(), "recovering an unfinished rotation");
     let named = j.paths.iter().map(PathBuf::as_path);
     inside_root(ctx, &j.id, named.chain(j.changes.iter().map(Change::path)))?;
@@ -259,7 +264,7 @@ fn recover_one(
                         &contents,
                         &mut warnings,
                     )?;
-                    Action::RolledForward
+                    Resolution::RolledForward
                 }
                 Err(why) if j.phase == Phase::Staged => {
                     warnings.push(why.clone());
@@ -269,7 +274,7 @@ fn recover_one(
                     warnings.push(why.clone());
                     let backup = backup?;
                     restore_after_crash(ctx, dir, &mut j, &backup, why, &mut warnings)?;
-                    Action::RolledBack
+                    Resolution::RolledBack
                 }
             }
         }
@@ -279,19 +284,19 @@ fn recover_one(
             let outcome = j
                 .outcome
                 .clone()
-                .unwrap_or(Outcome::RolledBackByRecovery { why: String::new() });
+                .unwrap_or(Outcome::RolledBackInterrupted { why: String::new() });
             execute::restore(dir, &mut j, &backup, outcome)?;
-            Action::RolledBack
+            Resolution::RolledBack
         }
-        Phase::Committed | Phase::RolledBack => Action::CleanedUp,
+        Phase::Committed | Phase::RolledBack => Resolution::CleanedUp,
     };
     for w in &warnings {
         warn!(rotation = %id, "{w}");
     }
     info!(rotation = %id, action = ?action, "rotation recovered");
-    Ok(Recovered {
+    Ok(Interrupted {
         id,
-        consumers: if action == Action::RolledForward {
+        consumers: if action == Resolution::RolledForward {
             j.consumers.clone()
         } else {
             Vec::new()
@@ -347,12 +352,12 @@ fn abandon_after_crash(
     dir: &Path,
     j: &mut Journal,
     why: String,
-) -> Result<Action, RotationError> {
-    j.outcome = Some(Outcome::AbandonedByRecovery { why });
+) -> Result<Resolution, RotationError> {
+    j.outcome = Some(Outcome::AbandonedInterrupted { why });
     j.advance(dir, Phase::RolledBack)?;
     stage::remove(dir)?;
     execute::discard_backup(ctx, &j.id);
-    Ok(Action::Abandoned)
+    Ok(Resolution::Abandoned)
 }
 
 /// Restores the backup of a rotation that installed part of its changes, keeping aside a file
@@ -372,7 +377,7 @@ fn restore_after_crash(
             keep_aside(dir, i, change.path(), &j.id, warnings)?;
         }
     }
-    execute::restore(dir, j, backup, Outcome::RolledBackByRecovery { why })?;
+    execute::restore(dir, j, backup, Outcome::RolledBackInterrupted { why })?;
     Ok(())
 }
 
@@ -425,7 +430,7 @@ fn roll_forward(
     }
     let changes: Vec<Change> = pending.iter().map(|(c, _)| c.clone()).collect();
     let data: Vec<Option<&[u8]>> = pending.iter().map(|(_, d)| *d).collect();
-    execute::install_all(ctx, &changes, &data, Failpoint::RecoverInstalled, None)?;
+    execute::install_all(ctx, &changes, &data, Failpoint::RollForwardInstalled, None)?;
     execute::verify_installed(dir, &j.changes)?;
     j.outcome = Some(Outcome::RolledForward);
     j.advance(dir, Phase::Committed)?;
@@ -463,7 +468,7 @@ fn inside_root<'a>(
 }
 
 /// Opens a rotation's backup, refusing one that would restore outside the node root.
-fn open_backup(ctx: &Context<'_>, id: &str) -> Result<Backup, RotationError> {
+pub(super) fn open_backup(ctx: &Context<'_>, id: &str) -> Result<Backup, RotationError> {
     let backup = Backup::open(&ctx.state.backups(), id)?;
     inside_root(ctx, id, backup.entries().iter().map(|e| e.path.as_path()))?;
     Ok(backup)
@@ -533,36 +538,5 @@ fn remove_temps(ctx: &Context<'_>, dir: &Path, j: &Journal) {
             }
             Err(e) => warn!(error = %e, "cannot clean temp files"),
         }
-    }
-}
-
-/// What `restore` did.
-#[derive(Debug, Clone)]
-pub struct Restored {
-    /// Paths put back, removed or already as saved.
-    pub report: RestoreReport,
-    /// Components that read those files.
-    pub consumers: Vec<Component>,
-}
-
-/// Puts the backup of rotation `id` back (journaled, so a crash mid-way is finished by the next
-/// recovery). The caller holds the rotation lock and has run recovery.
-pub fn restore(ctx: &Context<'_>, id: &str) -> Result<Restored, RotationError> {
-    store::validate_rotation_id(id)?;
-    let backup = open_backup(ctx, id)?;
-    check_guard(ctx.guard, "restoring the backup")?;
-    let dir = ctx.state.rotation(id);
-    match Journal::load(&dir)? {
-        Some(mut j) => {
-            let report = execute::restore(&dir, &mut j, &backup, Outcome::RestoredOnRequest)?;
-            Ok(Restored {
-                report,
-                consumers: j.consumers,
-            })
-        }
-        None => Ok(Restored {
-            report: backup.restore()?,
-            consumers: Vec::new(),
-        }),
     }
 }

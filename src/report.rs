@@ -112,72 +112,35 @@ impl CheckReport {
     /// The report as kubeadm-style tables.
     pub fn to_table(&self) -> String {
         let mut out = String::new();
-        let leaves: Vec<&CertReport> = self
-            .certificates
-            .iter()
-            .filter(|c| c.kind == "leaf")
-            .collect();
-        let cas: Vec<&CertReport> = self
-            .certificates
-            .iter()
-            .filter(|c| c.kind == "ca")
-            .collect();
         let yes_no = |b: bool| if b { "yes" } else { "no" }.to_owned();
-        let expires = |c: &CertReport| c.not_after_kubeadm();
-        let residual = |c: &CertReport| {
-            c.residual_seconds
-                .map(crate::duration::format_residual)
-                .unwrap_or_else(|| "-".into())
+        // Leaves and CAs share their columns but the signer, which only a leaf shows.
+        let rows = |kind: &str, signer: bool| -> Vec<Vec<String>> {
+            self.certificates
+                .iter()
+                .filter(|c| c.kind == kind)
+                .map(|c| {
+                    let residual = c.residual_seconds.map(crate::duration::format_residual);
+                    let mut row = vec![
+                        c.name.clone(),
+                        c.not_after_kubeadm(),
+                        residual.unwrap_or_else(|| "-".into()),
+                    ];
+                    if signer {
+                        row.push(c.signer.clone().unwrap_or_else(|| "-".into()));
+                    }
+                    row.extend([yes_no(c.externally_managed), c.status.to_string()]);
+                    row
+                })
+                .collect()
         };
-        let rows: Vec<Vec<String>> = leaves
-            .iter()
-            .map(|c| {
-                vec![
-                    c.name.clone(),
-                    expires(c),
-                    residual(c),
-                    c.signer.clone().unwrap_or_else(|| "-".into()),
-                    yes_no(c.externally_managed),
-                    c.status.to_string(),
-                ]
-            })
-            .collect();
-        table(
-            &mut out,
-            &[
-                "CERTIFICATE",
-                "EXPIRES",
-                "RESIDUAL TIME",
-                "CERTIFICATE AUTHORITY",
-                "EXTERNALLY MANAGED",
-                "STATUS",
-            ],
-            &rows,
-        );
+        let (expires, residual, external, status) =
+            ("EXPIRES", "RESIDUAL TIME", "EXTERNALLY MANAGED", "STATUS");
+        let ca = "CERTIFICATE AUTHORITY";
+        let leaf_header = ["CERTIFICATE", expires, residual, ca, external, status];
+        table(&mut out, &leaf_header, &rows("leaf", true));
         out.push('\n');
-        let rows: Vec<Vec<String>> = cas
-            .iter()
-            .map(|c| {
-                vec![
-                    c.name.clone(),
-                    expires(c),
-                    residual(c),
-                    yes_no(c.externally_managed),
-                    c.status.to_string(),
-                ]
-            })
-            .collect();
-        table(
-            &mut out,
-            &[
-                "CERTIFICATE AUTHORITY",
-                "EXPIRES",
-                "RESIDUAL TIME",
-                "EXTERNALLY MANAGED",
-                "STATUS",
-            ],
-            &rows,
-        );
+        let ca_header = [ca, expires, residual, external, status];
+        table(&mut out, &ca_header, &rows("ca", false));
         for k in &self.key_pairs {
             let state = match k.key_match {
                 Some(true) => "public and private key match",
@@ -209,12 +172,7 @@ impl CheckReport {
             )
             .chain(self.warnings.iter().map(|w| format!("warning: {w}")))
             .collect();
-        if !problems.is_empty() {
-            out.push_str("\nPROBLEMS\n");
-            for p in problems {
-                let _ = writeln!(out, "  {p}");
-            }
-        }
+        section(&mut out, "PROBLEMS", &problems);
         out
     }
 }
@@ -259,6 +217,17 @@ fn cert_report(e: &Entry, windows: &Thresholds, now: OffsetDateTime) -> CertRepo
         consumers: e.consumers.clone(),
         status: a.status,
         problems,
+    }
+}
+
+/// A titled list after a blank line, one indented item a line; nothing at all when it is empty.
+pub fn section(out: &mut String, title: &str, items: &[impl std::fmt::Display]) {
+    if items.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\n{title}");
+    for item in items {
+        let _ = writeln!(out, "  {item}");
     }
 }
 

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::Outcome;
-use super::status::{ask, unexpected};
+use super::status::{ask, show, unexpected};
 use crate::cli::{ClientArgs, Output};
 use crate::control::proto::{ClusterView, Request, Response};
 use crate::duration::format_residual;
@@ -21,13 +21,7 @@ pub fn run(client: &ClientArgs, output: Output) -> Outcome {
         Response::Cluster(view) => view,
         other => return Err(unexpected("certrotd status --cluster", &other)),
     };
-    match output {
-        Output::Table => print!("{}", to_table(&view, OffsetDateTime::now_utc())),
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&view).map_err(anyhow::Error::from)?
-        ),
-    }
+    show(output, &view, |v| to_table(v, OffsetDateTime::now_utc()))?;
     Ok(ExitCode::SUCCESS)
 }
 

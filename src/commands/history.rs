@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use super::Outcome;
-use super::status::{ask, list, unexpected};
+use super::status::{ask, list, show, unexpected};
 use crate::cli::{ClientArgs, Output};
 use crate::control::proto::{HistoryRecord, Request, Response};
 use crate::report::table;
@@ -14,13 +14,7 @@ pub fn run(client: &ClientArgs, output: Output, limit: Option<usize>) -> Outcome
         Response::History(records) => records,
         other => return Err(unexpected("certrotd history", &other)),
     };
-    match output {
-        Output::Table => print!("{}", to_table(&records)),
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&records).map_err(anyhow::Error::from)?
-        ),
-    }
+    show(output, &records, |r| to_table(r))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -16,7 +16,7 @@ use crate::control::client::{self, ClientError};
 use crate::control::proto::{CertStatus, ErrorKind, Request, Response, StatusReport};
 use crate::duration::format_residual;
 use crate::policy::Status;
-use crate::report::table;
+use crate::report::{section, table};
 
 /// Exit code when the daemon cannot be reached (not running, no permission, no answer).
 pub const EXIT_UNREACHABLE: u8 = 3;
@@ -61,6 +61,22 @@ fn unreachable(e: ClientError) -> Failure {
     }
 }
 
+/// Prints what the daemon answered, as `output` asks: a table made by `table`, or the JSON.
+pub fn show<T: serde::Serialize>(
+    output: Output,
+    answer: &T,
+    table: impl FnOnce(&T) -> String,
+) -> Result<(), Failure> {
+    match output {
+        Output::Table => print!("{}", table(answer)),
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(answer).map_err(anyhow::Error::from)?
+        ),
+    }
+    Ok(())
+}
+
 /// The failure for an answer of the wrong kind: a daemon of another version, most likely.
 pub fn unexpected(command: &str, response: &Response) -> Failure {
     let kind = match response {
@@ -88,13 +104,7 @@ pub fn run(client: &ClientArgs, output: Output) -> Outcome {
         Response::Status(report) => report,
         other => return Err(unexpected("certrotd status", &other)),
     };
-    match output {
-        Output::Table => print!("{}", to_table(&report)),
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?
-        ),
-    }
+    show(output, &report, to_table)?;
     Ok(if report.certificates.iter().any(needs_attention) {
         ExitCode::from(1)
     } else {
@@ -206,23 +216,13 @@ pub fn to_table(report: &StatusReport) -> String {
             r.last_error
         );
     }
-    if !report.notices.is_empty() {
-        out.push_str("\nNOTICES\n");
-        for n in &report.notices {
-            let _ = writeln!(out, "  {n}");
-        }
-    }
+    section(&mut out, "NOTICES", &report.notices);
     let problems: Vec<String> = report
         .certificates
         .iter()
         .flat_map(|c| c.problems.iter().map(move |p| format!("{}: {p}", c.name)))
         .collect();
-    if !problems.is_empty() {
-        out.push_str("\nPROBLEMS\n");
-        for p in problems {
-            let _ = writeln!(out, "  {p}");
-        }
-    }
+    section(&mut out, "PROBLEMS", &problems);
     out
 }
 

@@ -75,6 +75,11 @@ impl CaTurns {
         self.next_poll.unwrap_or_else(Instant::now)
     }
 
+    /// Polls at the next pass of the loop (a request changed a record).
+    pub fn poll_now(&mut self) {
+        self.next_poll = None;
+    }
+
     /// Forgets the connection (a reload may name another cluster) and polls at once.
     pub fn reset(&mut self) {
         self.conn = None;
@@ -92,12 +97,12 @@ enum Turn {
 
 impl Daemon {
     /// The node's kubeadm PKI directory (the only layout whose CAs certrotd rotates).
-    fn ca_pki(&self) -> PathBuf {
+    pub(super) fn ca_pki(&self) -> PathBuf {
         self.settings.in_root(KUBEADM_PKI)
     }
 
     /// The tracks this node takes part in: those whose CA file it holds.
-    fn ca_tracks(&self) -> Vec<Track> {
+    pub(super) fn ca_tracks(&self) -> Vec<Track> {
         let pki = self.ca_pki();
         Track::ALL
             .into_iter()
@@ -109,7 +114,7 @@ impl Daemon {
         CaSettings::from_config(&self.settings.ca)
     }
 
-    fn etcd_judge(&self) -> Option<EtcdJudge> {
+    pub(super) fn etcd_judge(&self) -> Option<EtcdJudge> {
         (self.settings.lease.backend == LeaseBackend::Etcd && self.fixed_lease.is_none()).then(
             || EtcdJudge {
                 pki: self.ca_pki(),
@@ -119,7 +124,7 @@ impl Daemon {
         )
     }
 
-    fn ca_driver(&self, track: Track) -> Driver {
+    pub(super) fn ca_driver(&self, track: Track) -> Driver {
         let state = self.settings.in_root(&self.settings.state_dir);
         Driver {
             node: self.settings.node_name.clone(),
@@ -140,7 +145,7 @@ impl Daemon {
     }
 
     /// The lease and the record store, with the credentials on disk now.
-    async fn ca_connect(&mut self) -> Result<Conn, String> {
+    pub(super) async fn ca_connect(&mut self) -> Result<Conn, String> {
         if let Some(c) = &self.ca.conn {
             return Ok(c.clone());
         }
@@ -434,75 +439,6 @@ impl Daemon {
             self.note(what);
         }
         stage == Due::Now && !rolled_back && has_key
-    }
-
-    /// Starts a rotation of `track` (the new CA generated, or read from `from`).
-    pub async fn ca_start(
-        &mut self,
-        track: Track,
-        from: Option<PathBuf>,
-        why: &str,
-    ) -> Result<CaRecord, String> {
-        let conn = self.ca_connect().await?;
-        let members = match self.etcd_judge() {
-            Some(judge) => judge.member_names().await?,
-            None => vec![self.settings.node_name.clone()],
-        };
-        let driver = self.ca_driver(track);
-        let record = driver
-            .start(&conn, from.as_deref(), &members, self.clock.now())
-            .await
-            .map_err(|e| e.to_string())?;
-        tracing::info!(
-            "CA rotation {} of {track} planned ({why}); members: {}",
-            record.rotation_id,
-            members.join(", ")
-        );
-        crate::events::ca::ca_phase_started(
-            &self.settings.node_name,
-            track.as_str(),
-            &record.rotation_id,
-            &record.phase.to_string(),
-        );
-        self.ca.next_poll = None;
-        Ok(record)
-    }
-
-    /// `certrotd ca abort`: rolls back the open rotation of `track` (of every track: `None`).
-    pub async fn ca_abort(&mut self, track: Option<Track>) -> Result<String, String> {
-        let conn = self.ca_connect().await?;
-        let mut done = Vec::new();
-        for t in self.ca_tracks() {
-            if track.is_some_and(|want| want != t) {
-                continue;
-            }
-            let last = conn.store.load(t).await.map_err(|e| e.to_string())?;
-            match (&last, track) {
-                (Some((r, _)), _) if !r.phase.is_final() => {}
-                (_, None) => continue,
-                (Some((r, _)), Some(_)) => {
-                    return Err(format!(
-                        "no {t} rotation is open: the last one, {}, is {}",
-                        r.rotation_id, r.phase
-                    ));
-                }
-                (None, Some(_)) => return Err(format!("no {t} rotation has been started")),
-            }
-            let to = self
-                .ca_driver(t)
-                .abort(&conn, self.clock.now())
-                .await
-                .map_err(|e| e.to_string())?;
-            done.push(format!("{t}: rolling back ({to})"));
-        }
-        self.ca.next_poll = None;
-        if done.is_empty() {
-            return Err(match track {
-                Some(t) => format!("no {t} rotation is open on this node"),
-                None => "no CA rotation is open".into(),
-            });
-        }
-        Ok(done.join("; "))
     }
 
     /// This node's turn on an open rotation, the watchdog fed meanwhile.

@@ -20,6 +20,7 @@
 
 pub mod backoff;
 pub mod ca_hooks;
+pub mod ca_request;
 pub mod ca_turn;
 pub mod clock;
 pub mod cluster_recovery;

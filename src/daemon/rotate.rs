@@ -253,19 +253,9 @@ fn closed_without_record(
     let failure = RotationFailure::NotStarted(format!("recording it in history failed: {why}"));
     Finished::Closed {
         record: Record {
-            id: id.to_owned(),
-            node: node.to_owned(),
-            certificates,
             state: State::Failed,
-            started_at: now,
             finished_at: Some(now),
-            reason: Some(failure.to_string()),
-            disruptive_from: None,
-            disruptive_to: None,
-            fencing_token: None,
-            recovery: false,
-            reloaded: Vec::new(),
-            restarted: Vec::new(),
+            ..Record::initiated(id, node, certificates, Some(failure.to_string()), now)
         },
         failure: Some(failure),
     }

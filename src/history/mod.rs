@@ -22,7 +22,7 @@ use std::sync::Mutex;
 use time::OffsetDateTime;
 
 use crate::config::Settings;
-use crate::store::{self, StoreError};
+use crate::store::{self, PathIo, StoreError};
 
 mod line;
 mod record;
@@ -49,16 +49,8 @@ const STATE_DIR_MODE: u32 = 0o700;
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     /// A filesystem call failed.
-    #[error("cannot {op} {}", path.display())]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The path it was done to.
-        path: PathBuf,
-        /// The operating system's error.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIo),
     /// The atomic rewrite (compaction) failed.
     #[error("cannot compact {}", path.display())]
     Compact {
@@ -88,11 +80,7 @@ pub enum HistoryError {
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> HistoryError + 'a {
-    move |source| HistoryError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| PathIo::at(op, path)(source).into()
 }
 
 /// What [`History::read`] found.
@@ -161,21 +149,7 @@ impl History {
         reason: Option<String>,
         now: OffsetDateTime,
     ) -> Result<Record, HistoryError> {
-        let record = Record {
-            id: id.to_owned(),
-            node: node.to_owned(),
-            certificates,
-            state: State::Initiated,
-            started_at: now,
-            finished_at: None,
-            reason,
-            disruptive_from: None,
-            disruptive_to: None,
-            fencing_token: None,
-            recovery: false,
-            reloaded: Vec::new(),
-            restarted: Vec::new(),
-        };
+        let record = Record::initiated(id, node, certificates, reason, now);
         self.append(&record)?;
         Ok(record)
     }

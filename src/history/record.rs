@@ -39,6 +39,34 @@ pub struct Record {
     pub restarted: Vec<String>,
 }
 
+impl Record {
+    /// A rotation of `certificates` on `node` that has just started at `now`, with nothing else
+    /// known yet.
+    pub fn initiated(
+        id: &str,
+        node: &str,
+        certificates: Vec<String>,
+        reason: Option<String>,
+        now: OffsetDateTime,
+    ) -> Record {
+        Record {
+            id: id.to_owned(),
+            node: node.to_owned(),
+            certificates,
+            state: State::Initiated,
+            started_at: now,
+            finished_at: None,
+            reason,
+            disruptive_from: None,
+            disruptive_to: None,
+            fencing_token: None,
+            recovery: false,
+            reloaded: Vec::new(),
+            restarted: Vec::new(),
+        }
+    }
+}
+
 /// Where a rotation stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {

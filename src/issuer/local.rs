@@ -55,16 +55,7 @@ impl Issuer for LocalCa {
     fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, IssueError> {
         let mut notes = Vec::new();
         let not_before = req.now - BACKDATE;
-        let wanted = time::Duration::try_from(req.validity)
-            .ok()
-            .and_then(|v| req.now.checked_add(v))
-            .ok_or_else(|| {
-                IssueError::Template(format!(
-                    "validity {} from {} is past the last date a certificate can hold",
-                    crate::duration::format(req.validity),
-                    crate::timefmt::rfc3339(req.now)
-                ))
-            })?;
+        let wanted = super::valid_until(req.now, req.validity)?;
         let not_after = if wanted > self.cert.not_after {
             notes.push(format!(
                 "lifetime clamped to the CA {}'s NotAfter {} (a certificate cannot outlive its CA)",

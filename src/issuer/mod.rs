@@ -24,6 +24,24 @@ pub const BACKDATE: time::Duration = time::Duration::minutes(5);
 /// another node): a NotBefore up to this far after the time of issue is still taken as valid.
 pub const CLOCK_SKEW: time::Duration = time::Duration::minutes(10);
 
+/// The end of a lifetime of `validity` issued at `now`; refused when it falls past the last date
+/// a certificate can hold.
+pub(crate) fn valid_until(
+    now: OffsetDateTime,
+    validity: Duration,
+) -> Result<OffsetDateTime, IssueError> {
+    time::Duration::try_from(validity)
+        .ok()
+        .and_then(|v| now.checked_add(v))
+        .ok_or_else(|| {
+            IssueError::Template(format!(
+                "validity {} from {} is past the last date a certificate can hold",
+                crate::duration::format(validity),
+                crate::timefmt::rfc3339(now)
+            ))
+        })
+}
+
 /// What to renew.
 pub struct IssueRequest<'a> {
     /// The certificate being replaced: the authority for every attribute.

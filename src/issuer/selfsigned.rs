@@ -52,16 +52,7 @@ pub struct Regenerated {
 pub fn regenerate(req: &SelfSignedRequest<'_>) -> Result<Regenerated, IssueError> {
     use rcgen::PublicKeyData as _;
     let not_before = req.now - BACKDATE;
-    let not_after = time::Duration::try_from(req.validity)
-        .ok()
-        .and_then(|v| req.now.checked_add(v))
-        .ok_or_else(|| {
-            IssueError::Template(format!(
-                "validity {} from {} is past the last date a certificate can hold",
-                crate::duration::format(req.validity),
-                crate::timefmt::rfc3339(req.now)
-            ))
-        })?;
+    let not_after = super::valid_until(req.now, req.validity)?;
     let ts = req.now.unix_timestamp();
     let ca_subject = restamp(&req.ca.subject_der, ts).unwrap_or_else(|| req.ca.subject_der.clone());
     let leaf_subject = restamp(&req.leaf.subject_der, ts);

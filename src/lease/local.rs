@@ -62,19 +62,8 @@ impl LocalLease {
     /// Still held: not lost, and no later acquisition on this node took a newer token (two
     /// daemons sharing a state directory would otherwise both go ahead).
     fn confirm_inner(&self, held: &Held, step: &str) -> Result<(), LeaseError> {
-        let fenced = |why: String| {
-            held.mark_lost(&why);
-            LeaseError::Fenced {
-                step: step.to_owned(),
-                why,
-            }
-        };
-        if !held.is_held() {
-            return Err(LeaseError::Fenced {
-                step: step.to_owned(),
-                why: held.why_lost(),
-            });
-        }
+        held.confirm_held(step)?;
+        let fenced = |why: String| held.fence(step, why);
         let text = std::fs::read_to_string(&self.token_file).map_err(|e| {
             fenced(format!(
                 "reading the fencing token {}: {e}",

@@ -284,6 +284,26 @@ impl Held {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+
+    /// Refuses `step` if the lease is lost already.
+    pub(crate) fn confirm_held(&self, step: &str) -> Result<(), LeaseError> {
+        if self.is_held() {
+            return Ok(());
+        }
+        Err(LeaseError::Fenced {
+            step: step.to_owned(),
+            why: self.why_lost(),
+        })
+    }
+
+    /// Fences `step` for `why`, marking the lease lost so every later step is refused too.
+    pub(crate) fn fence(&self, step: &str, why: String) -> LeaseError {
+        self.mark_lost(&why);
+        LeaseError::Fenced {
+            step: step.to_owned(),
+            why,
+        }
+    }
 }
 
 impl Guard for Held {

@@ -198,33 +198,30 @@ fn dn(mut labels: Labels, prefix: &str, name: &X509Name<'_>) -> Labels {
 /// failed reads per `source_kind` (the exporter counts one per unreadable file per scrape, so
 /// `increase(x509_source_errors_total[15m]) > 0` keeps firing while a file stays unreadable).
 pub fn render(out: &mut String, snap: &Snapshot, source_errors: &[(&str, u64)], now: i64) {
-    encode::family(
-        out,
-        "x509_cert_not_after",
-        Kind::Gauge,
-        "Certificate NotAfter, Unix seconds (x509-certificate-exporter compatible)",
-    );
-    for s in &snap.series {
-        encode::sample(out, "x509_cert_not_after", &s.labels, s.not_after as f64);
-    }
-    encode::family(
-        out,
-        "x509_cert_not_before",
-        Kind::Gauge,
-        "Certificate NotBefore, Unix seconds (x509-certificate-exporter compatible)",
-    );
-    for s in &snap.series {
-        encode::sample(out, "x509_cert_not_before", &s.labels, s.not_before as f64);
-    }
-    encode::family(
-        out,
-        "x509_cert_expired",
-        Kind::Gauge,
-        "1 once the certificate's NotAfter has passed (x509-certificate-exporter compatible)",
-    );
-    for s in &snap.series {
-        let expired = if now > s.not_after { 1.0 } else { 0.0 };
-        encode::sample(out, "x509_cert_expired", &s.labels, expired);
+    // One sample a certificate in each of these families.
+    type Value = fn(&Series, i64) -> f64;
+    let per_cert: [(&str, &str, Value); 3] = [
+        (
+            "x509_cert_not_after",
+            "Certificate NotAfter, Unix seconds (x509-certificate-exporter compatible)",
+            |s, _| s.not_after as f64,
+        ),
+        (
+            "x509_cert_not_before",
+            "Certificate NotBefore, Unix seconds (x509-certificate-exporter compatible)",
+            |s, _| s.not_before as f64,
+        ),
+        (
+            "x509_cert_expired",
+            "1 once the certificate's NotAfter has passed (x509-certificate-exporter compatible)",
+            |s, now| if now > s.not_after { 1.0 } else { 0.0 },
+        ),
+    ];
+    for (name, help, value) in per_cert {
+        encode::family(out, name, Kind::Gauge, help);
+        for s in &snap.series {
+            encode::sample(out, name, &s.labels, value(s, now));
+        }
     }
     encode::family(
         out,

@@ -44,18 +44,25 @@ pub fn is_key_label(label: &str) -> bool {
     label.ends_with("PRIVATE KEY")
 }
 
-impl PrivateKey {
-    /// Reads the first private key among `blocks`.
-    pub fn from_blocks(blocks: &[Block]) -> Result<PrivateKey, KeyError> {
-        let Some(block) = blocks.iter().find(|b| is_key_label(&b.label)) else {
+/// The first block among `blocks` that holds a private key; the error names what is there instead.
+fn first_key(blocks: &[Block]) -> Result<&Block, KeyError> {
+    blocks
+        .iter()
+        .find(|b| is_key_label(&b.label))
+        .ok_or_else(|| {
             let labels: Vec<&str> = blocks.iter().map(|b| b.label.as_str()).collect();
-            return Err(KeyError::NotAKey(if labels.is_empty() {
+            KeyError::NotAKey(if labels.is_empty() {
                 "nothing".to_owned()
             } else {
                 labels.join(", ")
-            }));
-        };
-        Self::from_block(block)
+            })
+        })
+}
+
+impl PrivateKey {
+    /// Reads the first private key among `blocks`.
+    pub fn from_blocks(blocks: &[Block]) -> Result<PrivateKey, KeyError> {
+        Self::from_block(first_key(blocks)?)
     }
 
     /// Reads one PEM block as a private key.
@@ -108,14 +115,7 @@ impl PrivateKey {
 /// of an inventory's time on a kubeadm node), which matching does not need. A key that is about to
 /// sign is fully loaded and validated by [`PrivateKey::from_block`].
 pub fn public_half(blocks: &[Block]) -> Result<Vec<u8>, KeyError> {
-    let Some(block) = blocks.iter().find(|b| is_key_label(&b.label)) else {
-        let labels: Vec<&str> = blocks.iter().map(|b| b.label.as_str()).collect();
-        return Err(KeyError::NotAKey(if labels.is_empty() {
-            "nothing".to_owned()
-        } else {
-            labels.join(", ")
-        }));
-    };
+    let block = first_key(blocks)?;
     let (format, what) = match block.label.as_str() {
         "RSA PRIVATE KEY" => (KeyFormat::Pkcs1, "PKCS#1 RSA"),
         "EC PRIVATE KEY" => (KeyFormat::Sec1, "SEC1 EC"),

@@ -12,9 +12,9 @@ use rcgen::PublicKeyData as _;
 use time::OffsetDateTime;
 
 use super::RotationError;
+use super::obtain;
 use super::plan::{Install, IssuerPlan, Item, KeyPlan, KeySource, Plan, read_key};
 use crate::inventory::parallel;
-use crate::issuer::cfssl::{CfsslClient, SignRequest};
 use crate::issuer::local::LocalCa;
 use crate::issuer::selfsigned::{self, SelfSignedRequest};
 use crate::issuer::{IssueRequest, Issuer as _};
@@ -126,7 +126,9 @@ pub fn build(plan: &Plan) -> Result<Built, RotationError> {
             Some(k) => k.subject_public_key_info(),
             None => item.old.spki_der.clone(),
         };
-        let (leaf_der, chain, issuer_cert) = match &item.issuer {
+        // Every issuer but a regenerated self-signed one keeps the old certificate's chain.
+        let old_chain = || item.chain.iter().map(|c| c.der.clone()).collect::<Vec<_>>();
+        let (leaf_der, chain, issuer_cert, notes) = match &item.issuer {
             IssuerPlan::Local { ca, .. } => {
                 let ca = cas
                     .get(ca)
@@ -139,19 +141,16 @@ pub fn build(plan: &Plan) -> Result<Built, RotationError> {
                         now: plan.now,
                     })
                     .map_err(|e| renew_err(e.to_string()))?;
-                built
-                    .notes
-                    .extend(issued.notes.iter().map(|n| format!("{}: {n}", item.name())));
-                let chain: Vec<Vec<u8>> = item.chain.iter().map(|c| c.der.clone()).collect();
-                (issued.der, chain, ca.ca().clone())
+                (issued.der, old_chain(), ca.ca().clone(), issued.notes)
             }
             IssuerPlan::Remote { cert, .. } if got.is_some() => {
                 let got = got.ok_or_else(|| renew_err("not obtained".into()))?;
-                built
-                    .notes
-                    .extend(got.notes.iter().map(|n| format!("{}: {n}", item.name())));
-                let chain: Vec<Vec<u8>> = item.chain.iter().map(|c| c.der.clone()).collect();
-                (got.der.clone(), chain, (**cert).clone())
+                (
+                    got.der.clone(),
+                    old_chain(),
+                    (**cert).clone(),
+                    got.notes.clone(),
+                )
             }
             IssuerPlan::Remote {
                 cert,
@@ -159,32 +158,9 @@ pub fn build(plan: &Plan) -> Result<Built, RotationError> {
                 profile,
                 ..
             } => {
-                let client =
-                    CfsslClient::open(remote.server()).map_err(|e| renew_err(e.to_string()))?;
-                // The CSR is signed by the key the certificate will certify: the new one, or the
-                // reused old one.
-                let old_key;
-                let key = match leaf_key {
-                    Some(k) => k,
-                    None => {
-                        old_key = read_key(&item.key_source).map_err(&renew_err)?;
-                        &old_key.pair
-                    }
-                };
-                let issued = client
-                    .renew(&SignRequest {
-                        template: &item.old,
-                        key,
-                        ca: cert,
-                        profile,
-                        now: plan.now,
-                    })
-                    .map_err(|e| renew_err(e.to_string()))?;
-                built
-                    .notes
-                    .extend(issued.notes.iter().map(|n| format!("{}: {n}", item.name())));
-                let chain: Vec<Vec<u8>> = item.chain.iter().map(|c| c.der.clone()).collect();
-                (issued.der, chain, (**cert).clone())
+                let issued = obtain::ask_remote(item, cert, remote, profile, leaf_key, plan.now)
+                    .map_err(renew_err)?;
+                (issued.der, old_chain(), (**cert).clone(), issued.notes)
             }
             IssuerPlan::SelfSigned { ca, .. } => {
                 let ca_key = ca_key
@@ -204,9 +180,12 @@ pub fn build(plan: &Plan) -> Result<Built, RotationError> {
                         what: format!("the new CA of {}", item.name()),
                         reason: e.to_string(),
                     })?;
-                (regen.leaf_der, vec![regen.ca_der], ca_cert)
+                (regen.leaf_der, vec![regen.ca_der], ca_cert, Vec::new())
             }
         };
+        built
+            .notes
+            .extend(notes.iter().map(|n| format!("{}: {n}", item.name())));
         // Judged against the time it was issued: an obtained certificate may have waited for
         // the lease longer than its issuer backdated it.
         let issued_at = obtained

@@ -295,16 +295,28 @@ pub(crate) fn abandon(
     let closed = journal
         .advance(dir, Phase::RolledBack)
         .and_then(|()| stage::remove(dir));
-    match closed {
-        Ok(()) => {
-            discard_backup(ctx, &journal.id);
-            RotationError::RolledBack {
-                id: journal.id.clone(),
-                cause: Box::new(cause),
-            }
-        }
+    if closed.is_ok() {
+        discard_backup(ctx, &journal.id);
+    }
+    given_up(journal, dir, cause, closed)
+}
+
+/// How a rotation given up for `cause` ended: rolled back once `closing` it worked, stuck (a
+/// person must look) when closing it failed too.
+fn given_up(
+    journal: &Journal,
+    dir: &Path,
+    cause: RotationError,
+    closing: Result<(), RotationError>,
+) -> RotationError {
+    let id = journal.id.clone();
+    match closing {
+        Ok(()) => RotationError::RolledBack {
+            id,
+            cause: Box::new(cause),
+        },
         Err(e) => RotationError::Stuck {
-            id: journal.id.clone(),
+            id,
             dir: dir.to_owned(),
             cause: Box::new(cause),
             rollback: Box::new(e),
@@ -337,18 +349,8 @@ pub(crate) fn roll_back(
     let outcome = Outcome::RolledBack {
         why: cause.to_string(),
     };
-    match restore(dir, journal, backup, outcome) {
-        Ok(_) => RotationError::RolledBack {
-            id: journal.id.clone(),
-            cause: Box::new(cause),
-        },
-        Err(e) => RotationError::Stuck {
-            id: journal.id.clone(),
-            dir: dir.to_owned(),
-            cause: Box::new(cause),
-            rollback: Box::new(e),
-        },
-    }
+    let restored = restore(dir, journal, backup, outcome).map(drop);
+    given_up(journal, dir, cause, restored)
 }
 
 /// Journals `rolling-back`, restores the backup, journals `rolled-back` with `outcome`, and

@@ -14,8 +14,11 @@ use std::fmt;
 use time::OffsetDateTime;
 
 use super::RotationError;
-use super::plan::{IssuerPlan, KeyPlan, Plan, read_key};
+use super::plan::{IssuerPlan, Item, KeyPlan, Plan, read_key};
+use super::signing::RemoteCa;
+use crate::issuer::Issued;
 use crate::issuer::cfssl::{CfsslClient, SignRequest};
+use crate::pki::cert::Cert;
 use crate::pki::encode;
 use crate::pki::secret::SecretKeyPair;
 
@@ -84,25 +87,8 @@ pub fn obtain(plan: &Plan, now: OffsetDateTime) -> Result<Obtained, RotationErro
             }
             KeyPlan::Reuse => None,
         };
-        // The CSR is signed by the key the certificate will certify: the new one, or the old.
-        let old_key;
-        let key = match &new_key {
-            Some(k) => k,
-            None => {
-                old_key = read_key(&item.key_source).map_err(&fail)?;
-                &old_key.pair
-            }
-        };
-        let client = CfsslClient::open(remote.server()).map_err(|e| fail(e.to_string()))?;
-        let issued = client
-            .renew(&SignRequest {
-                template: &item.old,
-                key,
-                ca: cert,
-                profile,
-                now,
-            })
-            .map_err(|e| fail(e.to_string()))?;
+        let issued =
+            ask_remote(item, cert, remote, profile, new_key.as_ref(), now).map_err(fail)?;
         certs.insert(
             item.name().to_owned(),
             ObtainedCert {
@@ -116,4 +102,35 @@ pub fn obtain(plan: &Plan, now: OffsetDateTime) -> Result<Obtained, RotationErro
         issued_at: now,
         certs,
     })
+}
+
+/// Asks `remote` to renew `item` at `now`, signed by the CA `cert` under `profile`. The CSR is
+/// signed by the key the certificate will certify: `new_key`, or the item's old key when it is
+/// reused. The error is the reason, for [`RotationError::Renew`].
+pub(crate) fn ask_remote(
+    item: &Item,
+    cert: &Cert,
+    remote: &RemoteCa,
+    profile: &str,
+    new_key: Option<&SecretKeyPair>,
+    now: OffsetDateTime,
+) -> Result<Issued, String> {
+    let old_key;
+    let key = match new_key {
+        Some(k) => k,
+        None => {
+            old_key = read_key(&item.key_source)?;
+            &old_key.pair
+        }
+    };
+    let client = CfsslClient::open(remote.server()).map_err(|e| e.to_string())?;
+    client
+        .renew(&SignRequest {
+            template: &item.old,
+            key,
+            ca: cert,
+            profile,
+            now,
+        })
+        .map_err(|e| e.to_string())
 }

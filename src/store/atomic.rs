@@ -16,7 +16,7 @@ use nix::unistd::{UnlinkatFlags, fchownat, fsync, symlinkat, unlinkat};
 use crate::failpoint::{self, Failpoint};
 use crate::root::fd::{self, FileId, Kind, Seen};
 
-use super::{Result, StoreError, io_err};
+use super::{PathIo, Result, StoreError, io_err};
 
 /// What marks a temp file as ours; it sits between the original name and the random suffix.
 const TEMP_MARKER: &[u8] = b".certrotd-tmp.";
@@ -210,6 +210,27 @@ impl<'a> Dest<'a> {
         Ok(())
     }
 
+    /// Ends a write: if preparing the temp `tmp` failed (`preparing` names the step), removes it
+    /// and fails; otherwise renames it into place as [`Dest::commit`] does.
+    fn finish(
+        &self,
+        op: &'static str,
+        preparing: &'static str,
+        tmp: &OsStr,
+        seen: Option<Seen>,
+        prepared: io::Result<()>,
+    ) -> Result<()> {
+        if let Err(source) = prepared {
+            let _ = unlinkat(&self.dir, tmp, UnlinkatFlags::NoRemoveDir);
+            return Err(StoreError::Io(PathIo {
+                op: preparing,
+                path: self.path.to_path_buf(),
+                source,
+            }));
+        }
+        self.commit(op, tmp, seen)
+    }
+
     /// Renames the temp `tmp` over the name if the name still holds what was seen at the start;
     /// otherwise removes the temp and refuses. Then makes the rename durable.
     fn commit(&self, op: &'static str, tmp: &OsStr, seen: Option<Seen>) -> Result<()> {
@@ -248,11 +269,11 @@ impl<'a> Dest<'a> {
                 });
             }
             Err(e) => {
-                return undo(StoreError::Io {
+                return undo(StoreError::Io(PathIo {
                     op: "rename temp file over",
                     path: self.path.to_path_buf(),
                     source: e.into(),
-                });
+                }));
             }
         }
         fsync(&self.dir).map_err(|e| io_err("fsync directory", self.dir_path)(e.into()))
@@ -348,15 +369,7 @@ pub(super) fn install_file(
         Ok(())
     })();
     drop(file);
-    if let Err(source) = result {
-        let _ = unlinkat(&dest.dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
-        return Err(StoreError::Io {
-            op: "write temp file for",
-            path: dest.path.to_path_buf(),
-            source,
-        });
-    }
-    dest.commit(OP, &tmp, seen)
+    dest.finish(OP, "write temp file for", &tmp, seen, result)
 }
 
 /// Creates a new temp file with mode 0600 in the destination's directory (`O_EXCL|O_NOFOLLOW`:
@@ -369,23 +382,30 @@ fn create_temp_file(dest: &Dest<'_>) -> Result<(std::ffi::OsString, File)> {
         | OFlag::O_NOFOLLOW
         | OFlag::O_CLOEXEC
         | OFlag::O_NOCTTY;
+    let (tmp, owned) = with_fresh_temp(dest, "create temp file", |tmp| {
+        openat(&dest.dir, tmp, flags, fd::mode(0o600))
+    })?;
+    Ok((tmp, File::from(owned)))
+}
+
+/// Makes something under a fresh temp name in the destination's directory with `make`, which
+/// must refuse a name that is taken (`EEXIST`); a taken name is retried with another.
+fn with_fresh_temp<T>(
+    dest: &Dest<'_>,
+    op: &'static str,
+    make: impl Fn(&OsStr) -> nix::Result<T>,
+) -> Result<(std::ffi::OsString, T)> {
     let mut last = None;
     for _ in 0..8 {
         let tmp = temp_name(dest.name.as_bytes());
-        match openat(&dest.dir, tmp.as_os_str(), flags, fd::mode(0o600)) {
-            Ok(owned) => return Ok((tmp, File::from(owned))),
+        match make(&tmp) {
+            Ok(made) => return Ok((tmp, made)),
             Err(Errno::EEXIST) => last = Some(tmp),
-            Err(e) => {
-                return Err(io_err("create temp file", &dest.dir_path.join(&tmp))(
-                    e.into(),
-                ));
-            }
+            Err(e) => return Err(io_err(op, &dest.dir_path.join(&tmp))(e.into())),
         }
     }
     let tmp = last.expect("the loop ran at least once");
-    Err(io_err("create temp file", &dest.dir_path.join(&tmp))(
-        Errno::EEXIST.into(),
-    ))
+    Err(io_err(op, &dest.dir_path.join(&tmp))(Errno::EEXIST.into()))
 }
 
 /// Swaps in a symlink; `owner` overrides the owner of the replaced link (restore uses it).
@@ -423,36 +443,15 @@ pub(super) fn install_symlink(
         checkpoint(Failpoint::TempOwned, dest, &tmp)?;
         Ok(())
     })();
-    if let Err(source) = result {
-        let _ = unlinkat(&dest.dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
-        return Err(StoreError::Io {
-            op: "swap in new symlink at",
-            path: dest.path.to_path_buf(),
-            source,
-        });
-    }
-    dest.commit(OP, &tmp, seen)
+    dest.finish(OP, "swap in new symlink at", &tmp, seen, result)
 }
 
 /// Creates a temp symlink next to where the real one goes.
 fn create_temp_symlink(dest: &Dest<'_>, target: &Path) -> Result<std::ffi::OsString> {
-    let mut last = None;
-    for _ in 0..8 {
-        let tmp = temp_name(dest.name.as_bytes());
-        match symlinkat(target, &dest.dir, tmp.as_os_str()) {
-            Ok(()) => return Ok(tmp),
-            Err(Errno::EEXIST) => last = Some(tmp),
-            Err(e) => {
-                return Err(io_err("create temp symlink", &dest.dir_path.join(&tmp))(
-                    e.into(),
-                ));
-            }
-        }
-    }
-    let tmp = last.expect("the loop ran at least once");
-    Err(io_err("create temp symlink", &dest.dir_path.join(&tmp))(
-        Errno::EEXIST.into(),
-    ))
+    let (tmp, ()) = with_fresh_temp(dest, "create temp symlink", |tmp| {
+        symlinkat(target, &dest.dir, tmp)
+    })?;
+    Ok(tmp)
 }
 
 /// Removes `path` (anything but a directory) if present and makes the removal durable. The

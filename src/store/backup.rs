@@ -13,8 +13,8 @@ use time::OffsetDateTime;
 use crate::root::fd::{self, FileId, Kind};
 
 use super::atomic::{
-    Dest, Expect, FileMode, Meta, Replaces, dir_and_name, fsync_dir, install_file, install_symlink,
-    remove_durably, set_mode,
+    Dest, Expect, Meta, Replaces, dir_and_name, fsync_dir, install_file, install_symlink,
+    remove_durably, set_mode, write_atomic,
 };
 use super::catalog::validate_rotation_id;
 use super::node_file::{read_no_follow, sha256_hex};
@@ -293,15 +293,7 @@ impl Backup {
             .map_err(io_err("read for backup", path))?;
         let stored = stored_name(self.manifest.entries.len(), path);
         let copy = self.dir.join(&stored);
-        install_file(
-            &Dest::open("write", &copy, false)?,
-            &contents,
-            Meta::Preserve(FileMode::Keep {
-                new: PRIVATE_FILE_MODE,
-            }),
-            Expect::Seen,
-            Replaces::SameKind,
-        )?;
+        write_atomic(&copy, &contents, PRIVATE_FILE_MODE)?;
         Ok(SavedState::File {
             mode: seen.mode,
             uid: seen.uid,
@@ -434,15 +426,7 @@ impl Backup {
                 path: path.clone(),
                 source,
             })?;
-        install_file(
-            &Dest::open("write", &path, false)?,
-            &json,
-            Meta::Preserve(FileMode::Keep {
-                new: PRIVATE_FILE_MODE,
-            }),
-            Expect::Seen,
-            Replaces::SameKind,
-        )
+        write_atomic(&path, &json, PRIVATE_FILE_MODE)
     }
 }
 

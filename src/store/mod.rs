@@ -37,20 +37,37 @@ pub use backup::{Backup, BackupEntry, Inode, RestoreReport, SavedState, stored_n
 pub use catalog::{BackupSummary, list, prune, remove, validate_rotation_id};
 pub use node_file::{NodeFile, read_node_file, sha256_hex};
 
+/// A filesystem call that failed: what was being done, to which path, and the system's error.
+/// The one shape of an I/O error at a path, for the store and the modules built on it.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {op} {}", path.display())]
+pub struct PathIo {
+    /// What was being done.
+    pub op: &'static str,
+    /// The path it was done to.
+    pub path: PathBuf,
+    /// The operating system's error.
+    #[source]
+    pub source: io::Error,
+}
+
+impl PathIo {
+    /// Wraps an io::Error with the operation and path, as `map_err` takes it.
+    pub fn at<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PathIo + 'a {
+        move |source| PathIo {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 /// Errors of the store; each names the operation and the path, never file contents.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A filesystem call failed.
-    #[error("cannot {op} {}", path.display())]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The path it was done to.
-        path: PathBuf,
-        /// The operating system's error.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIo),
     /// The path holds something the store does not replace there (a directory, device, socket, or
     /// a symlink where a file belongs); it is never followed either.
     #[error("cannot {op} {}: a {found} is there, which certrotd neither replaces nor follows", path.display())]
@@ -154,9 +171,5 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Wraps an io::Error with the operation and path, the shape every store error has.
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| PathIo::at(op, path)(source).into()
 }

@@ -287,7 +287,7 @@ fn failure_at_any_step_leaves_original_and_no_temp() {
 fn missing_or_non_directory_parent_fails_cleanly() {
     let t = TempDir::new().unwrap();
     let err = write_atomic(&t.path().join("nope/ca.crt"), b"x", 0o600).unwrap_err();
-    assert!(matches!(err, StoreError::Io { .. }), "{err}");
+    assert!(matches!(err, StoreError::Io(_)), "{err}");
     let file = t.path().join("file");
     fs::write(&file, b"keep").unwrap();
     let err = write_atomic(&file.join("ca.crt"), b"x", 0o600).unwrap_err();

@@ -24,19 +24,8 @@ impl EtcdLease {
         step: &str,
         min_ttl: Duration,
     ) -> Result<(), LeaseError> {
-        let fenced = |why: String| {
-            held.mark_lost(&why);
-            LeaseError::Fenced {
-                step: step.to_owned(),
-                why,
-            }
-        };
-        if !held.is_held() {
-            return Err(LeaseError::Fenced {
-                step: step.to_owned(),
-                why: held.why_lost(),
-            });
-        }
+        held.confirm_held(step)?;
+        let fenced = |why: String| held.fence(step, why);
         let holding = holding(held).map_err(|e| fenced(e.to_string()))?;
         let deadline = Instant::now() + self.op_timeout();
         self.confirm_slot(holding, held.fencing_token, deadline)

@@ -23,6 +23,7 @@ run: build
 		echo "== certrotd run on the sandbox: its leaves expire in $(LEAF_TTL); watch them rotate."; \
 		echo "   From another terminal: $(BIN) status --config $(SANDBOX)/certrotd.toml"; \
 		echo "                          $(BIN) history --config $(SANDBOX)/certrotd.toml"; \
+		echo "                          $(BIN) ca rotate etcd-ca --config $(SANDBOX)/certrotd.toml"; \
 		exec $(BIN) run --config $(SANDBOX)/certrotd.toml; \
 	fi
 

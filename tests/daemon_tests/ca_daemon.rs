@@ -297,6 +297,7 @@ async fn the_coordinator_killed_in_each_phase_is_taken_over_and_finishes_when_st
     let began_ms = now_ms();
     start_daemons(&mut c);
     let mut notes = Vec::new();
+    let mut takeovers = 0;
     for wanted in [Phase::TrustBoth, Phase::IssueNew, Phase::DistrustOld] {
         let r = wait_record(&c, Track::EtcdCa, &format!("{wanted}"), TIMEOUT, |r| {
             rank(r.phase) >= rank(wanted)
@@ -308,6 +309,20 @@ async fn the_coordinator_killed_in_each_phase_is_taken_over_and_finishes_when_st
         }
         let phase = r.phase;
         let by = r.phases.last().unwrap().by.clone();
+        // Killed once it has proved its own step of the phase it started: the phase can then
+        // only move on through the others (their steps, and the advance one of them makes).
+        let r = wait_record(
+            &c,
+            Track::EtcdCa,
+            "the coordinator's own step",
+            TIMEOUT,
+            |x| x.phase != phase || x.nodes.get(&by).is_some_and(|s| s.level == phase.target()),
+        )
+        .await;
+        if r.phase.is_final() {
+            notes.push(format!("over before {by} could be killed in {phase}"));
+            break;
+        }
         let i = index_of(&c, &by);
         c.nodes[i].kill_daemon();
         let killed_at = OffsetDateTime::now_utc();
@@ -341,6 +356,9 @@ async fn the_coordinator_killed_in_each_phase_is_taken_over_and_finishes_when_st
             others.iter().all(|o| !o.starts_with(&by)),
             "the killed {by} acted: {others:?}"
         );
+        if others.iter().any(|o| o.contains(" moved it to ")) {
+            takeovers += 1;
+        }
         notes.push(format!(
             "{by} killed in {phase}; without it: {}",
             if others.is_empty() {
@@ -354,6 +372,11 @@ async fn the_coordinator_killed_in_each_phase_is_taken_over_and_finishes_when_st
     let done = wait_record(&c, Track::EtcdCa, "final", TIMEOUT, |r| r.phase.is_final()).await;
     assert_eq!(done.phase, Phase::Completed, "{done:#?}\n{}", logs(&c));
     let took_ms = now_ms() - began_ms;
+    // While a killed coordinator was down, another node moved the phase on at least once.
+    assert!(
+        takeovers >= 1,
+        "no phase moved on without its killed coordinator: {notes:?}"
+    );
     // Someone other than a killed coordinator moved the rotation on at least once.
     let movers: std::collections::BTreeSet<&str> =
         done.phases.iter().map(|m| m.by.as_str()).collect();

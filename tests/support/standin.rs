@@ -63,7 +63,7 @@ pub async fn start_standin(n: &PeerNode) {
     );
     std::fs::write(&script, body).unwrap();
     let unit = format!(
-        "[Service]\nEnvironment=ETCDCTL_API=3\nExecStart=/bin/sh {}\nRestart=always\nRestartSec=100ms\n\
+        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nEnvironment=ETCDCTL_API=3\nExecStart=/bin/sh {}\nRestart=always\nRestartSec=100ms\n\
          KillMode=control-group\nStandardOutput=null\n",
         script.display()
     );
@@ -309,6 +309,10 @@ pub fn files_holding(root: &Path, ca_pem: &str) -> Vec<PathBuf> {
     found
 }
 
+// Every stand-in unit sets StartLimitIntervalSec=0: a rotation restarts them several times within
+// seconds (zero or tiny dwells), and systemd's default start limit (5 in 10 s) would leave one
+// failed for good, which no kubelet does to a static pod.
+
 /// The aggregated API server stand-in: an `openssl s_server` that verifies client certificates
 /// against `front-proxy-ca.crt`, read when it starts. With `part_of`, it is restarted whenever
 /// that unit is (as the API server's restart makes the aggregated server see the new CA).
@@ -317,7 +321,9 @@ pub async fn start_aggregated(n: &PeerNode, port: u16, part_of: Option<&str>) {
     let unit = format!(
         "{}[Service]\nExecStart={} s_server -quiet -accept 127.0.0.1:{port} -cert {} -key {} \
          -Verify 1 -verify_return_error -CAfile {}\nRestart=always\nRestartSec=100ms\nStandardOutput=null\n",
-        part_of.map_or(String::new(), |u| format!("[Unit]\nPartOf={u}\n")),
+        part_of.map_or("[Unit]\nStartLimitIntervalSec=0\n".to_owned(), |u| {
+            format!("[Unit]\nStartLimitIntervalSec=0\nPartOf={u}\n")
+        }),
         which("openssl").display(),
         p.join("apiserver.crt").display(),
         p.join("apiserver.key").display(),
@@ -432,7 +438,7 @@ pub async fn start_kubelet_standin(n: &PeerNode) {
         .write_unit(
             "kubelet-standin.service",
             &format!(
-                "[Service]\nType=oneshot\nEnvironment=DBUS_SESSION_BUS_ADDRESS={bus}\n\
+                "[Unit]\nStartLimitIntervalSec=0\n[Service]\nType=oneshot\nEnvironment=DBUS_SESSION_BUS_ADDRESS={bus}\n\
                  ExecStart={systemctl} --user restart --no-block {STANDIN}\n",
                 bus = n.manager.bus_address(),
                 systemctl = which("systemctl").display(),
@@ -473,7 +479,7 @@ pub async fn start_health_standin(n: &PeerNode) -> u16 {
         .write_unit(
             "apiserver-health.service",
             &format!(
-                "[Unit]\nPartOf={STANDIN}\n[Service]\nExecStart={} s_server -quiet -www -accept 127.0.0.1:{port} \
+                "[Unit]\nStartLimitIntervalSec=0\nPartOf={STANDIN}\n[Service]\nExecStart={} s_server -quiet -www -accept 127.0.0.1:{port} \
                  -cert {} -key {}\nRestart=always\nRestartSec=100ms\nStandardOutput=null\n",
                 which("openssl").display(),
                 p.join("apiserver.crt").display(),

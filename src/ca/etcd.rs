@@ -25,7 +25,7 @@ const ANSWER: Duration = Duration::from_secs(2);
 pub fn disk_credentials(pki: &Path) -> Result<Credentials, String> {
     let read = |rel: &str| {
         let p = pki.join(rel);
-        std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))
+        super::read_text(&p)
     };
     Ok(Credentials::from_pem(
         &read("etcd/ca.crt")?,

@@ -58,7 +58,7 @@ impl Watch {
     /// restart (a record that does not read is ignored: the next read of etcd replaces it).
     pub fn open(state_dir: &Path, track: Track, limit: Duration) -> Watch {
         let path = seen_path(state_dir, track);
-        let seen = std::fs::read(&path)
+        let seen = super::read_file(&path)
             .ok()
             .and_then(|d| serde_json::from_slice(&d).ok());
         Watch {

@@ -34,6 +34,18 @@ pub mod wrap;
 pub use phase::{Level, Phase};
 pub use track::Track;
 
+/// A file the CA code reads (a CA bundle, a key, a backup, a record): a regular file only, never a
+/// device or FIFO someone planted, and at most [`crate::pki::pem::MAX_FILE_BYTES`].
+pub(crate) fn read_file(path: &std::path::Path) -> Result<Vec<u8>, crate::pki::pem::ReadError> {
+    crate::pki::pem::read_capped(path).map(|b| b.to_vec())
+}
+
+/// [`read_file`] as text; the error names the file.
+pub(crate) fn read_text(path: &std::path::Path) -> Result<String, String> {
+    let data = read_file(path).map_err(|e| e.to_string())?;
+    String::from_utf8(data).map_err(|_| format!("{}: not text", path.display()))
+}
+
 /// SHA-256 of a certificate's DER, lower-case hex: how the record and the proofs name a CA.
 pub fn fingerprint(der: &[u8]) -> String {
     crate::store::sha256_hex(der)

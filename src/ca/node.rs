@@ -363,7 +363,8 @@ fn restore(input: &StepInput<'_>, above: Level) -> Result<(), NodeError> {
 
 /// Writes `data` at `path` unless it already holds exactly that.
 fn put(path: &Path, data: &[u8], mode: FileMode) -> Result<(), NodeError> {
-    if std::fs::read(path).is_ok_and(|now| now == data) {
+    // Bounded and link-free: a link planted here is refused by the write below, never read.
+    if crate::pki::pem::read_capped_nofollow(path).is_ok_and(|now| *now == *data) {
         return Ok(());
     }
     store::write_node_file(path, data, mode, Expect::Seen)

@@ -116,7 +116,7 @@ pub fn ca_key(
     let crate::store::SavedState::File { stored, .. } = &entry.state else {
         return Err(format!("backup {id}: {} was no file", key_path.display()));
     };
-    let data = std::fs::read(backup.dir().join(stored))
+    let data = super::read_file(&backup.dir().join(stored))
         .map_err(|e| format!("backup {id}: {}: {e}", key_path.display()))?;
     let key = pem_key(&data, &format!("backup {id}"))?;
     if key.matches(ca) {
@@ -186,10 +186,8 @@ pub async fn member(
 ) -> Result<Vec<String>, String> {
     let track = Track::EtcdCa;
     let bundle_path = pki.join(track.ca_cert());
-    let bundle = std::fs::read_to_string(&bundle_path)
-        .map_err(|e| format!("{}: {e}", bundle_path.display()))?;
-    let template_text = std::fs::read_to_string(pki.join(TEMPLATE))
-        .map_err(|e| format!("{}: {e}", pki.join(TEMPLATE).display()))?;
+    let bundle = super::read_text(&bundle_path)?;
+    let template_text = super::read_text(&pki.join(TEMPLATE))?;
     let template = pem_cert(&template_text, TEMPLATE)?;
     let mut seen = Vec::new();
     for e in expectations(level) {

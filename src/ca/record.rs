@@ -275,14 +275,14 @@ impl LocalStore {
 
     fn read(&self, track: Track) -> Result<Option<LocalFile>, RecordError> {
         let path = self.path(track);
-        match std::fs::read(&path) {
+        match super::read_file(&path) {
             Ok(data) => serde_json::from_slice(&data)
                 .map(Some)
                 .map_err(|e| RecordError::Parse {
                     key: path.display().to_string(),
                     error: e.to_string(),
                 }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(crate::pki::pem::ReadError::Missing { .. }) => Ok(None),
             Err(e) => Err(RecordError::File {
                 path,
                 error: e.to_string(),

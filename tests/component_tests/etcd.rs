@@ -6,23 +6,14 @@
 
 use crate::support;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::etcd::free_port;
 
 use certrotd::pki::layout::Layout;
 use certrotd::sandbox::SandboxOptions;
 use support::renewal::*;
-
-/// A free loopback port (bound and released; etcd binds it a moment later).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The etcd process, stopped by PID when dropped (also when an assertion fails).
 struct Etcd(Child);

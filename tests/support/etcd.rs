@@ -25,13 +25,34 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long etcd may take to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A free loopback port (bound and released; etcd binds it a moment later).
+/// Where [`free_port`] picks from: below Linux's ephemeral range (32768–60999), so neither a
+/// listener bound to port 0 nor the source port of an outgoing connection can take a port in the
+/// moment between handing it out and the component binding it.
+const PICKED_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A free loopback port (bound and released; etcd binds it a moment later), never the same one
+/// twice in a test binary. Binding port 0 instead let the kernel hand out one port twice to two
+/// members of one cluster ("initial cluster ... has duplicate url", seen in CI).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Binaries run one after another, but a start that depends on the PID keeps two runs on one
+    // machine apart too.
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(PICKED_PORTS.end - PICKED_PORTS.start);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        let port = PICKED_PORTS.start + u16::try_from(offset).unwrap();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {PICKED_PORTS:?}");
 }
 
 /// Where an etcd member's files are and where it listens.

@@ -83,31 +83,47 @@ impl Windows {
         })
     }
 
-    /// `now` when a window is open, else the start of the next one (within the coming two
+    /// `now` when a window is open, else the first instant one opens (within the coming two
     /// weeks: a weekly window whose hours a clock change skips opens a week later).
     pub fn next_open(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
         if self.is_open(now) {
             return Some(now);
         }
+        self.openings(now)
+            .into_iter()
+            .filter(|t| *t > now && self.is_open(*t))
+            .min()
+    }
+
+    /// Every instant of the coming two weeks at which a window may open: each start of a
+    /// window on its days, and each clock change. A change opens one without a start when the
+    /// clocks fall back into the end of an occurrence that had closed (a window until 01:45
+    /// opens again at 01:00 when 02:00 becomes 01:00), or spring forward into the middle of one.
+    fn openings(&self, now: OffsetDateTime) -> Vec<OffsetDateTime> {
+        const DAYS: i64 = 15;
         let today = self.local(now).date();
-        let mut best: Option<OffsetDateTime> = None;
-        for offset in 0..15 {
+        let mut instants = Vec::new();
+        for offset in 0..DAYS {
             let Ok(date) = today.checked_add(jiff::Span::new().days(offset)) else {
                 continue;
             };
             for w in &self.windows {
-                if !w.days[weekday_index(date.weekday())] {
-                    continue;
-                }
-                for start in self.starts(date, w.start) {
-                    // A window whose hours all fall in a gap does not open that day.
-                    if start > now && best.is_none_or(|b| start < b) && self.is_open(start) {
-                        best = Some(start);
-                    }
+                if w.days[weekday_index(date.weekday())] {
+                    instants.extend(self.starts(date, w.start));
                 }
             }
         }
-        best
+        let horizon = now + time::Duration::days(DAYS);
+        let from = Timestamp::from_second(now.unix_timestamp()).unwrap_or(Timestamp::UNIX_EPOCH);
+        instants.extend(
+            self.tz
+                .following(from)
+                .filter_map(|change| {
+                    OffsetDateTime::from_unix_timestamp(change.timestamp().as_second()).ok()
+                })
+                .take_while(|t| *t <= horizon),
+        );
+        instants
     }
 
     fn local(&self, now: OffsetDateTime) -> Zoned {
@@ -286,6 +302,12 @@ mod tests {
         let between = datetime!(2026-11-01 05:50 UTC);
         assert!(!w.is_open(between));
         assert_eq!(w.next_open(between), Some(datetime!(2026-11-01 06:30 UTC)));
+        // The same night, a window that ended at 01:45 EDT opens again when 02:00 EDT becomes
+        // 01:00 EST (06:00 UTC): the clock change itself is the opening, no window starts there.
+        let w = super::Windows::parse(&["Sat 01:46-01:45".into()], "America/New_York").unwrap();
+        let closed = datetime!(2026-11-01 05:59:59 UTC);
+        assert!(!w.is_open(closed));
+        assert_eq!(w.next_open(closed), Some(datetime!(2026-11-01 06:00 UTC)));
     }
 
     #[test]

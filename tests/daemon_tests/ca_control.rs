@@ -24,10 +24,11 @@ use time::macros::datetime;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::control::NOBODY;
+
 const T: Duration = Duration::from_secs(10);
 /// How long a client of a real daemon may wait.
 const LONG: Duration = Duration::from_secs(40);
-const NOBODY: u32 = 65534;
 /// What the record's wrapped key holds here: it must never reach a client.
 const WRAPPED: &str = "c2VjcmV0LXdyYXBwZWQta2V5LW5ldmVyLWluLWEtcmVwbHk";
 
@@ -96,20 +97,7 @@ fn cli(args: &[&str], as_nobody: bool) -> JoinHandle<Output> {
 /// [`cli`] for a client that may wait up to `limit` (a real daemon's loop may be busy; the
 /// client's own bound is 30 s).
 fn cli_within(args: &[&str], as_nobody: bool, limit: Duration) -> JoinHandle<Output> {
-    let bin = env!("CARGO_BIN_EXE_certrotd");
-    let mut cmd = if as_nobody {
-        let mut cmd = tokio::process::Command::new("setpriv");
-        cmd.args([
-            &format!("--reuid={NOBODY}"),
-            &format!("--regid={NOBODY}"),
-            "--clear-groups",
-            bin,
-        ]);
-        cmd
-    } else {
-        tokio::process::Command::new(bin)
-    };
-    cmd.args(args).env("CERTROTD_LOG", "warn");
+    let mut cmd = crate::control::certrotd_cli(args, as_nobody);
     tokio::spawn(async move {
         tokio::time::timeout(limit, cmd.output())
             .await

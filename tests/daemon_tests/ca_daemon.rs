@@ -28,7 +28,7 @@ use support::standin::{
     QuorumWatch, STANDIN, aggregated_accepts, assert_old_ca_refused, etcd_as_unit,
     etcd_start_context, etcd_starts, etcdctl, files_holding, judge_writes, now_ms, old_client, pki,
     restart_config, share_front_proxy_ca, standin_starts, start_aggregated, start_health_standin,
-    start_kubelet_standin, start_standin, wait_writing,
+    start_kubelet_standin, start_standin, starts_since, wait_writing,
 };
 use support::wait_for;
 use time::OffsetDateTime;
@@ -237,18 +237,8 @@ async fn etcd_ca_is_rotated_to_completed_by_the_daemons_alone_with_no_write_lost
 
     // No acknowledged write lost; quorum and writes all along.
     let writes = judge_writes(&c, began_ms, ended_ms).await;
-    let restarts: Vec<usize> = c
-        .nodes
-        .iter()
-        .zip(&etcd_before)
-        .map(|(n, b)| etcd_starts(n) - b)
-        .collect();
-    let standin_restarts: Vec<usize> = c
-        .nodes
-        .iter()
-        .zip(&standin_before)
-        .map(|(n, b)| standin_starts(n) - b)
-        .collect();
+    let restarts: Vec<usize> = starts_since(&c, &etcd_before, etcd_starts);
+    let standin_restarts: Vec<usize> = starts_since(&c, &standin_before, standin_starts);
     eprintln!(
         "NUMBERS daemon-driven etcd-ca rotation of 3 nodes, zero dwell (front-proxy-ca rotating \
          alongside): {took:?} from the daemons' start to Completed; member restarts {restarts:?}; \

@@ -15,7 +15,7 @@ use certrotd::ca::{Track, node};
 use support::cluster::{Cluster, ETCD_UNIT};
 use time::OffsetDateTime;
 
-use super::ca_rotation::{driver, track_files};
+use super::ca_rotation::{driver, start_alone_and_trust_both, track_files};
 use crate::support;
 use support::standin::{pki, start_standin};
 
@@ -56,20 +56,7 @@ async fn a_node_cut_off_from_etcd_after_its_step_puts_the_step_back() {
     );
 
     let conn = connect.connect().await.unwrap();
-    let record = d
-        .start(
-            &conn,
-            None,
-            std::slice::from_ref(&n.name),
-            OffsetDateTime::now_utc(),
-        )
-        .await
-        .unwrap();
-    let mut ticks = Vec::new();
-    while !matches!(ticks.last(), Some(Tick::Stepped(Level::TrustBoth, None))) {
-        ticks.push(d.tick(&conn, &OffsetDateTime::now_utc).await.unwrap());
-        assert!(ticks.len() < 5, "{ticks:?}");
-    }
+    let record = start_alone_and_trust_both(&d, &conn, n).await;
     let (r, _) = conn.store.load(Track::EtcdCa).await.unwrap().unwrap();
     assert_eq!(r.phase, Phase::TrustBoth);
     watch.reached(Some(&r)).unwrap();

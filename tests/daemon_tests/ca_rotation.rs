@@ -14,9 +14,10 @@ use crate::support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use certrotd::ca::drive::{Connect as _, Driver};
+use certrotd::ca::drive::{Conn, Connect as _, Driver, Tick};
 use certrotd::ca::etcd::{EtcdConnect, EtcdHooks};
 use certrotd::ca::phase::{Level, Phase};
+use certrotd::ca::record::CaRecord;
 use certrotd::ca::settings::CaSettings;
 use certrotd::ca::{Track, node};
 use certrotd::config::{LeaseBackend, LeaseSettings};
@@ -24,7 +25,8 @@ use certrotd::pki::layout::Component;
 use support::cluster::{Cluster, ETCD_UNIT, PeerNode};
 use support::standin::{
     STANDIN, aggregated_accepts, etcd_start_context, etcd_starts, etcdctl, files_holding,
-    judge_writes, now_ms, old_client, pki, start_aggregated, start_standin, wait_writing,
+    judge_writes, now_ms, old_client, pki, start_aggregated, start_standin, starts_since,
+    wait_writing,
 };
 use time::OffsetDateTime;
 
@@ -68,6 +70,25 @@ pub(crate) fn driver(c: &Cluster, n: &PeerNode) -> (Arc<Driver>, EtcdConnect) {
         node: n.name.clone(),
     };
     (Arc::new(d), connect)
+}
+
+/// Starts a rotation of `n` alone and ticks until its TrustBoth step is taken: the record.
+pub(crate) async fn start_alone_and_trust_both(d: &Driver, conn: &Conn, n: &PeerNode) -> CaRecord {
+    let record = d
+        .start(
+            conn,
+            None,
+            std::slice::from_ref(&n.name),
+            OffsetDateTime::now_utc(),
+        )
+        .await
+        .unwrap();
+    let mut ticks = Vec::new();
+    while !matches!(ticks.last(), Some(Tick::Stepped(Level::TrustBoth, None))) {
+        ticks.push(d.tick(conn, &OffsetDateTime::now_utc).await.unwrap());
+        assert!(ticks.len() < 5, "{ticks:?}");
+    }
+    record
 }
 
 /// Runs every node's driver until each sees the rotation final; returns that phase.
@@ -163,12 +184,7 @@ async fn etcd_ca_is_rotated_to_completed_by_the_nodes_alone_with_no_write_lost()
 
     // No acknowledged write lost; the write gaps.
     let writes = judge_writes(&c, began_ms, ended_ms).await;
-    let restarts: Vec<usize> = c
-        .nodes
-        .iter()
-        .zip(&starts_before)
-        .map(|(n, b)| etcd_starts(n) - b)
-        .collect();
+    let restarts: Vec<usize> = starts_since(&c, &starts_before, etcd_starts);
     eprintln!(
         "etcd-ca rotation of 3 nodes, zero dwell: {took:?}; member restarts {restarts:?}; {writes}"
     );
@@ -278,7 +294,6 @@ async fn drive_all_until_abort(c: &Cluster, abort_in: Phase) -> Phase {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn front_proxy_ca_on_a_single_node_with_the_local_backend_is_judged_by_an_aggregated_server()
 {
-    use certrotd::ca::drive::{Conn, Tick};
     use certrotd::ca::record::LocalStore;
     use certrotd::ca::units::UnitHooks;
     use certrotd::lease::local::LocalLease;
@@ -381,7 +396,6 @@ async fn front_proxy_ca_on_a_single_node_with_the_local_backend_is_judged_by_an_
 /// member must NOT do, so a probe that always passed would fail this test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_etcd_ca_step_is_proved_over_tls_with_clients_of_both_cas() {
-    use certrotd::ca::drive::Tick;
     use certrotd::ca::probe;
 
     let c = Cluster::new(1, OffsetDateTime::now_utc(), YEAR).await;
@@ -394,20 +408,7 @@ async fn the_etcd_ca_step_is_proved_over_tls_with_clients_of_both_cas() {
     d.settings.dwell_trust_both = Duration::from_secs(3600);
     let url = format!("https://127.0.0.1:{}", n.spec.client_port);
     let conn = connect.connect().await.unwrap();
-    let record = d
-        .start(
-            &conn,
-            None,
-            std::slice::from_ref(&n.name),
-            OffsetDateTime::now_utc(),
-        )
-        .await
-        .unwrap();
-    let mut ticks = Vec::new();
-    while !matches!(ticks.last(), Some(Tick::Stepped(Level::TrustBoth, None))) {
-        ticks.push(d.tick(&conn, &OffsetDateTime::now_utc).await.unwrap());
-        assert!(ticks.len() < 5, "{ticks:?}");
-    }
+    let record = start_alone_and_trust_both(&d, &conn, n).await;
     drop(conn);
     let (p, b) = (pki(n), n.work().join("backups"));
     let now = OffsetDateTime::now_utc;
@@ -424,6 +425,7 @@ async fn the_etcd_ca_step_is_proved_over_tls_with_clients_of_both_cas() {
     // On to Completed (each step probed by the driver itself).
     d.settings.dwell_trust_both = Duration::ZERO;
     let mut conn = connect.connect().await.unwrap();
+    let mut ticks = Vec::new();
     loop {
         match d.tick(&conn, &OffsetDateTime::now_utc).await {
             Ok(Tick::Final(p)) => {

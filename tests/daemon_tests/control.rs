@@ -35,7 +35,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 const T: Duration = Duration::from_secs(10);
-const NOBODY: u32 = 65534;
+pub(crate) const NOBODY: u32 = 65534;
 
 // ---------------------------------------------------------------------------------------------
 // A canned handler and a server in process
@@ -255,23 +255,33 @@ async fn assert_serves_status(socket: &Path) {
     }
 }
 
-/// Runs the real `certrotd` binary, as root or dropped to nobody through setpriv.
-async fn cli(args: &[&str], as_nobody: bool) -> Output {
+/// `program` dropped to nobody through setpriv (uid and gid 65534, no supplementary groups).
+pub(crate) fn as_nobody(program: impl AsRef<std::ffi::OsStr>) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("setpriv");
+    cmd.args([
+        &format!("--reuid={NOBODY}"),
+        &format!("--regid={NOBODY}"),
+        "--clear-groups",
+    ])
+    .arg(program);
+    cmd
+}
+
+/// The real `certrotd` binary with `args`, as root or dropped to nobody, logging warnings only.
+pub(crate) fn certrotd_cli(args: &[&str], nobody: bool) -> tokio::process::Command {
     let bin = env!("CARGO_BIN_EXE_certrotd");
-    let mut cmd = if as_nobody {
-        let mut cmd = tokio::process::Command::new("setpriv");
-        cmd.args([
-            &format!("--reuid={NOBODY}"),
-            &format!("--regid={NOBODY}"),
-            "--clear-groups",
-            bin,
-        ]);
-        cmd
+    let mut cmd = if nobody {
+        as_nobody(bin)
     } else {
         tokio::process::Command::new(bin)
     };
     cmd.args(args).env("CERTROTD_LOG", "warn");
-    tokio::time::timeout(T, cmd.output())
+    cmd
+}
+
+/// Runs the real `certrotd` binary, as root or dropped to nobody through setpriv.
+async fn cli(args: &[&str], nobody: bool) -> Output {
+    tokio::time::timeout(T, certrotd_cli(args, nobody).output())
         .await
         .expect("the client answers in time")
         .unwrap()
@@ -426,13 +436,7 @@ async fn a_non_root_client_may_read_but_not_rotate() {
 
     // The same through the protocol, for rotate and reload alike: this test binary, dropped
     // to nobody, runs `nobody_client` below.
-    let out = tokio::process::Command::new("setpriv")
-        .args([
-            &format!("--reuid={NOBODY}"),
-            &format!("--regid={NOBODY}"),
-            "--clear-groups",
-        ])
-        .arg(std::env::current_exe().unwrap())
+    let out = as_nobody(std::env::current_exe().unwrap())
         .args([
             "--exact",
             &in_this_binary("nobody_client"),
@@ -488,13 +492,7 @@ struct Holder {
 
 impl Holder {
     async fn start(socket: &str) -> Holder {
-        let mut child = tokio::process::Command::new("setpriv")
-            .args([
-                &format!("--reuid={NOBODY}"),
-                &format!("--regid={NOBODY}"),
-                "--clear-groups",
-            ])
-            .arg(std::env::current_exe().unwrap())
+        let mut child = as_nobody(std::env::current_exe().unwrap())
             .args([
                 "--exact",
                 &in_this_binary("nobody_holder"),

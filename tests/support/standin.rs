@@ -187,6 +187,15 @@ pub fn etcd_starts(n: &PeerNode) -> usize {
         .count()
 }
 
+/// How many times `starts` grew on each node since `before` (each node's count then).
+pub fn starts_since(c: &Cluster, before: &[usize], starts: fn(&PeerNode) -> usize) -> Vec<usize> {
+    c.nodes
+        .iter()
+        .zip(before)
+        .map(|(n, b)| starts(n) - b)
+        .collect()
+}
+
 /// The lines before each etcd start of every member, for a failure message.
 pub fn etcd_start_context(c: &Cluster) -> String {
     c.nodes

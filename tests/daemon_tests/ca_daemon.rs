@@ -25,10 +25,10 @@ use certrotd::ca::record::{CaRecord, LocalStore, RecordStore as _, etcd_key};
 use certrotd::ca::{Track, node};
 use support::cluster::{Cluster, PeerNode};
 use support::standin::{
-    QuorumWatch, STANDIN, aggregated_accepts, assert_old_ca_refused, etcd_as_unit,
-    etcd_start_context, etcd_starts, etcdctl, files_holding, judge_writes, now_ms, old_client, pki,
-    restart_config, share_front_proxy_ca, standin_starts, start_aggregated, start_health_standin,
-    start_kubelet_standin, start_standin, starts_since, wait_writing,
+    QuorumWatch, STANDIN, aggregated_accepts, assert_old_ca_refused, assert_old_ca_served,
+    etcd_as_unit, etcd_start_context, etcd_starts, files_holding, judge_writes, now_ms, old_client,
+    pki, restart_config, share_front_proxy_ca, standin_starts, start_aggregated,
+    start_health_standin, start_kubelet_standin, start_standin, starts_since, wait_writing,
 };
 use support::wait_for;
 use time::OffsetDateTime;
@@ -583,15 +583,7 @@ async fn ca_abort_from_each_phase_brings_the_cluster_back_to_the_old_ca_alone() 
         }
         c.wait_healthy(Duration::from_secs(60)).await;
         // The old CA's clients are served again by every member.
-        for n in &c.nodes {
-            let ep = format!("https://127.0.0.1:{}", n.spec.client_port);
-            let (ok, text) = etcdctl(&ep, &old, &old.join("ca.crt"), &["endpoint", "health"]);
-            assert!(
-                ok,
-                "{}: the old CA's client refused after abort in {phase}: {text}",
-                n.name
-            );
-        }
+        assert_old_ca_served(&c, &old, &format!("after abort in {phase}"));
         notes.push(format!("abort in {phase}: {} ms", now_ms() - from));
     }
     stop_daemons(&mut c);

@@ -24,9 +24,9 @@ use certrotd::config::{LeaseBackend, LeaseSettings};
 use certrotd::pki::layout::Component;
 use support::cluster::{Cluster, ETCD_UNIT, PeerNode};
 use support::standin::{
-    STANDIN, aggregated_accepts, etcd_start_context, etcd_starts, etcdctl, files_holding,
-    judge_writes, now_ms, old_client, pki, start_aggregated, start_standin, starts_since,
-    wait_writing,
+    STANDIN, aggregated_accepts, assert_old_ca_served, etcd_start_context, etcd_starts,
+    files_holding, judge_writes, now_ms, old_client, pki, start_aggregated, start_standin,
+    starts_since, wait_writing,
 };
 use time::OffsetDateTime;
 
@@ -256,15 +256,7 @@ async fn an_abort_in_issue_new_brings_every_node_back_to_the_old_ca_alone() {
         );
     }
     c.wait_healthy(Duration::from_secs(60)).await;
-    for n in &c.nodes {
-        let ep = format!("https://127.0.0.1:{}", n.spec.client_port);
-        let (ok, text) = etcdctl(&ep, &old, &old.join("ca.crt"), &["endpoint", "health"]);
-        assert!(
-            ok,
-            "{}: the old CA's client is refused after the rollback: {text}",
-            n.name
-        );
-    }
+    assert_old_ca_served(&c, &old, "after the rollback");
 }
 
 /// Runs every node's driver; once the record reaches `abort_in` with one node's step taken,

@@ -272,6 +272,17 @@ pub fn s_client(port: u16, dir: &Path, ca: &Path) -> bool {
     out.status.success()
 }
 
+/// Every member serves a client that trusts only the old CA and presents an old-CA client
+/// certificate (`old`, from [`old_client`]), judged by etcdctl: the cluster is back on the old
+/// CA after a rollback (`when` says which, for the failure message).
+pub fn assert_old_ca_served(c: &Cluster, old: &Path, when: &str) {
+    for n in &c.nodes {
+        let ep = format!("https://127.0.0.1:{}", n.spec.client_port);
+        let (ok, text) = etcdctl(&ep, old, &old.join("ca.crt"), &["endpoint", "health"]);
+        assert!(ok, "{}: the old CA's client refused {when}: {text}", n.name);
+    }
+}
+
 /// Every member refuses a client that trusts only the old CA and presents an old-CA client
 /// certificate (`old`, from [`old_client`]), judged by etcdctl on the client port and by
 /// openssl on the client and peer ports; and every member answers its own health check.

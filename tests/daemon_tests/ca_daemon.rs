@@ -142,10 +142,16 @@ fn stop_daemons(c: &mut Cluster) {
 }
 
 /// A three-member cluster, healthy, with a writing stand-in on every node, configured with
-/// `ca` (daemons not started yet).
-async fn cluster_with_standins(ca: &str) -> Cluster {
+/// `ca` (daemons not started yet). `measured`: the test judges write gaps, so no other cluster
+/// runs beside it ([`Cluster::new_alone`]).
+async fn cluster_with_standins(ca: &str, measured: bool) -> Cluster {
     let t0 = Instant::now();
-    let c = Cluster::new(3, OffsetDateTime::now_utc(), YEAR).await;
+    let (at, ttl) = (OffsetDateTime::now_utc(), YEAR);
+    let c = if measured {
+        Cluster::new_alone(3, at, ttl).await
+    } else {
+        Cluster::new(3, at, ttl).await
+    };
     c.start_etcd().await;
     c.wait_healthy(Duration::from_secs(60)).await;
     share_front_proxy_ca(&c);
@@ -171,7 +177,7 @@ async fn cluster_with_standins(ca: &str) -> Cluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_ca_is_rotated_to_completed_by_the_daemons_alone_with_no_write_lost() {
     let t0 = Instant::now();
-    let mut c = cluster_with_standins(&ca_config("0s", true)).await;
+    let mut c = cluster_with_standins(&ca_config("0s", true), true).await;
     let tmp = tempfile::tempdir().unwrap();
     let old = tmp.path().join("old");
     old_client(&c.ca_pki(), &old);
@@ -283,7 +289,7 @@ fn index_of(c: &Cluster, name: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_coordinator_killed_in_each_phase_is_taken_over_and_finishes_when_started_again() {
     let t0 = Instant::now();
-    let mut c = cluster_with_standins(&ca_config("3s", true)).await;
+    let mut c = cluster_with_standins(&ca_config("3s", true), false).await;
     let began_ms = now_ms();
     start_daemons(&mut c);
     let mut notes = Vec::new();
@@ -412,7 +418,7 @@ fn interrupted(c: &Cluster, n: &PeerNode) -> Option<(Track, Level, CaRecord)> {
 async fn a_node_killed_inside_its_own_step_finishes_it_from_its_backup_when_started_again() {
     needs_failpoints();
     let t0 = Instant::now();
-    let mut c = cluster_with_standins(&ca_config("0s", true)).await;
+    let mut c = cluster_with_standins(&ca_config("0s", true), false).await;
     // peer-1 aborts right after the install of its second step (whichever track it is on).
     c.nodes[0].start_daemon(&[("CERTROTD_FAILPOINT", "ca-step-installed:2".to_owned())]);
     c.nodes[1].start_daemon(&[]);
@@ -535,7 +541,7 @@ async fn cli_until_ok(n: &PeerNode, args: &[&str]) -> String {
 async fn ca_abort_from_each_phase_brings_the_cluster_back_to_the_old_ca_alone() {
     let t0 = Instant::now();
     // Not due: the rotations start from the command line.
-    let mut c = cluster_with_standins(&ca_config("3s", false)).await;
+    let mut c = cluster_with_standins(&ca_config("3s", false), true).await;
     let before: Vec<_> = c
         .nodes
         .iter()

@@ -250,6 +250,23 @@ pub struct Cluster {
     /// `[restart] prefer_reload` as [`Cluster::configure`] writes it: `false` unless a test
     /// sets it, so the tests that count restarts see every member restarted.
     pub prefer_reload: bool,
+    /// Its share of the machine, given back after the nodes are dropped (fields drop in order).
+    _share: Share,
+}
+
+/// Every cluster of a test binary shares the machine with the others, except while a test that
+/// measures write gaps runs ([`Cluster::new_alone`]). On two cores, a second three-member
+/// cluster restarting its members beside it starves etcd's 100 ms heartbeats, and the gap
+/// measured is the machine's rather than the rotation's (seen once: 2.9 s in the abort test
+/// while another CA rotation ran beside it; 0.2 s alone).
+static MACHINE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// A cluster's hold on [`MACHINE`].
+enum Share {
+    /// Beside other clusters.
+    Shared(#[allow(dead_code)] tokio::sync::RwLockReadGuard<'static, ()>),
+    /// No other cluster runs meanwhile.
+    Alone(#[allow(dead_code)] tokio::sync::RwLockWriteGuard<'static, ()>),
 }
 
 /// The etcd CA of a node's PKI directory.
@@ -267,6 +284,16 @@ impl Cluster {
     /// leaves re-issued from the first node's etcd CA, and starts each node's manager. etcd is
     /// not started yet (see [`Cluster::start_etcd`]).
     pub async fn new(n: usize, at: OffsetDateTime, leaf_ttl: Duration) -> Cluster {
+        Cluster::build(n, at, leaf_ttl, Share::Shared(MACHINE.read().await)).await
+    }
+
+    /// [`Cluster::new`] for a test that measures write gaps: no other cluster of this binary
+    /// runs while it lives (it waits for those running to finish).
+    pub async fn new_alone(n: usize, at: OffsetDateTime, leaf_ttl: Duration) -> Cluster {
+        Cluster::build(n, at, leaf_ttl, Share::Alone(MACHINE.write().await)).await
+    }
+
+    async fn build(n: usize, at: OffsetDateTime, leaf_ttl: Duration, share: Share) -> Cluster {
         let mut nodes = Vec::new();
         for i in 1..=n {
             let tmp = tempfile::Builder::new()
@@ -315,6 +342,7 @@ impl Cluster {
         let cluster = Cluster {
             nodes,
             prefer_reload: false,
+            _share: share,
         };
         for node in &cluster.nodes {
             cluster.write_etcd_unit(node).await;
